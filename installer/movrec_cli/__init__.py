@@ -1,0 +1,1 @@
+"""movrec CLI: installs the SQL, runs the embedded cluster, drives the jobs."""

@@ -1,0 +1,155 @@
+"""The embedded PostgreSQL cluster: private data dir, own port and socket.
+
+``initdb`` and ``postgres`` refuse to run as root, so under root everything runs
+as the ``postgres`` OS user, in a directory that user can reach.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import pwd
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+from movrec_cli.errors import CliError
+
+DEFAULT_PORT = 54329
+DATABASE = "movrec"
+SUPERUSER = "postgres"
+
+SERVER_CONF = """
+# movrec embedded cluster
+port = {port}
+listen_addresses = ''
+unix_socket_directories = '{socket_dir}'
+max_connections = 50
+shared_buffers = 256MB
+shared_preload_libraries = 'pg_cron'
+cron.database_name = '{database}'
+logging_collector = off
+"""
+
+
+def bindir() -> Path:
+    """Newest PostgreSQL server binaries (MOVREC_PG_BINDIR overrides)."""
+    if env := os.environ.get("MOVREC_PG_BINDIR"):
+        return Path(env)
+    found = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"), key=lambda p: int(p.parts[-3]))
+    if not found:
+        raise CliError("no PostgreSQL server binaries under /usr/lib/postgresql: run `make setup`")
+    return found[-1].parent
+
+
+def _as_server_user() -> list[str]:
+    return ["runuser", "-u", SUPERUSER, "--"] if os.geteuid() == 0 else []
+
+
+def _reachable_by_server_user(path: Path) -> bool:
+    if os.geteuid() != 0:
+        return True
+    return subprocess.run([*_as_server_user(), "test", "-x", str(path)], check=False).returncode == 0
+
+
+def default_home() -> Path:
+    """MOVREC_HOME, else ./.movrec; under root, a dir postgres can reach if ./ is not."""
+    if env := os.environ.get("MOVREC_HOME"):
+        return Path(env).resolve()
+    local = Path.cwd() / ".movrec"
+    if local.is_symlink() or _reachable_by_server_user(Path.cwd()):
+        return local.resolve()
+    target = Path("/var/lib/movrec") / hashlib.md5(str(Path.cwd()).encode()).hexdigest()[:10] / "cluster"
+    target.mkdir(parents=True, exist_ok=True)
+    local.symlink_to(target)
+    return target
+
+
+@dataclass
+class Cluster:
+    home: Path
+    port: int = DEFAULT_PORT
+
+    @classmethod
+    def default(cls) -> Cluster:
+        return cls(default_home(), int(os.environ.get("MOVREC_PORT", DEFAULT_PORT)))
+
+    @property
+    def data(self) -> Path:
+        return self.home / "data"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.home / "run"
+
+    @property
+    def logfile(self) -> Path:
+        return self.home / "postgres.log"
+
+    def dsn(self, dbname: str = DATABASE) -> str:
+        return f"host={self.socket_dir} port={self.port} user={SUPERUSER} dbname={dbname}"
+
+    def _run(self, *args: str, capture: bool = False) -> subprocess.CompletedProcess[str]:
+        cmd = [*_as_server_user(), *args]
+        return subprocess.run(cmd, check=False, text=True, capture_output=capture)
+
+    def _chown(self, path: Path) -> None:
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam(SUPERUSER)
+            shutil.chown(path, pw.pw_uid, pw.pw_gid)
+
+    def initialized(self) -> bool:
+        return (self.data / "PG_VERSION").exists()
+
+    def init(self) -> bool:
+        """initdb once; returns False when the cluster already exists."""
+        if self.initialized():
+            return False
+        for d in (self.home, self.socket_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            self._chown(d)
+        if not _reachable_by_server_user(self.home):
+            raise CliError(f"the {SUPERUSER} OS user cannot reach {self.home}: set MOVREC_HOME to a "
+                           "directory it can read (a checkout under /root is not)")
+        r = self._run(str(bindir() / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "-E", "UTF8",
+                      "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256", capture=True)
+        if r.returncode != 0:
+            raise CliError(f"initdb failed:\n{r.stdout}{r.stderr}")
+        conf = SERVER_CONF.format(port=self.port, socket_dir=self.socket_dir, database=DATABASE)
+        with open(self.data / "postgresql.auto.conf", "a", encoding="utf-8") as f:
+            f.write(conf)
+        return True
+
+    def running(self) -> bool:
+        if not self.initialized():
+            return False
+        return self._run(str(bindir() / "pg_ctl"), "-D", str(self.data), "status", capture=True).returncode == 0
+
+    def start(self) -> None:
+        if self.running():
+            return
+        if not self.logfile.exists():
+            self.logfile.touch()
+            self._chown(self.logfile)
+        r = self._run(str(bindir() / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-w",
+                      "-t", "60", "start", capture=True)
+        if r.returncode != 0:
+            tail = self.logfile.read_text(errors="replace")[-2000:] if self.logfile.exists() else ""
+            raise CliError(f"PostgreSQL did not start (port {self.port} taken?):\n{r.stderr}{tail}")
+        self.ensure_database(DATABASE)
+
+    def ensure_database(self, name: str) -> None:
+        psql = str(bindir() / "psql")
+        q = f"SELECT 1 FROM pg_database WHERE datname = '{name}'"
+        r = self._run(psql, "-h", str(self.socket_dir), "-p", str(self.port), "-U", SUPERUSER, "-d",
+                      "postgres", "-tAc", q, capture=True)
+        if r.stdout.strip() != "1":
+            self._run(psql, "-h", str(self.socket_dir), "-p", str(self.port), "-U", SUPERUSER, "-d",
+                      "postgres", "-qc", f'CREATE DATABASE "{name}"', capture=True)
+
+    def stop(self) -> bool:
+        if not self.running():
+            return False
+        self._run(str(bindir() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", capture=True)
+        return True

@@ -1,0 +1,210 @@
+"""The movrec command line.
+
+Every command that talks to a database takes --dsn, else MOVREC_DSN, else the
+embedded cluster (`movrec db up`).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import click
+
+from movrec import __version__
+from movrec_cli import schema
+from movrec_cli.cluster import Cluster
+from movrec_cli.connection import connect
+
+dsn_option = click.option("--dsn", envvar="MOVREC_DSN", metavar="DSN",
+                          help="libpq connection string [env MOVREC_DSN; default: the embedded cluster]")
+
+
+def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
+    cells = [[("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in r] for r in rows]
+    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()  # noqa: E731
+    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(c) for c in cells)])
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="movrec")
+def cli() -> None:
+    """movrec: a movie recommender that runs inside PostgreSQL.
+
+    \b
+    Quick start:
+      movrec db up            start the embedded cluster (.movrec/)
+      movrec install          install or upgrade the SQL
+      movrec load demo        load the demo catalogue and ratings
+      movrec train            train and deploy the base model
+      psql "$(movrec db dsn)" -c 'SELECT * FROM recommend(1)'
+    """
+
+
+# --- embedded cluster -------------------------------------------------------
+
+@cli.group()
+def db() -> None:
+    """Run the embedded PostgreSQL cluster (MOVREC_HOME, default ./.movrec)."""
+
+
+@db.command("up")
+def db_up() -> None:
+    """Create (once) and start the embedded cluster, and its `movrec` database."""
+    cluster = Cluster.default()
+    if cluster.init():
+        click.echo(f"initialised a cluster in {cluster.data}")
+    cluster.start()
+    click.echo(f"running on port {cluster.port}, socket {cluster.socket_dir}")
+
+
+@db.command("down")
+def db_down() -> None:
+    """Stop the embedded cluster (its data stays)."""
+    click.echo("stopped" if Cluster.default().stop() else "not running")
+
+
+@db.command("status")
+def db_status() -> None:
+    """Say whether the embedded cluster runs, and where."""
+    c = Cluster.default()
+    state = "running" if c.running() else ("stopped" if c.initialized() else "not created")
+    click.echo(f"{state}: {c.data} port {c.port}")
+
+
+@db.command("dsn")
+def db_dsn() -> None:
+    """Print the embedded cluster's connection string (for psql "$(movrec db dsn)")."""
+    click.echo(Cluster.default().dsn())
+
+
+# --- SQL lifecycle ----------------------------------------------------------
+
+@cli.command()
+@dsn_option
+@click.option("--venv", metavar="PATH", help="venv the backends load movrec from [default: this CLI's]")
+def install(dsn: str | None, venv: str | None) -> None:
+    """Install or upgrade movrec's SQL in one transaction; a rerun changes nothing.
+
+    Also sets, for the database, movrec.venv (where backends find the movrec
+    package) and a search_path that includes movrec.
+    """
+    with connect(dsn) as conn:
+        click.echo(schema.install(conn, venv).message)
+
+
+@cli.command()
+@dsn_option
+@click.option("--drop-data", is_flag=True, help="also drop the movrec and model schemas with all data")
+def uninstall(dsn: str | None, drop_data: bool) -> None:
+    """Remove movrec's functions and triggers; tables stay unless --drop-data."""
+    with connect(dsn) as conn:
+        click.echo(schema.uninstall(conn, drop_data))
+
+
+@cli.command()
+@dsn_option
+def status(dsn: str | None) -> None:
+    """Installed version, row counts and the deployed model."""
+    with connect(dsn) as conn:
+        version = schema.installed_version(conn)
+        click.echo(f"installed: {version or 'no'}")
+        if conn.execute("SELECT to_regclass('movrec.watch_events')").fetchone()[0] is None:
+            return
+        counts = conn.execute(
+            """SELECT (SELECT count(*) FROM movrec.movies), (SELECT count(*) FROM movrec.watch_events),
+                      (SELECT count(DISTINCT user_id) FROM movrec.watch_events),
+                      (SELECT count(*) FROM model.user_latent_attributes),
+                      (SELECT count(*) FROM model.registry)""").fetchone()
+        click.echo("movies: {}  ratings: {}  users: {}  user vectors: {}  registered models: {}".format(*counts))
+        champ = conn.execute("SELECT model_id, kind, metrics->>'val_rmse', deployed_at FROM model.champion").fetchone()
+        click.echo(f"champion: model {champ[0]} ({champ[1]}), val RMSE {float(champ[2]):.4f}, deployed {champ[3]:%Y-%m-%d %H:%M}"
+                   if champ else "champion: none (movrec train)")
+
+
+@cli.command()
+@dsn_option
+def doctor(dsn: str | None) -> None:
+    """Check the backend: Python, packages, torch/CUDA, pgvector, threads, venv."""
+    with connect(dsn) as conn:
+        rows = conn.execute("SELECT check_name, ok, detail, fix FROM movrec.doctor()").fetchall()
+    for name, ok, detail, fix in rows:
+        click.echo(f"{'ok ' if ok else 'BAD'} {name:<9} {detail}" + (f"\n    fix: {fix}" if fix else ""))
+    if not all(r[1] for r in rows):
+        raise SystemExit(1)
+
+
+# --- data and models ----------------------------------------------------------
+
+@cli.group()
+def load() -> None:
+    """Load data into movrec.movies and movrec.watch_events."""
+
+
+@load.command("demo")
+@dsn_option
+@click.option("--users", default=600, show_default=True, help="synthetic users to generate")
+@click.option("--seed", default=42, show_default=True)
+def load_demo_cmd(dsn: str | None, users: int, seed: int) -> None:
+    """The demo set: 200 hand-typed films and synthetic ratings with planted tastes."""
+    from movrec_cli.demo_data import load_demo
+
+    with connect(dsn) as conn:
+        movies, ratings = load_demo(conn, users, seed)
+    click.echo(f"demo data: {movies} movies, {ratings} new ratings")
+
+
+@cli.command()
+@dsn_option
+@click.option("--model", "kind", default="mf", show_default=True, type=click.Choice(["mf"]))
+@click.option("--epochs", type=int)
+@click.option("--dim", type=int)
+@click.option("--lr", type=float)
+@click.option("--seed", type=int)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--no-deploy", is_flag=True, help="register the model without making it the champion")
+def train(dsn: str | None, kind: str, no_deploy: bool, **options: Any) -> None:
+    """Train a model in the database (SELECT movrec.train(...)); progress on stderr."""
+    opts = {k: v for k, v in options.items() if v is not None}
+    with connect(dsn) as conn:
+        model_id = conn.execute("SELECT movrec.train(%s, %s::jsonb, %s)",
+                                (kind, json.dumps(opts), not no_deploy)).fetchone()[0]
+        metrics = conn.execute("SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,)).fetchone()[0]
+    click.echo(f"model {model_id}: val RMSE {metrics['val_rmse']:.4f}, MAE {metrics['val_mae']:.4f} "
+               f"(global mean RMSE {metrics['baseline_val_rmse']:.4f})" + ("" if no_deploy else ", deployed"))
+
+
+@cli.command()
+@dsn_option
+@click.argument("model_id", type=int)
+def deploy(dsn: str | None, model_id: int) -> None:
+    """Make MODEL_ID the champion (atomic)."""
+    with connect(dsn) as conn:
+        conn.execute("SELECT movrec.deploy(%s)", (model_id,))
+    click.echo(f"model {model_id} deployed")
+
+
+@cli.command()
+@dsn_option
+@click.argument("user_id", type=int)
+@click.option("-k", default=10, show_default=True)
+def recommend(dsn: str | None, user_id: int, k: int) -> None:
+    """Print USER_ID's top-k unseen movies."""
+    with connect(dsn) as conn:
+        rows = conn.execute("SELECT * FROM movrec.recommend(%s, %s)", (user_id, k)).fetchall()
+    click.echo(table(rows, ["movie_id", "title", "score", "predicted", "source"]))
+
+
+@cli.command()
+@dsn_option
+def demo(dsn: str | None) -> None:
+    """The whole path end to end: cluster, install, data, train, recommend, learn online."""
+    from movrec_cli.walkthrough import run
+
+    run(dsn)
+
+
+def main() -> None:  # pragma: no cover
+    cli()

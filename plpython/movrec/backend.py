@@ -1,0 +1,83 @@
+"""Glue between movrec and the PL/Python runtime: activation, settings, plans, errors.
+
+Only this module and the ``*_from_sql``/entry functions touch ``plpy``; the ML
+code takes and returns numpy arrays so it runs (and is tested) outside PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+from movrec import __version__
+from movrec.errors import MovrecError
+
+try:  # present only inside a backend
+    import plpy  # type: ignore[import-not-found]
+except ImportError:  # pragma: no cover - outside PostgreSQL
+    plpy = None
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+# Per-backend state lives here (module globals persist for the backend's life).
+_plans: dict[str, Any] = {}
+_threads = 1
+
+
+def activate(threads: int = 1) -> str:
+    """Called once per backend by movrec._activate() after thread caps are set."""
+    global _threads
+    _threads = max(1, threads)
+    return f"movrec {__version__}"
+
+
+def threads() -> int:
+    return _threads
+
+
+def train_threads() -> int:
+    """Threads for training: movrec.train_threads, default all cores (a batch job)."""
+    value = setting("movrec.train_threads")
+    return int(value) if value else (os.cpu_count() or 1)
+
+
+def setting(name: str, default: str | None = None) -> str | None:
+    rows = plpy.execute(f"SELECT current_setting('{name}', true) AS v")
+    value = rows[0]["v"]
+    return value if value not in (None, "") else default
+
+
+def plan(sql: str, types: Sequence[str] = ()) -> Any:
+    """A prepared plan, cached for the life of the backend."""
+    key = sql
+    p = _plans.get(key)
+    if p is None:
+        p = _plans[key] = plpy.prepare(sql, list(types))
+    return p
+
+
+def execute(sql: str, types: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
+    return plpy.execute(plan(sql, types), list(args))
+
+
+def notice(message: str) -> None:
+    if plpy is not None:
+        plpy.notice(message)
+    else:  # pragma: no cover
+        print(message)
+
+
+def sql_entry(fn: F) -> F:
+    """Turn MovrecError into a clean PostgreSQL ERROR with SQLSTATE, hint and detail."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except MovrecError as e:
+            extra = {k: v for k, v in (("hint", e.hint), ("detail", e.detail)) if v}
+            plpy.error(str(e), sqlstate=e.sqlstate, **extra)
+
+    return wrapper  # type: ignore[return-value]

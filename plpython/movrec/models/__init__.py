@@ -1,0 +1,7 @@
+"""PyTorch models.  Importing this package imports torch: training and deploy only."""
+
+from movrec.models.mf import MatrixFactorization
+
+MODELS = {"mf": MatrixFactorization}
+
+__all__ = ["MODELS", "MatrixFactorization"]

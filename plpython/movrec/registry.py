@@ -1,0 +1,134 @@
+"""The model registry: register a trained model, deploy (publish) a champion.
+
+Deploy runs in the caller's transaction, so it is atomic: readers see the old
+champion until it commits.  It loads the checkpoint first, so a corrupt one is
+refused before anything is written.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from movrec import backend
+from movrec.errors import CorruptCheckpoint, InvalidArgument, NotFound, NullArgument
+from movrec.online import vector_literal
+
+PUBLISHED_DIM = 100  # model.*_latent_attributes.embedding is vector(100)
+
+REGISTER_SQL = """
+INSERT INTO model.registry (kind, dim, params, data_snapshot, metrics, global_mean, checkpoint,
+                            serving_movie_ids, serving_matrix, default_embedding, default_bias, duration_s)
+VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12)
+RETURNING model_id
+"""
+
+
+def checkpoint_bytes(model: Any) -> bytes:
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(model.state_dict(), buf)
+    return buf.getvalue()
+
+
+def load_checkpoint(kind: str, blob: bytes, model_id: int | None = None) -> Any:
+    """Rebuild a model from its checkpoint; anything wrong is a CorruptCheckpoint."""
+    import torch
+
+    from movrec.models import MODELS
+
+    name = f"model {model_id}" if model_id is not None else "checkpoint"
+    if kind not in MODELS:
+        raise CorruptCheckpoint(f"{name} has unknown kind {kind!r}")
+    try:
+        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        return MODELS[kind].from_state_dict(state)
+    except Exception as e:  # torch raises many kinds for a damaged file
+        raise CorruptCheckpoint(
+            f"checkpoint of {name} cannot be loaded: {type(e).__name__}: {str(e)[:200]}",
+            hint="nothing was changed; deploy another model (movrec deploy ID)",
+        ) from None
+
+
+def serving_blobs(model: Any) -> tuple[bytes, bytes, list[float], float]:
+    """What backends cache: movie ids, [vector | bias] matrix, default user vector and bias."""
+    ids, vectors, bias = model.movie_side()
+    _, user_vectors, user_bias = model.user_side()
+    matrix = np.hstack([vectors.numpy(), bias.numpy()[:, None]]).astype(np.float32)
+    return (ids.numpy().astype(np.int32).tobytes(), matrix.tobytes(),
+            user_vectors.numpy().mean(axis=0).astype(np.float32).tolist(), float(user_bias.mean()))
+
+
+def register(model: Any, kind: str, params: dict[str, Any], snapshot: dict[str, Any],
+             metrics: dict[str, Any], duration_s: float) -> int:
+    ids, matrix, default_embedding, default_bias = serving_blobs(model)
+    row = backend.execute(
+        REGISTER_SQL,
+        ["text", "int4", "text", "text", "text", "float4", "bytea", "bytea", "bytea", "float4[]",
+         "float4", "float4"],
+        [kind, int(model.movie_side()[1].shape[1]), json.dumps(params), json.dumps(snapshot),
+         json.dumps(metrics), float(model.global_mean), checkpoint_bytes(model), ids, matrix,
+         default_embedding, default_bias, duration_s],
+    )
+    return int(row[0]["model_id"])
+
+
+PUBLISH_MOVIES_SQL = """
+INSERT INTO model.movie_latent_attributes (movie_id, embedding, bias, model_id)
+SELECT id, e::vector, b, $4 FROM unnest($1::int4[], $2::text[], $3::float4[]) AS t(id, e, b)
+"""
+
+PUBLISH_USERS_SQL = """
+INSERT INTO model.user_latent_attributes AS ula (user_id, embedding, bias, model_id, updated_at)
+SELECT id, e::vector, b, $4, now() FROM unnest($1::int4[], $2::text[], $3::float4[]) AS t(id, e, b)
+ON CONFLICT (user_id) DO UPDATE
+SET embedding = excluded.embedding, bias = excluded.bias, model_id = excluded.model_id,
+    updated_at = excluded.updated_at
+"""
+
+# Users who joined after training keep a row, reset to the new model's default vector.
+RESET_OTHERS_SQL = """
+UPDATE model.user_latent_attributes
+SET embedding = $1::vector, bias = $2, model_id = $3, updated_at = now()
+WHERE model_id <> $3
+"""
+
+
+def _publish(sql: str, ids: Any, vectors: Any, bias: Any, model_id: int) -> None:
+    backend.execute(
+        sql, ["int4[]", "text[]", "float4[]", "int8"],
+        [ids.tolist(), [vector_literal(v) for v in vectors.numpy()], bias.tolist(), model_id],
+    )
+
+
+def deploy_model(model_id: int, reason: str = "deploy") -> int:
+    rows = backend.execute("SELECT kind, dim, checkpoint FROM model.registry WHERE model_id = $1",
+                           ["int8"], [model_id])
+    if not rows:
+        raise NotFound(f"model {model_id} is not in model.registry",
+                       hint="SELECT model_id, kind, metrics FROM model.registry")
+    kind, dim = rows[0]["kind"], rows[0]["dim"]
+    if dim != PUBLISHED_DIM:
+        raise InvalidArgument(f"model {model_id} has dim {dim}; published vectors are vector({PUBLISHED_DIM})")
+    model = load_checkpoint(kind, rows[0]["checkpoint"], model_id)
+    backend.notice(f"movrec deploy: publishing model {model_id} ({kind})")
+    backend.execute("DELETE FROM model.movie_latent_attributes")
+    _publish(PUBLISH_MOVIES_SQL, *model.movie_side(), model_id)
+    _publish(PUBLISH_USERS_SQL, *model.user_side(), model_id)
+    _, _, default_embedding, default_bias = serving_blobs(model)
+    backend.execute(RESET_OTHERS_SQL, ["text", "float4", "int8"],
+                    [vector_literal(np.asarray(default_embedding)), default_bias, model_id])
+    backend.execute("INSERT INTO model.deployments (model_id, reason) VALUES ($1, $2)",
+                    ["int8", "text"], [model_id, reason])
+    return model_id
+
+
+@backend.sql_entry
+def deploy(model_id: int | None) -> int:
+    if model_id is None:
+        raise NullArgument("model_id must not be NULL")
+    return deploy_model(model_id)

@@ -1,0 +1,104 @@
+"""Pure numpy scoring: top-k, predictions and the online gradient step.
+
+No plpy and no torch here: these run per request inside backends and are unit
+tested directly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+RATING_MIN, RATING_MAX = 0.5, 5.0
+
+
+@dataclass(frozen=True)
+class MovieSide:
+    """A deployed model's movie side: what a backend caches per champion."""
+
+    model_id: int
+    movie_ids: np.ndarray  # int32, ascending
+    vectors: np.ndarray  # float32 (n, dim)
+    bias: np.ndarray  # float32 (n,)
+    global_mean: float
+    default_embedding: np.ndarray  # float32 (dim,)
+    default_bias: float
+
+    @classmethod
+    def from_blobs(
+        cls,
+        model_id: int,
+        movie_ids: bytes,
+        matrix: bytes,
+        global_mean: float,
+        default_embedding: list[float],
+        default_bias: float,
+    ) -> MovieSide:
+        ids = np.frombuffer(movie_ids, dtype=np.int32)
+        full = np.frombuffer(matrix, dtype=np.float32).reshape(len(ids), -1)
+        return cls(
+            model_id=model_id,
+            movie_ids=ids,
+            vectors=np.ascontiguousarray(full[:, :-1]),
+            bias=np.ascontiguousarray(full[:, -1]),
+            global_mean=float(global_mean),
+            default_embedding=np.asarray(default_embedding, dtype=np.float32),
+            default_bias=float(default_bias),
+        )
+
+    @property
+    def dim(self) -> int:
+        return self.vectors.shape[1]
+
+    def positions(self, movie_ids: np.ndarray | list[int]) -> np.ndarray:
+        """Row of each movie id in the matrix, -1 for movies the model does not know."""
+        ids = np.asarray(movie_ids, dtype=np.int64)
+        pos = np.searchsorted(self.movie_ids, ids)
+        pos = np.minimum(pos, len(self.movie_ids) - 1)
+        return np.where(self.movie_ids[pos] == ids, pos, -1)
+
+    def scores(self, user_vector: np.ndarray, user_bias: float) -> np.ndarray:
+        """Predicted rating (unclipped) of every movie."""
+        return self.vectors @ user_vector + self.bias + (user_bias + self.global_mean)
+
+
+def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
+    """Positions of the k best scores, best first, skipping ``exclude`` positions."""
+    s = scores.astype(np.float64, copy=True)
+    if exclude is not None and len(exclude):
+        s[exclude] = -np.inf
+    available = int(np.isfinite(s).sum())
+    k = min(k, available)
+    if k <= 0:
+        return np.empty(0, dtype=np.int64)
+    part = np.argpartition(-s, k - 1)[:k]
+    return part[np.argsort(-s[part], kind="stable")]
+
+
+def clip_rating(x: np.ndarray | float) -> np.ndarray | float:
+    return np.clip(x, RATING_MIN, RATING_MAX)
+
+
+def sgd_step(
+    user_vector: np.ndarray,
+    user_bias: float,
+    movie_vector: np.ndarray,
+    movie_bias: float,
+    global_mean: float,
+    rating: float,
+    lr: float,
+    reg: float,
+) -> tuple[np.ndarray, float]:
+    """One gradient step of squared error on the user side, movie side fixed.
+
+    The step size is capped at 1 / (|m|^2 + 1) so that the prediction moves
+    toward the rating and never past it, whatever the movie vector's norm.
+    """
+    u = user_vector.astype(np.float64)
+    m = movie_vector.astype(np.float64)
+    err = rating - (global_mean + user_bias + movie_bias + float(u @ m))
+    step = min(lr, 1.0 / (float(m @ m) + 1.0))
+    new_u = u + step * (err * m - reg * u)
+    new_b = user_bias + step * (err - reg * user_bias)
+    return new_u.astype(np.float32), float(new_b)

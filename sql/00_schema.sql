@@ -1,0 +1,42 @@
+-- movrec schemas, catalogue and ratings.
+-- Every statement here is idempotent: `movrec install` reruns it on upgrade.
+
+CREATE SCHEMA IF NOT EXISTS movrec;
+COMMENT ON SCHEMA movrec IS 'movrec: in-database movie recommender (catalogue, ratings, functions)';
+CREATE SCHEMA IF NOT EXISTS model;
+COMMENT ON SCHEMA model IS 'movrec: model registry, latent vectors and precomputed recommendations';
+
+CREATE TABLE IF NOT EXISTS movrec.movies (
+    movie_id   integer PRIMARY KEY CONSTRAINT movie_id_is_positive CHECK (movie_id > 0),
+    title      text NOT NULL CONSTRAINT title_is_not_empty CHECK (title <> ''),
+    year       smallint CONSTRAINT year_is_plausible CHECK (year BETWEEN 1870 AND 2100),
+    genres     text[] NOT NULL DEFAULT '{}',
+    created_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE movrec.movies IS 'The movie catalogue; movie_id is the compact id that models use';
+COMMENT ON COLUMN movrec.movies.genres IS 'MovieLens genre names, e.g. {Action,Sci-Fi}';
+
+CREATE TABLE IF NOT EXISTS movrec.watch_events (
+    user_id  integer NOT NULL CONSTRAINT user_id_is_positive CHECK (user_id > 0),
+    movie_id integer NOT NULL REFERENCES movrec.movies (movie_id),
+    rating   real NOT NULL
+        CONSTRAINT rating_is_half_stars_from_0_5_to_5
+        CHECK (rating >= 0.5 AND rating <= 5.0 AND rating * 2 = round(rating * 2)),
+    rated_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, movie_id)
+);
+COMMENT ON TABLE movrec.watch_events IS
+    'Ratings, one row per user and movie (a re-rating updates the row: use movrec.rate() or INSERT .. ON CONFLICT). '
+    'Each insert or re-rating updates the user''s vector through the trigger movrec_online_update.';
+CREATE INDEX IF NOT EXISTS watch_events_movie_id_idx ON movrec.watch_events (movie_id);
+
+-- What `movrec install` deployed; CREATE EXTENSION keeps its own record in pg_extension.
+CREATE TABLE IF NOT EXISTS movrec.installs (
+    install_id   integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    version      text NOT NULL,
+    sql_sha256   text NOT NULL,
+    venv         text,
+    installed_at timestamptz NOT NULL DEFAULT now(),
+    installed_by text NOT NULL DEFAULT current_user
+);
+COMMENT ON TABLE movrec.installs IS 'History of `movrec install`: version and checksum of the SQL applied';

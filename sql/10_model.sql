@@ -1,0 +1,93 @@
+-- Model registry, deployments, latent vectors (pgvector), precomputed recommendations.
+
+CREATE TABLE IF NOT EXISTS model.registry (
+    model_id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    kind              text NOT NULL,
+    dim               integer NOT NULL CONSTRAINT dim_is_positive CHECK (dim > 0),
+    params            jsonb NOT NULL DEFAULT '{}',
+    data_snapshot     jsonb NOT NULL DEFAULT '{}',
+    metrics           jsonb NOT NULL DEFAULT '{}',
+    global_mean       real NOT NULL,
+    checkpoint        bytea NOT NULL,
+    serving_movie_ids bytea NOT NULL,
+    serving_matrix    bytea NOT NULL,
+    default_embedding real[] NOT NULL,
+    default_bias      real NOT NULL,
+    duration_s        real,
+    trained_at        timestamptz NOT NULL DEFAULT now(),
+    trained_by        text NOT NULL DEFAULT current_user
+);
+COMMENT ON TABLE model.registry IS 'Every trained model: kind, hyper-parameters, data snapshot, metrics and checkpoint';
+COMMENT ON COLUMN model.registry.checkpoint IS 'torch.save() bytes of the state_dict; loaded with weights_only=True';
+COMMENT ON COLUMN model.registry.serving_movie_ids IS 'int32 movie ids, ascending, the rows of serving_matrix';
+COMMENT ON COLUMN model.registry.serving_matrix IS
+    'float32 movie matrix [vector | bias] (n_movies x dim+1), what backends cache for numpy scoring';
+COMMENT ON COLUMN model.registry.default_embedding IS 'Mean user vector: the default latent attributes of a new user';
+
+CREATE TABLE IF NOT EXISTS model.deployments (
+    deployment_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    model_id      bigint NOT NULL REFERENCES model.registry (model_id),
+    deployed_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
+    deployed_by   text NOT NULL DEFAULT current_user,
+    reason        text NOT NULL DEFAULT 'deploy'
+);
+COMMENT ON TABLE model.deployments IS 'Deployment history; the latest row names the champion that serving uses';
+
+CREATE OR REPLACE VIEW model.champion AS
+    SELECT d.model_id, r.kind, r.dim, r.metrics, d.deployed_at, d.deployment_id
+    FROM model.deployments d JOIN model.registry r USING (model_id)
+    ORDER BY d.deployment_id DESC LIMIT 1;
+COMMENT ON VIEW model.champion IS 'The model that recommend(), predict() and the rating trigger use';
+
+CREATE TABLE IF NOT EXISTS model.movie_latent_attributes (
+    movie_id  integer PRIMARY KEY,
+    embedding vector(100) NOT NULL,
+    bias      real NOT NULL,
+    model_id  bigint NOT NULL REFERENCES model.registry (model_id)
+);
+COMMENT ON TABLE model.movie_latent_attributes IS 'The champion''s movie vectors and biases, published at deploy';
+
+CREATE TABLE IF NOT EXISTS model.user_latent_attributes (
+    user_id    integer PRIMARY KEY,
+    embedding  vector(100) NOT NULL,
+    bias       real NOT NULL,
+    model_id   bigint NOT NULL REFERENCES model.registry (model_id),
+    updated_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE model.user_latent_attributes IS
+    'Live user vectors: written at deploy, moved by every rating (online update), default for new users';
+
+CREATE TABLE IF NOT EXISTS model.user_latent_attributes_backups (
+    backup_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    user_id     integer NOT NULL,
+    embedding   vector(100) NOT NULL,
+    bias        real NOT NULL,
+    model_id    bigint NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT clock_timestamp()
+);
+COMMENT ON TABLE model.user_latent_attributes_backups IS
+    'A user''s previous vector, one row per online update (the value before the update)';
+CREATE INDEX IF NOT EXISTS user_latent_attributes_backups_user_idx
+    ON model.user_latent_attributes_backups (user_id, backup_id);
+
+CREATE TABLE IF NOT EXISTS model.model_recommendation (
+    user_id          integer NOT NULL,
+    rank             smallint NOT NULL CONSTRAINT rank_is_1_to_150 CHECK (rank BETWEEN 1 AND 150),
+    movie_id         integer NOT NULL,
+    score            real NOT NULL,
+    predicted_rating real NOT NULL,
+    model_id         bigint NOT NULL,
+    computed_at      timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, rank)
+);
+COMMENT ON TABLE model.model_recommendation IS 'Precomputed model recommendations, at most 150 per user';
+
+CREATE TABLE IF NOT EXISTS model.user_recommendation (
+    user_id     integer NOT NULL,
+    rank        smallint NOT NULL CONSTRAINT rank_is_1_to_150 CHECK (rank BETWEEN 1 AND 150),
+    movie_id    integer NOT NULL,
+    score       real NOT NULL,
+    computed_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (user_id, rank)
+);
+COMMENT ON TABLE model.user_recommendation IS 'User-to-user Pearson CF recommendations, at most 150 per user';

@@ -1,0 +1,150 @@
+-- Functions.  PL/Python bodies stay one or two lines that call into the movrec
+-- package (plpython/movrec), so the logic is testable outside PostgreSQL.  The
+-- first line of each body activates movrec once per backend (see _activate).
+-- Untrusted-language functions are SECURITY DEFINER with a pinned search_path.
+
+-- _activate: the only body with logic.  It must run before numpy is imported:
+-- BLAS reads its thread count at load time, and default threads make backends
+-- spin against each other (a numpy top-k fell from 2,180 to 300 tps).
+CREATE OR REPLACE FUNCTION movrec._activate() RETURNS text
+LANGUAGE plpython3u SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+import os, site, sys
+setting = lambda name: plpy.execute(f"SELECT current_setting('{name}', true) AS v")[0]["v"]
+threads = setting("movrec.threads") or "1"
+for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = threads
+venv = setting("movrec.venv")
+if venv:
+    lib = os.path.join(venv, "lib", f"python{sys.version_info[0]}.{sys.version_info[1]}", "site-packages")
+    if not os.path.isdir(lib):
+        plpy.error(f"movrec.venv = {venv!r} has no {lib}",
+                   hint="run `movrec install` from the venv, or ALTER DATABASE ... SET movrec.venv = '/path/to/venv'")
+    if lib not in sys.path:
+        site.addsitedir(lib)
+try:
+    import movrec.backend
+except ImportError as e:
+    plpy.error(f"cannot import movrec in this backend: {e}",
+               hint="set movrec.venv to the virtualenv holding movrec (`movrec install` does), readable by the server's OS user")
+GD["movrec"] = movrec.backend.activate(threads=int(threads))
+return GD["movrec"]
+$$;
+COMMENT ON FUNCTION movrec._activate() IS
+    'Loads movrec into this backend once: caps BLAS threads (movrec.threads), adds movrec.venv to sys.path';
+
+-- recommend() and predict() are plpgsql front doors: they check arguments and
+-- raise plain errors (no Python traceback), then call the numpy implementation.
+CREATE OR REPLACE FUNCTION movrec._recommend(user_id integer, k integer)
+RETURNS TABLE (movie_id integer, title text, score real, predicted_rating real, source text)
+LANGUAGE plpython3u STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import serving; return serving.recommend(user_id, k)
+$$;
+COMMENT ON FUNCTION movrec._recommend(integer, integer) IS 'Implementation of movrec.recommend(); call that instead';
+
+CREATE OR REPLACE FUNCTION movrec.recommend(user_id integer, k integer DEFAULT 10)
+RETURNS TABLE (movie_id integer, title text, score real, predicted_rating real, source text)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'recommend(): user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF k IS NULL OR k < 1 OR k > 10000 THEN
+        RAISE EXCEPTION 'recommend(): k must be between 1 and 10000, got %', coalesce(k::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN QUERY SELECT * FROM movrec._recommend(user_id, k);
+END $$;
+COMMENT ON FUNCTION movrec.recommend(integer, integer) IS
+    'Top-k unseen movies for a user, best first. source: model (the user''s vector; the default vector for a '
+    'rater without one) or popular (damped mean rating: users with no ratings, or no model deployed)';
+
+CREATE OR REPLACE FUNCTION movrec._predict(user_id integer, movie_id integer) RETURNS real
+LANGUAGE plpython3u STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import serving; return serving.predict(user_id, movie_id)
+$$;
+COMMENT ON FUNCTION movrec._predict(integer, integer) IS 'Implementation of movrec.predict(); call that instead';
+
+CREATE OR REPLACE FUNCTION movrec.predict(user_id integer, movie_id integer) RETURNS real
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    IF user_id IS NULL OR movie_id IS NULL THEN
+        RAISE EXCEPTION 'predict(): user_id and movie_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF NOT EXISTS (SELECT FROM model.deployments) THEN
+        RAISE EXCEPTION 'predict(): no model is deployed' USING ERRCODE = 'object_not_in_prerequisite_state',
+            HINT = 'train one: SELECT movrec.train(''mf'') or `movrec train`';
+    END IF;
+    IF NOT EXISTS (SELECT FROM model.movie_latent_attributes m WHERE m.movie_id = predict.movie_id) THEN
+        RAISE EXCEPTION 'predict(): movie % is not known to the deployed model', movie_id
+            USING ERRCODE = 'no_data_found', HINT = 'SELECT movie_id FROM model.movie_latent_attributes';
+    END IF;
+    RETURN movrec._predict(user_id, movie_id);
+END $$;
+COMMENT ON FUNCTION movrec.predict(integer, integer) IS
+    'The champion''s predicted rating (clipped to 0.5..5) of a movie by a user; users without a vector get the default vector';
+
+CREATE OR REPLACE FUNCTION movrec.rate(user_id integer, movie_id integer, rating real)
+RETURNS movrec.watch_events
+LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+    INSERT INTO movrec.watch_events AS w (user_id, movie_id, rating, rated_at)
+    VALUES (rate.user_id, rate.movie_id, rate.rating, now())
+    ON CONFLICT (user_id, movie_id) DO UPDATE SET rating = excluded.rating, rated_at = excluded.rated_at
+    RETURNING w.*;
+$$;
+COMMENT ON FUNCTION movrec.rate(integer, integer, real) IS
+    'Records (or updates) a rating; the trigger moves the user''s vector toward it';
+
+CREATE OR REPLACE FUNCTION movrec.train(model text DEFAULT 'mf', options jsonb DEFAULT '{}', deploy boolean DEFAULT true)
+RETURNS bigint
+LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import training; return training.train_from_sql(model, options, deploy)
+$$;
+COMMENT ON FUNCTION movrec.train(text, jsonb, boolean) IS
+    'Trains a model (mf) on watch_events with a seeded train/validation split, registers it, and deploys it '
+    'unless deploy => false. options: epochs, dim, lr, reg, batch_size, seed, patience, device. Returns model_id';
+
+CREATE OR REPLACE FUNCTION movrec._deploy(model_id bigint) RETURNS bigint
+LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import registry; return registry.deploy(model_id)
+$$;
+COMMENT ON FUNCTION movrec._deploy(bigint) IS 'Implementation of movrec.deploy(); call that instead';
+
+CREATE OR REPLACE FUNCTION movrec.deploy(model_id bigint) RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM model.registry r WHERE r.model_id = deploy.model_id) THEN
+        RAISE EXCEPTION 'deploy(): model % is not in model.registry', coalesce(model_id::text, 'NULL')
+            USING ERRCODE = 'no_data_found', HINT = 'SELECT model_id, kind, metrics FROM model.registry';
+    END IF;
+    RETURN movrec._deploy(model_id);
+END $$;
+COMMENT ON FUNCTION movrec.deploy(bigint) IS
+    'Makes a registered model the champion: publishes its movie and user vectors. Atomic; a corrupt checkpoint is refused';
+
+CREATE OR REPLACE FUNCTION movrec.doctor()
+RETURNS TABLE (check_name text, ok boolean, detail text, fix text)
+LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import doctor; return doctor.checks()
+$$;
+COMMENT ON FUNCTION movrec.doctor() IS
+    'Checks this backend: Python and package versions, torch/CUDA, pgvector, thread caps, venv; each problem with its fix';
+
+-- The rating trigger: new users get the default vector, then one online step.
+CREATE OR REPLACE FUNCTION movrec.on_rating() RETURNS trigger
+LANGUAGE plpython3u SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import online; return online.on_rating(TD)
+$$;
+COMMENT ON FUNCTION movrec.on_rating() IS
+    'Trigger: one gradient step on the rater''s vector (movie side fixed); the old vector goes to the backups table';
+
+CREATE OR REPLACE TRIGGER movrec_online_update
+    AFTER INSERT OR UPDATE OF rating ON movrec.watch_events
+    FOR EACH ROW EXECUTE FUNCTION movrec.on_rating();
+COMMENT ON TRIGGER movrec_online_update ON movrec.watch_events IS
+    'Online learning: each rating moves the user''s vector (movrec.on_rating)';

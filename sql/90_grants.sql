@@ -1,0 +1,21 @@
+-- Privileges: nothing for PUBLIC.  Grant movrec_user to applications that
+-- recommend and rate, movrec_admin to those that train and deploy.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'movrec_user') THEN
+        CREATE ROLE movrec_user NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'movrec_admin') THEN
+        CREATE ROLE movrec_admin NOLOGIN IN ROLE movrec_user;
+    END IF;
+END $$;
+
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA movrec FROM PUBLIC;
+GRANT USAGE ON SCHEMA movrec, model TO movrec_user;
+GRANT SELECT ON movrec.movies, model.champion, model.model_recommendation, model.user_recommendation TO movrec_user;
+GRANT SELECT, INSERT, UPDATE ON movrec.watch_events TO movrec_user;
+GRANT EXECUTE ON FUNCTION movrec._activate(), movrec.recommend(integer, integer), movrec._recommend(integer, integer),
+    movrec.predict(integer, integer), movrec._predict(integer, integer),
+    movrec.rate(integer, integer, real), movrec.on_rating() TO movrec_user;
+GRANT EXECUTE ON FUNCTION movrec.train(text, jsonb, boolean), movrec.deploy(bigint), movrec._deploy(bigint), movrec.doctor() TO movrec_admin;
+GRANT SELECT ON ALL TABLES IN SCHEMA model TO movrec_admin;

@@ -2,10 +2,12 @@
 # PGXS part: `make install` puts movrec.control and the install script into
 # PostgreSQL's share dir so that `CREATE EXTENSION movrec CASCADE` works.
 
-EXTENSION = movrec
+EXTENSION_NAME = movrec
 EXTVERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
-DATA = extension/$(EXTENSION)--$(EXTVERSION).sql
-EXTRA_CLEAN = $(DATA) extension/$(EXTENSION).control
+SCRIPT = extension/$(EXTENSION_NAME)--$(EXTVERSION).sql
+CONTROL = extension/$(EXTENSION_NAME).control
+DATA_built = $(CONTROL) $(SCRIPT)
+MODULEDIR = extension
 PG_CONFIG ?= $(shell ls -d /usr/lib/postgresql/*/bin/pg_config 2>/dev/null | sort -V | tail -1)
 VENV = .venv
 PY = $(VENV)/bin/python
@@ -14,11 +16,11 @@ PY = $(VENV)/bin/python
 all: extension
 
 # The extension script is the ordered sql/ files, built, never edited by hand.
-extension: $(DATA) extension/$(EXTENSION).control
-$(DATA): sql/*.sql
+extension: $(DATA_built)
+$(SCRIPT): sql/*.sql
 	printf -- '-- Generated from sql/*.sql by `make extension`; do not edit.\n\\echo Use "CREATE EXTENSION movrec CASCADE" to load this file. \\quit\n' > $@
-	for f in sql/*.sql; do printf '\n-- %s\n' "$$f"; sed '/^-- movrec:installer-only/,/^-- movrec:end/d' $$f; done >> $@
-extension/$(EXTENSION).control: extension/$(EXTENSION).control.in pyproject.toml
+	for f in sql/*.sql; do printf '\n-- %s\n' "$$f"; cat $$f; done >> $@
+$(CONTROL): $(CONTROL).in pyproject.toml
 	sed 's/@VERSION@/$(EXTVERSION)/' $< > $@
 
 setup:

@@ -92,4 +92,8 @@ else
     "$VENV/bin/pip" install -q --no-deps --force-reinstall .
 fi
 chmod -R a+rX "$VENV" 2>/dev/null || true
+
+# 4. The extension files, so that a DBA can also CREATE EXTENSION movrec CASCADE.
+step "extension: make install (movrec.control, movrec--$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml).sql)"
+$SUDO make -s install PG_CONFIG="$PG_CONFIG" >/dev/null
 step "setup done: $("$VENV/bin/python" -c 'import torch, numpy; print(f"torch {torch.__version__}, numpy {numpy.__version__}")')"

@@ -50,7 +50,9 @@ def _as_server_user() -> list[str]:
 def _reachable_by_server_user(path: Path) -> bool:
     if os.geteuid() != 0:
         return True
-    return subprocess.run([*_as_server_user(), "test", "-x", str(path)], check=False).returncode == 0
+    return (
+        subprocess.run([*_as_server_user(), "test", "-x", str(path)], check=False).returncode == 0
+    )
 
 
 def default_home() -> Path:
@@ -60,7 +62,9 @@ def default_home() -> Path:
     local = Path.cwd() / ".movrec"
     if local.is_symlink() or _reachable_by_server_user(Path.cwd()):
         return local.resolve()
-    target = Path("/var/lib/movrec") / hashlib.md5(str(Path.cwd()).encode()).hexdigest()[:10] / "cluster"
+    target = (
+        Path("/var/lib/movrec") / hashlib.md5(str(Path.cwd()).encode()).hexdigest()[:10] / "cluster"
+    )
     target.mkdir(parents=True, exist_ok=True)
     local.symlink_to(target)
     return target
@@ -110,10 +114,23 @@ class Cluster:
             d.mkdir(parents=True, exist_ok=True)
             self._chown(d)
         if not _reachable_by_server_user(self.home):
-            raise CliError(f"the {SUPERUSER} OS user cannot reach {self.home}: set MOVREC_HOME to a "
-                           "directory it can read (a checkout under /root is not)")
-        r = self._run(str(bindir() / "initdb"), "-D", str(self.data), "-U", SUPERUSER, "-E", "UTF8",
-                      "--locale=C.UTF-8", "--auth-local=trust", "--auth-host=scram-sha-256", capture=True)
+            raise CliError(
+                f"the {SUPERUSER} OS user cannot reach {self.home}: set MOVREC_HOME to a "
+                "directory it can read (a checkout under /root is not)"
+            )
+        r = self._run(
+            str(bindir() / "initdb"),
+            "-D",
+            str(self.data),
+            "-U",
+            SUPERUSER,
+            "-E",
+            "UTF8",
+            "--locale=C.UTF-8",
+            "--auth-local=trust",
+            "--auth-host=scram-sha-256",
+            capture=True,
+        )
         if r.returncode != 0:
             raise CliError(f"initdb failed:\n{r.stdout}{r.stderr}")
         conf = SERVER_CONF.format(port=self.port, socket_dir=self.socket_dir, database=DATABASE)
@@ -124,7 +141,12 @@ class Cluster:
     def running(self) -> bool:
         if not self.initialized():
             return False
-        return self._run(str(bindir() / "pg_ctl"), "-D", str(self.data), "status", capture=True).returncode == 0
+        return (
+            self._run(
+                str(bindir() / "pg_ctl"), "-D", str(self.data), "status", capture=True
+            ).returncode
+            == 0
+        )
 
     def start(self) -> None:
         if self.running():
@@ -132,8 +154,18 @@ class Cluster:
         if not self.logfile.exists():
             self.logfile.touch()
             self._chown(self.logfile)
-        r = self._run(str(bindir() / "pg_ctl"), "-D", str(self.data), "-l", str(self.logfile), "-w",
-                      "-t", "60", "start", capture=True)
+        r = self._run(
+            str(bindir() / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.logfile),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            capture=True,
+        )
         if r.returncode != 0:
             tail = self.logfile.read_text(errors="replace")[-2000:] if self.logfile.exists() else ""
             raise CliError(f"PostgreSQL did not start (port {self.port} taken?):\n{r.stderr}{tail}")
@@ -142,14 +174,40 @@ class Cluster:
     def ensure_database(self, name: str) -> None:
         psql = str(bindir() / "psql")
         q = f"SELECT 1 FROM pg_database WHERE datname = '{name}'"
-        r = self._run(psql, "-h", str(self.socket_dir), "-p", str(self.port), "-U", SUPERUSER, "-d",
-                      "postgres", "-tAc", q, capture=True)
+        r = self._run(
+            psql,
+            "-h",
+            str(self.socket_dir),
+            "-p",
+            str(self.port),
+            "-U",
+            SUPERUSER,
+            "-d",
+            "postgres",
+            "-tAc",
+            q,
+            capture=True,
+        )
         if r.stdout.strip() != "1":
-            self._run(psql, "-h", str(self.socket_dir), "-p", str(self.port), "-U", SUPERUSER, "-d",
-                      "postgres", "-qc", f'CREATE DATABASE "{name}"', capture=True)
+            self._run(
+                psql,
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                SUPERUSER,
+                "-d",
+                "postgres",
+                "-qc",
+                f'CREATE DATABASE "{name}"',
+                capture=True,
+            )
 
     def stop(self) -> bool:
         if not self.running():
             return False
-        self._run(str(bindir() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", capture=True)
+        self._run(
+            str(bindir() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", capture=True
+        )
         return True

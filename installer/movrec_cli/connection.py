@@ -14,8 +14,10 @@ def resolve_dsn(dsn: str | None) -> str:
         return dsn
     cluster = Cluster.default()
     if not cluster.running():
-        raise CliError("no database: start the embedded one with `movrec db up`, "
-                       "or pass --dsn / set MOVREC_DSN")
+        raise CliError(
+            "no database: start the embedded one with `movrec db up`, "
+            "or pass --dsn / set MOVREC_DSN"
+        )
     return cluster.dsn()
 
 

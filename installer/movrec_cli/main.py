@@ -11,19 +11,28 @@ from collections.abc import Sequence
 from typing import Any
 
 import click
-
 from movrec import __version__
+
 from movrec_cli import schema
 from movrec_cli.cluster import Cluster
 from movrec_cli.connection import connect
 
-dsn_option = click.option("--dsn", envvar="MOVREC_DSN", metavar="DSN",
-                          help="libpq connection string [env MOVREC_DSN; default: the embedded cluster]")
+dsn_option = click.option(
+    "--dsn",
+    envvar="MOVREC_DSN",
+    metavar="DSN",
+    help="libpq connection string [env MOVREC_DSN; default: the embedded cluster]",
+)
 
 
 def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    cells = [[("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in r] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)]
+    cells = [
+        [("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in r]
+        for r in rows
+    ]
+    widths = [
+        max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)
+    ]
     line = lambda vals: "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()  # noqa: E731
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(c) for c in cells)])
 
@@ -44,6 +53,7 @@ def cli() -> None:
 
 
 # --- embedded cluster -------------------------------------------------------
+
 
 @cli.group()
 def db() -> None:
@@ -82,9 +92,12 @@ def db_dsn() -> None:
 
 # --- SQL lifecycle ----------------------------------------------------------
 
+
 @cli.command()
 @dsn_option
-@click.option("--venv", metavar="PATH", help="venv the backends load movrec from [default: this CLI's]")
+@click.option(
+    "--venv", metavar="PATH", help="venv the backends load movrec from [default: this CLI's]"
+)
 def install(dsn: str | None, venv: str | None) -> None:
     """Install or upgrade movrec's SQL in one transaction; a rerun changes nothing.
 
@@ -97,7 +110,9 @@ def install(dsn: str | None, venv: str | None) -> None:
 
 @cli.command()
 @dsn_option
-@click.option("--drop-data", is_flag=True, help="also drop the movrec and model schemas with all data")
+@click.option(
+    "--drop-data", is_flag=True, help="also drop the movrec and model schemas with all data"
+)
 def uninstall(dsn: str | None, drop_data: bool) -> None:
     """Remove movrec's functions and triggers; tables stay unless --drop-data."""
     with connect(dsn) as conn:
@@ -117,11 +132,21 @@ def status(dsn: str | None) -> None:
             """SELECT (SELECT count(*) FROM movrec.movies), (SELECT count(*) FROM movrec.watch_events),
                       (SELECT count(DISTINCT user_id) FROM movrec.watch_events),
                       (SELECT count(*) FROM model.user_latent_attributes),
-                      (SELECT count(*) FROM model.registry)""").fetchone()
-        click.echo("movies: {}  ratings: {}  users: {}  user vectors: {}  registered models: {}".format(*counts))
-        champ = conn.execute("SELECT model_id, kind, metrics->>'val_rmse', deployed_at FROM model.champion").fetchone()
-        click.echo(f"champion: model {champ[0]} ({champ[1]}), val RMSE {float(champ[2]):.4f}, deployed {champ[3]:%Y-%m-%d %H:%M}"
-                   if champ else "champion: none (movrec train)")
+                      (SELECT count(*) FROM model.registry)"""
+        ).fetchone()
+        click.echo(
+            "movies: {}  ratings: {}  users: {}  user vectors: {}  registered models: {}".format(
+                *counts
+            )
+        )
+        champ = conn.execute(
+            "SELECT model_id, kind, metrics->>'val_rmse', deployed_at FROM model.champion"
+        ).fetchone()
+        click.echo(
+            f"champion: model {champ[0]} ({champ[1]}), val RMSE {float(champ[2]):.4f}, deployed {champ[3]:%Y-%m-%d %H:%M}"
+            if champ
+            else "champion: none (movrec train)"
+        )
 
 
 @cli.command()
@@ -131,12 +156,15 @@ def doctor(dsn: str | None) -> None:
     with connect(dsn) as conn:
         rows = conn.execute("SELECT check_name, ok, detail, fix FROM movrec.doctor()").fetchall()
     for name, ok, detail, fix in rows:
-        click.echo(f"{'ok ' if ok else 'BAD'} {name:<9} {detail}" + (f"\n    fix: {fix}" if fix else ""))
+        click.echo(
+            f"{'ok ' if ok else 'BAD'} {name:<9} {detail}" + (f"\n    fix: {fix}" if fix else "")
+        )
     if not all(r[1] for r in rows):
         raise SystemExit(1)
 
 
 # --- data and models ----------------------------------------------------------
+
 
 @cli.group()
 def load() -> None:
@@ -169,11 +197,17 @@ def train(dsn: str | None, kind: str, no_deploy: bool, **options: Any) -> None:
     """Train a model in the database (SELECT movrec.train(...)); progress on stderr."""
     opts = {k: v for k, v in options.items() if v is not None}
     with connect(dsn) as conn:
-        model_id = conn.execute("SELECT movrec.train(%s, %s::jsonb, %s)",
-                                (kind, json.dumps(opts), not no_deploy)).fetchone()[0]
-        metrics = conn.execute("SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,)).fetchone()[0]
-    click.echo(f"model {model_id}: val RMSE {metrics['val_rmse']:.4f}, MAE {metrics['val_mae']:.4f} "
-               f"(global mean RMSE {metrics['baseline_val_rmse']:.4f})" + ("" if no_deploy else ", deployed"))
+        model_id = conn.execute(
+            "SELECT movrec.train(%s, %s::jsonb, %s)", (kind, json.dumps(opts), not no_deploy)
+        ).fetchone()[0]
+        metrics = conn.execute(
+            "SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,)
+        ).fetchone()[0]
+    click.echo(
+        f"model {model_id}: val RMSE {metrics['val_rmse']:.4f}, MAE {metrics['val_mae']:.4f} "
+        f"(global mean RMSE {metrics['baseline_val_rmse']:.4f})"
+        + ("" if no_deploy else ", deployed")
+    )
 
 
 @cli.command()

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from movrec import __version__
 from psycopg import sql
 
-from movrec import __version__
 from movrec_cli.errors import CliError
 
 
@@ -65,29 +65,53 @@ def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:
     script = sql_script()
     sha = hashlib.sha256(script.encode()).hexdigest()
     if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'movrec'").fetchone():
-        raise CliError("movrec is managed by CREATE EXTENSION in this database: "
-                       "use ALTER EXTENSION movrec UPDATE")
+        raise CliError(
+            "movrec is managed by CREATE EXTENSION in this database: "
+            "use ALTER EXTENSION movrec UPDATE"
+        )
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")  # no 'already exists' noise
         last = _last_install(conn)
         search_path = _db_setting(conn, "search_path")
-        if (last == (__version__, sha, venv) and _db_setting(conn, "movrec.venv") == venv
-                and search_path and "movrec" in search_path):
-            return InstallResult(__version__, False, f"movrec {__version__} is installed; nothing to do")
+        if (
+            last == (__version__, sha, venv)
+            and _db_setting(conn, "movrec.venv") == venv
+            and search_path
+            and "movrec" in search_path
+        ):
+            return InstallResult(
+                __version__, False, f"movrec {__version__} is installed; nothing to do"
+            )
         for ext in ("plpython3u", "vector"):
             try:
                 with conn.transaction():
-                    conn.execute(sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(ext)))
+                    conn.execute(
+                        sql.SQL("CREATE EXTENSION IF NOT EXISTS {}").format(sql.Identifier(ext))
+                    )
             except psycopg.Error as e:
-                raise CliError(f"CREATE EXTENSION {ext} failed: {str(e).strip()} (run `make setup`)") from None
+                raise CliError(
+                    f"CREATE EXTENSION {ext} failed: {str(e).strip()} (run `make setup`)"
+                ) from None
         conn.execute(script)
         db = sql.Identifier(conn.info.dbname)
-        conn.execute(sql.SQL("ALTER DATABASE {} SET movrec.venv = {}").format(db, sql.Literal(venv)))
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET movrec.venv = {}").format(db, sql.Literal(venv))
+        )
         if not search_path or "movrec" not in search_path:
             new_path = f"{search_path}, movrec" if search_path else '"$user", public, movrec'
-            conn.execute(sql.SQL("ALTER DATABASE {} SET search_path = {}").format(db, sql.SQL(new_path)))
-        conn.execute("INSERT INTO movrec.installs (version, sql_sha256, venv) VALUES (%s, %s, %s)",
-                     (__version__, sha, venv))
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} SET search_path = {}").format(db, sql.SQL(new_path))
+            )
+            search_path = new_path
+        # ALTER DATABASE reaches new sessions only; this one gets the same now.
+        conn.execute(
+            "SELECT set_config('movrec.venv', %s, false), set_config('search_path', %s, false)",
+            (venv, search_path),
+        )
+        conn.execute(
+            "INSERT INTO movrec.installs (version, sql_sha256, venv) VALUES (%s, %s, %s)",
+            (__version__, sha, venv),
+        )
     verb = "upgraded" if last and last[0] != "-" else "installed"
     return InstallResult(__version__, True, f"movrec {__version__} {verb} (venv {venv})")
 
@@ -97,7 +121,11 @@ def uninstall(conn: psycopg.Connection, drop_data: bool = False) -> str:
         conn.execute("SET LOCAL client_min_messages = warning")
         if drop_data:
             conn.execute("DROP SCHEMA IF EXISTS movrec, model CASCADE")
-            conn.execute(sql.SQL("ALTER DATABASE {} RESET movrec.venv").format(sql.Identifier(conn.info.dbname)))
+            conn.execute(
+                sql.SQL("ALTER DATABASE {} RESET movrec.venv").format(
+                    sql.Identifier(conn.info.dbname)
+                )
+            )
             return "movrec removed with its data (schemas movrec and model dropped)"
         functions = conn.execute(
             """SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -105,9 +133,13 @@ def uninstall(conn: psycopg.Connection, drop_data: bool = False) -> str:
         ).fetchall()
         for (signature,) in functions:  # triggers go with their function (CASCADE)
             conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {} CASCADE").format(sql.SQL(signature)))
-        conn.execute(sql.SQL("ALTER DATABASE {} RESET movrec.venv").format(sql.Identifier(conn.info.dbname)))
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} RESET movrec.venv").format(sql.Identifier(conn.info.dbname))
+        )
         if _last_install(conn) is not None:
-            conn.execute("INSERT INTO movrec.installs (version, sql_sha256) VALUES ('-', 'uninstalled')")
+            conn.execute(
+                "INSERT INTO movrec.installs (version, sql_sha256) VALUES ('-', 'uninstalled')"
+            )
     return f"movrec functions and triggers removed ({len(functions)} functions); data tables kept"
 
 

@@ -40,15 +40,23 @@ def run(dsn: str | None) -> None:
 
         t = step(3, "demo data: hand-typed catalogue + synthetic users with planted tastes")
         movies, ratings = load_demo(conn)
-        n = conn.execute("SELECT count(*), count(DISTINCT user_id) FROM movrec.watch_events").fetchone()
+        n = conn.execute(
+            "SELECT count(*), count(DISTINCT user_id) FROM movrec.watch_events"
+        ).fetchone()
         click.echo(f"{movies} movies, {n[0]} ratings by {n[1]} users ({ratings} new)")
         done(t)
 
-        t = step(4, "train the base matrix factorisation in the database: SELECT movrec.train('mf')")
+        t = step(
+            4, "train the base matrix factorisation in the database: SELECT movrec.train('mf')"
+        )
         model_id = conn.execute("SELECT movrec.train('mf')").fetchone()[0]
-        m = conn.execute("SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,)).fetchone()[0]
-        click.echo(f"model {model_id} deployed: validation RMSE {m['val_rmse']:.4f}, MAE {m['val_mae']:.4f} "
-                   f"(predicting the global mean: RMSE {m['baseline_val_rmse']:.4f})")
+        m = conn.execute(
+            "SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,)
+        ).fetchone()[0]
+        click.echo(
+            f"model {model_id} deployed: validation RMSE {m['val_rmse']:.4f}, MAE {m['val_mae']:.4f} "
+            f"(predicting the global mean: RMSE {m['baseline_val_rmse']:.4f})"
+        )
         done(t)
 
         t = step(5, f"SELECT * FROM recommend({DEMO_USER})")
@@ -57,16 +65,24 @@ def run(dsn: str | None) -> None:
         done(t)
 
         top_id, top_title = before[0][0], before[0][1]
-        t = step(6, f"user {DEMO_USER} rates '{top_title}' 0.5 stars: the trigger moves their vector")
+        t = step(
+            6, f"user {DEMO_USER} rates '{top_title}' 0.5 stars: the trigger moves their vector"
+        )
         vec = "SELECT embedding::real[] FROM model.user_latent_attributes WHERE user_id = %s"
         u0 = np.array(conn.execute(vec, (DEMO_USER,)).fetchone()[0])
-        conn.execute("INSERT INTO movrec.watch_events (user_id, movie_id, rating) VALUES (%s, %s, 0.5)",
-                     (DEMO_USER, top_id))
+        conn.execute(
+            "INSERT INTO movrec.watch_events (user_id, movie_id, rating) VALUES (%s, %s, 0.5)",
+            (DEMO_USER, top_id),
+        )
         u1 = np.array(conn.execute(vec, (DEMO_USER,)).fetchone()[0])
-        archived = conn.execute("SELECT count(*) FROM model.user_latent_attributes_backups WHERE user_id = %s",
-                                (DEMO_USER,)).fetchone()[0]
-        click.echo(f"vector[:5] before {np.round(u0[:5], 4)}\n          after  {np.round(u1[:5], 4)}"
-                   f"\n|change| = {np.linalg.norm(u1 - u0):.4f}; {archived} old vector(s) archived")
+        archived = conn.execute(
+            "SELECT count(*) FROM model.user_latent_attributes_backups WHERE user_id = %s",
+            (DEMO_USER,),
+        ).fetchone()[0]
+        click.echo(
+            f"vector[:5] before {np.round(u0[:5], 4)}\n          after  {np.round(u1[:5], 4)}"
+            f"\n|change| = {np.linalg.norm(u1 - u0):.4f}; {archived} old vector(s) archived"
+        )
         after = conn.execute("SELECT * FROM recommend(%s)", (DEMO_USER,)).fetchall()
         old = {r[0]: r[3] for r in before}
         rows = [(*r[:2], old.get(r[0]), r[3], "" if r[0] in old else "new") for r in after]

@@ -13,33 +13,60 @@ Row = tuple[str, bool, str, str | None]
 def _venv() -> Row:
     venv = backend.setting("movrec.venv")
     if not venv:
-        return ("venv", False, "movrec.venv is not set",
-                "movrec install (sets it), or ALTER DATABASE ... SET movrec.venv = '/path/.venv'")
+        return (
+            "venv",
+            False,
+            "movrec.venv is not set",
+            "movrec install (sets it), or ALTER DATABASE ... SET movrec.venv = '/path/.venv'",
+        )
     readable = os.access(venv, os.R_OK | os.X_OK)
-    return ("venv", readable, f"{venv} ({'readable' if readable else 'NOT readable'} by this backend's OS user)",
-            None if readable else f"chmod -R a+rX {venv} (or put the venv where the server's OS user can read)")
+    return (
+        "venv",
+        readable,
+        f"{venv} ({'readable' if readable else 'NOT readable'} by this backend's OS user)",
+        None
+        if readable
+        else f"chmod -R a+rX {venv} (or put the venv where the server's OS user can read)",
+    )
 
 
 def _threads() -> Row:
-    env = {v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    env = {
+        v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+    }
     ok = all(x is not None for x in env.values())
-    return ("threads", ok, f"movrec.threads={backend.threads()} " + " ".join(f"{k}={v}" for k, v in env.items()),
-            None if ok else "SET movrec.threads before the first movrec call in a backend")
+    return (
+        "threads",
+        ok,
+        f"movrec.threads={backend.threads()} " + " ".join(f"{k}={v}" for k, v in env.items()),
+        None if ok else "SET movrec.threads before the first movrec call in a backend",
+    )
 
 
 def _torch() -> list[Row]:
     try:
         import torch
     except Exception as e:  # noqa: BLE001 - any import failure is the finding
-        return [("torch", False, f"cannot import torch: {e}", "pip install torch==2.13.0 into the venv")]
+        return [
+            ("torch", False, f"cannot import torch: {e}", "pip install torch==2.13.0 into the venv")
+        ]
     requested = backend.setting("movrec.device", "auto")
     cuda = torch.cuda.is_available()
     device = "cuda" if (requested == "cuda" or (requested == "auto" and cuda)) else "cpu"
-    rows: list[Row] = [("torch", True, f"torch {torch.__version__}, {torch.get_num_threads()} threads", None)]
+    rows: list[Row] = [
+        ("torch", True, f"torch {torch.__version__}, {torch.get_num_threads()} threads", None)
+    ]
     detail = f"{torch.cuda.get_device_name(0)}" if cuda else "no CUDA device visible"
-    rows.append(("device", not (requested == "cuda" and not cuda),
-                 f"movrec.device={requested} -> {device} ({detail})",
-                 "SET movrec.device = 'cpu', or run on a host with a GPU" if requested == "cuda" and not cuda else None))
+    rows.append(
+        (
+            "device",
+            not (requested == "cuda" and not cuda),
+            f"movrec.device={requested} -> {device} ({detail})",
+            "SET movrec.device = 'cpu', or run on a host with a GPU"
+            if requested == "cuda" and not cuda
+            else None,
+        )
+    )
     return rows
 
 
@@ -55,10 +82,21 @@ def checks() -> list[Row]:
     ]
     rows += _torch()
     vec = backend.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")
-    rows.append(("pgvector", bool(vec), f"pgvector {vec[0]['extversion']}" if vec else "pgvector not installed",
-                 None if vec else "CREATE EXTENSION vector"))
+    rows.append(
+        (
+            "pgvector",
+            bool(vec),
+            f"pgvector {vec[0]['extversion']}" if vec else "pgvector not installed",
+            None if vec else "CREATE EXTENSION vector",
+        )
+    )
     champ = backend.execute("SELECT model_id, kind FROM model.champion")
-    rows.append(("champion", bool(champ),
-                 f"model {champ[0]['model_id']} ({champ[0]['kind']})" if champ else "no model deployed",
-                 None if champ else "SELECT movrec.train('mf') or `movrec train`"))
+    rows.append(
+        (
+            "champion",
+            bool(champ),
+            f"model {champ[0]['model_id']} ({champ[0]['kind']})" if champ else "no model deployed",
+            None if champ else "SELECT movrec.train('mf') or `movrec train`",
+        )
+    )
     return rows

@@ -59,20 +59,53 @@ def serving_blobs(model: Any) -> tuple[bytes, bytes, list[float], float]:
     ids, vectors, bias = model.movie_side()
     _, user_vectors, user_bias = model.user_side()
     matrix = np.hstack([vectors.numpy(), bias.numpy()[:, None]]).astype(np.float32)
-    return (ids.numpy().astype(np.int32).tobytes(), matrix.tobytes(),
-            user_vectors.numpy().mean(axis=0).astype(np.float32).tolist(), float(user_bias.mean()))
+    return (
+        ids.numpy().astype(np.int32).tobytes(),
+        matrix.tobytes(),
+        user_vectors.numpy().mean(axis=0).astype(np.float32).tolist(),
+        float(user_bias.mean()),
+    )
 
 
-def register(model: Any, kind: str, params: dict[str, Any], snapshot: dict[str, Any],
-             metrics: dict[str, Any], duration_s: float) -> int:
+def register(
+    model: Any,
+    kind: str,
+    params: dict[str, Any],
+    snapshot: dict[str, Any],
+    metrics: dict[str, Any],
+    duration_s: float,
+) -> int:
     ids, matrix, default_embedding, default_bias = serving_blobs(model)
     row = backend.execute(
         REGISTER_SQL,
-        ["text", "int4", "text", "text", "text", "float4", "bytea", "bytea", "bytea", "float4[]",
-         "float4", "float4"],
-        [kind, int(model.movie_side()[1].shape[1]), json.dumps(params), json.dumps(snapshot),
-         json.dumps(metrics), float(model.global_mean), checkpoint_bytes(model), ids, matrix,
-         default_embedding, default_bias, duration_s],
+        [
+            "text",
+            "int4",
+            "text",
+            "text",
+            "text",
+            "float4",
+            "bytea",
+            "bytea",
+            "bytea",
+            "float4[]",
+            "float4",
+            "float4",
+        ],
+        [
+            kind,
+            int(model.movie_side()[1].shape[1]),
+            json.dumps(params),
+            json.dumps(snapshot),
+            json.dumps(metrics),
+            float(model.global_mean),
+            checkpoint_bytes(model),
+            ids,
+            matrix,
+            default_embedding,
+            default_bias,
+            duration_s,
+        ],
     )
     return int(row[0]["model_id"])
 
@@ -100,30 +133,42 @@ WHERE model_id <> $3
 
 def _publish(sql: str, ids: Any, vectors: Any, bias: Any, model_id: int) -> None:
     backend.execute(
-        sql, ["int4[]", "text[]", "float4[]", "int8"],
+        sql,
+        ["int4[]", "text[]", "float4[]", "int8"],
         [ids.tolist(), [vector_literal(v) for v in vectors.numpy()], bias.tolist(), model_id],
     )
 
 
 def deploy_model(model_id: int, reason: str = "deploy") -> int:
-    rows = backend.execute("SELECT kind, dim, checkpoint FROM model.registry WHERE model_id = $1",
-                           ["int8"], [model_id])
+    rows = backend.execute(
+        "SELECT kind, dim, checkpoint FROM model.registry WHERE model_id = $1", ["int8"], [model_id]
+    )
     if not rows:
-        raise NotFound(f"model {model_id} is not in model.registry",
-                       hint="SELECT model_id, kind, metrics FROM model.registry")
+        raise NotFound(
+            f"model {model_id} is not in model.registry",
+            hint="SELECT model_id, kind, metrics FROM model.registry",
+        )
     kind, dim = rows[0]["kind"], rows[0]["dim"]
     if dim != PUBLISHED_DIM:
-        raise InvalidArgument(f"model {model_id} has dim {dim}; published vectors are vector({PUBLISHED_DIM})")
+        raise InvalidArgument(
+            f"model {model_id} has dim {dim}; published vectors are vector({PUBLISHED_DIM})"
+        )
     model = load_checkpoint(kind, rows[0]["checkpoint"], model_id)
     backend.notice(f"movrec deploy: publishing model {model_id} ({kind})")
     backend.execute("DELETE FROM model.movie_latent_attributes")
     _publish(PUBLISH_MOVIES_SQL, *model.movie_side(), model_id)
     _publish(PUBLISH_USERS_SQL, *model.user_side(), model_id)
     _, _, default_embedding, default_bias = serving_blobs(model)
-    backend.execute(RESET_OTHERS_SQL, ["text", "float4", "int8"],
-                    [vector_literal(np.asarray(default_embedding)), default_bias, model_id])
-    backend.execute("INSERT INTO model.deployments (model_id, reason) VALUES ($1, $2)",
-                    ["int8", "text"], [model_id, reason])
+    backend.execute(
+        RESET_OTHERS_SQL,
+        ["text", "float4", "int8"],
+        [vector_literal(np.asarray(default_embedding)), default_bias, model_id],
+    )
+    backend.execute(
+        "INSERT INTO model.deployments (model_id, reason) VALUES ($1, $2)",
+        ["int8", "text"],
+        [model_id, reason],
+    )
     return model_id
 
 

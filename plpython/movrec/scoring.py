@@ -92,13 +92,14 @@ def sgd_step(
 ) -> tuple[np.ndarray, float]:
     """One gradient step of squared error on the user side, movie side fixed.
 
-    The step size is capped at 1 / (|m|^2 + 1) so that the prediction moves
-    toward the rating and never past it, whatever the movie vector's norm.
+    The step size is capped at 0.5 / (|m|^2 + 1): then one step closes at most
+    half the gap, so the prediction moves toward the rating and never past it,
+    whatever the movie vector's norm.
     """
     u = user_vector.astype(np.float64)
     m = movie_vector.astype(np.float64)
     err = rating - (global_mean + user_bias + movie_bias + float(u @ m))
-    step = min(lr, 1.0 / (float(m @ m) + 1.0))
+    step = min(lr, 0.5 / (float(m @ m) + 1.0))
     new_u = u + step * (err * m - reg * u)
     new_b = user_bias + step * (err - reg * user_bias)
     return new_u.astype(np.float32), float(new_b)

@@ -103,8 +103,7 @@ def recommend(user_id: int | None, k: int | None) -> list[tuple[int, str, float,
     best = top_k(scores, k, exclude=champ.positions(seen)[champ.positions(seen) >= 0])
     ids = champ.movie_ids[best]
     titles = {
-        r["movie_id"]: r["title"]
-        for r in backend.execute(TITLES_SQL, ["int4[]"], [ids.tolist()])
+        r["movie_id"]: r["title"] for r in backend.execute(TITLES_SQL, ["int4[]"], [ids.tolist()])
     }
     return [
         (int(m), titles[int(m)], float(s), float(clip_rating(s)), "model")

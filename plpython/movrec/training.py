@@ -113,8 +113,9 @@ def fit(
     train_rows, val_rows = split(len(data), opts.seed, opts.val_fraction)
     mean = float(data.ratings[train_rows].mean())
 
-    model = MODELS[kind](torch.from_numpy(user_ids), torch.from_numpy(movie_ids), dim=opts.dim,
-                         global_mean=mean).to(device)
+    model = MODELS[kind](
+        torch.from_numpy(user_ids), torch.from_numpy(movie_ids), dim=opts.dim, global_mean=mean
+    ).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
     U = torch.from_numpy(u_idx.astype(np.int64)).to(device)
     M = torch.from_numpy(m_idx.astype(np.int64)).to(device)
@@ -147,9 +148,13 @@ def fit(
             total += float(loss) * len(batch)
         train_rmse = math.sqrt(total / len(tr))
         val_rmse, val_mae = evaluate(va) if len(va) else (train_rmse, math.nan)
-        history.append({"epoch": epoch, "train_rmse": round(train_rmse, 5), "val_rmse": round(val_rmse, 5)})
-        progress(f"movrec train {kind}: epoch {epoch}/{opts.epochs} train RMSE {train_rmse:.4f} "
-                 f"val RMSE {val_rmse:.4f} ({time.perf_counter() - started:.1f} s)")
+        history.append(
+            {"epoch": epoch, "train_rmse": round(train_rmse, 5), "val_rmse": round(val_rmse, 5)}
+        )
+        progress(
+            f"movrec train {kind}: epoch {epoch}/{opts.epochs} train RMSE {train_rmse:.4f} "
+            f"val RMSE {val_rmse:.4f} ({time.perf_counter() - started:.1f} s)"
+        )
         if val_rmse < best[0] - 1e-4:
             best = (val_rmse, val_mae, epoch)
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
@@ -160,10 +165,16 @@ def fit(
     model = model.cpu().eval()
     baseline_rmse, baseline_mae = rmse_mae(np.full(len(val_rows), mean), data.ratings[val_rows])
     metrics = {
-        "val_rmse": best[0], "val_mae": best[1], "best_epoch": best[2],
-        "baseline_val_rmse": baseline_rmse, "baseline_val_mae": baseline_mae,
-        "n_train": len(train_rows), "n_val": len(val_rows), "device": device,
-        "train_seconds": round(time.perf_counter() - started, 3), "history": history,
+        "val_rmse": best[0],
+        "val_mae": best[1],
+        "best_epoch": best[2],
+        "baseline_val_rmse": baseline_rmse,
+        "baseline_val_mae": baseline_mae,
+        "n_train": len(train_rows),
+        "n_val": len(val_rows),
+        "device": device,
+        "train_seconds": round(time.perf_counter() - started, 3),
+        "history": history,
     }
     return model, metrics
 
@@ -174,6 +185,10 @@ READ_SQL = """
 SELECT array_agg(user_id) AS u, array_agg(movie_id) AS m, array_agg(rating) AS r
 FROM movrec.watch_events GROUP BY user_id / 512
 """
+
+
+def _concat(parts: list[np.ndarray], dtype: type) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.empty(0, dtype)
 
 
 def read_ratings() -> tuple[Ratings, dict[str, Any]]:
@@ -187,11 +202,18 @@ def read_ratings() -> tuple[Ratings, dict[str, Any]]:
             users.append(np.asarray(row["u"], dtype=np.int64))
             movies.append(np.asarray(row["m"], dtype=np.int64))
             ratings.append(np.asarray(row["r"], dtype=np.float32))
-    cat = (lambda parts, dt: np.concatenate(parts) if parts else np.empty(0, dt))
-    data = Ratings(cat(users, np.int64), cat(movies, np.int64), cat(ratings, np.float32))
-    snap = plpy.execute("SELECT count(*) AS n, max(rated_at)::text AS max_rated_at FROM movrec.watch_events")[0]
-    snapshot = {"n_ratings": int(snap["n"]), "max_rated_at": snap["max_rated_at"],
-                "n_users": int(len(np.unique(data.users))), "n_movies": int(len(np.unique(data.movies)))}
+    data = Ratings(
+        _concat(users, np.int64), _concat(movies, np.int64), _concat(ratings, np.float32)
+    )
+    snap = plpy.execute(
+        "SELECT count(*) AS n, max(rated_at)::text AS max_rated_at FROM movrec.watch_events"
+    )[0]
+    snapshot = {
+        "n_ratings": int(snap["n"]),
+        "max_rated_at": snap["max_rated_at"],
+        "n_users": int(len(np.unique(data.users))),
+        "n_movies": int(len(np.unique(data.movies))),
+    }
     return data, snapshot
 
 
@@ -208,13 +230,18 @@ def train_from_sql(kind: str, options: str | None, deploy: bool) -> int:
     torch.set_num_threads(backend.train_threads())
     started = time.perf_counter()
     data, snapshot = read_ratings()
-    backend.notice(f"movrec train {kind}: {snapshot['n_ratings']} ratings, {snapshot['n_users']} users, "
-                   f"{snapshot['n_movies']} movies")
+    backend.notice(
+        f"movrec train {kind}: {snapshot['n_ratings']} ratings, {snapshot['n_users']} users, "
+        f"{snapshot['n_movies']} movies"
+    )
     model, metrics = fit(data, kind, opts, progress=backend.notice)
-    model_id = registry.register(model, kind, asdict(opts), snapshot, metrics,
-                                 duration_s=time.perf_counter() - started)
-    backend.notice(f"movrec train {kind}: model {model_id} val RMSE {metrics['val_rmse']:.4f} "
-                   f"(global mean {metrics['baseline_val_rmse']:.4f})")
+    model_id = registry.register(
+        model, kind, asdict(opts), snapshot, metrics, duration_s=time.perf_counter() - started
+    )
+    backend.notice(
+        f"movrec train {kind}: model {model_id} val RMSE {metrics['val_rmse']:.4f} "
+        f"(global mean {metrics['baseline_val_rmse']:.4f})"
+    )
     if deploy:
         registry.deploy_model(model_id)
     return model_id

@@ -15,9 +15,26 @@ from importlib import resources
 
 import numpy as np
 
-GENRES = ("Action", "Adventure", "Animation", "Children", "Comedy", "Crime", "Documentary",
-          "Drama", "Fantasy", "Film-Noir", "Horror", "Musical", "Mystery", "Romance", "Sci-Fi",
-          "Thriller", "War", "Western")
+GENRES = (
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 
 
 @dataclass(frozen=True)
@@ -43,8 +60,10 @@ class SyntheticRatings:
 
 def load_catalog() -> list[Movie]:
     text = resources.files("movrec.demo").joinpath("catalog.csv").read_text(encoding="utf-8")
-    return [Movie(int(r["movie_id"]), r["title"], int(r["year"]), tuple(r["genres"].split("|")))
-            for r in csv.DictReader(text.splitlines())]
+    return [
+        Movie(int(r["movie_id"]), r["title"], int(r["year"]), tuple(r["genres"].split("|")))
+        for r in csv.DictReader(text.splitlines())
+    ]
 
 
 def genre_matrix(genres: list[tuple[str, ...]]) -> np.ndarray:
@@ -92,5 +111,11 @@ def generate(
             items.append(ids[chosen])
             ratings.append(np.clip(np.round(noisy * 2) / 2, 0.5, 5.0).astype(np.float32))
             seconds.append(u * 86_400 + np.arange(len(chosen), dtype=np.int64) * 600)
-    return SyntheticRatings(np.concatenate(users), np.concatenate(items), np.concatenate(ratings),
-                            np.concatenate(seconds), taste, noise_std)
+    return SyntheticRatings(
+        np.concatenate(users),
+        np.concatenate(items),
+        np.concatenate(ratings),
+        np.concatenate(seconds),
+        taste,
+        noise_std,
+    )

@@ -15,8 +15,14 @@ class MatrixFactorization(nn.Module):
 
     kind = "mf"
 
-    def __init__(self, user_ids: torch.Tensor, movie_ids: torch.Tensor, dim: int = 100,
-                 global_mean: float = 3.5, init_std: float = 0.05) -> None:
+    def __init__(
+        self,
+        user_ids: torch.Tensor,
+        movie_ids: torch.Tensor,
+        dim: int = 100,
+        global_mean: float = 3.5,
+        init_std: float = 0.05,
+    ) -> None:
         super().__init__()
         self.user_embedding = nn.Embedding(len(user_ids), dim)
         self.movie_embedding = nn.Embedding(len(movie_ids), dim)
@@ -33,25 +39,43 @@ class MatrixFactorization(nn.Module):
     def forward(self, users: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
         u = self.user_embedding(users)
         m = self.movie_embedding(movies)
-        return ((u * m).sum(-1) + self.user_bias(users).squeeze(-1)
-                + self.movie_bias(movies).squeeze(-1) + self.global_mean)
+        return (
+            (u * m).sum(-1)
+            + self.user_bias(users).squeeze(-1)
+            + self.movie_bias(movies).squeeze(-1)
+            + self.global_mean
+        )
 
     def regularizer(self, users: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
         """L2 on the rows a batch touches (weight decay on all rows would shrink unseen ones)."""
-        return ((self.user_embedding(users) ** 2).sum(-1) + (self.movie_embedding(movies) ** 2).sum(-1)
-                + 0.1 * (self.user_bias(users).squeeze(-1) ** 2 + self.movie_bias(movies).squeeze(-1) ** 2))
+        return (
+            (self.user_embedding(users) ** 2).sum(-1)
+            + (self.movie_embedding(movies) ** 2).sum(-1)
+            + 0.1
+            * (self.user_bias(users).squeeze(-1) ** 2 + self.movie_bias(movies).squeeze(-1) ** 2)
+        )
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor]) -> MatrixFactorization:
         dim = state["user_embedding.weight"].shape[1]
-        model = cls(state["user_ids"], state["movie_ids"], dim=dim, global_mean=float(state["global_mean"]))
+        model = cls(
+            state["user_ids"], state["movie_ids"], dim=dim, global_mean=float(state["global_mean"])
+        )
         model.load_state_dict(state)
         return model
 
     def user_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(user ids, vectors, biases) to publish into model.user_latent_attributes."""
-        return self.user_ids, self.user_embedding.weight.detach(), self.user_bias.weight.detach().squeeze(-1)
+        return (
+            self.user_ids,
+            self.user_embedding.weight.detach(),
+            self.user_bias.weight.detach().squeeze(-1),
+        )
 
     def movie_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(movie ids, vectors, biases): the movie representation serving multiplies with."""
-        return self.movie_ids, self.movie_embedding.weight.detach(), self.movie_bias.weight.detach().squeeze(-1)
+        return (
+            self.movie_ids,
+            self.movie_embedding.weight.detach(),
+            self.movie_bias.weight.detach().squeeze(-1),
+        )

@@ -1,0 +1,85 @@
+"""Test harness: a real PostgreSQL cluster (PL/Python, pgvector, movrec) per run.
+
+Each test module gets its own database, so modules do not see each other's
+rows.  The cluster lives in a temporary directory that the server's OS user can
+read, on a port of its own; nothing touches a system cluster.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from movrec_cli import schema
+from movrec_cli.cluster import Cluster
+from movrec_cli.demo_data import load_demo
+
+DEMO_USERS = 300
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    home = Path(tempfile.mkdtemp(prefix="movrec-test-", dir="/tmp"))
+    home.chmod(0o755)
+    c = Cluster(home, port=56000 + os.getpid() % 1000)
+    c.init()
+    c.start()
+    try:
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def new_database(cluster: Cluster) -> Callable[[str], str]:
+    """Factory: a fresh, empty database; returns its DSN."""
+
+    def make(name: str) -> str:
+        with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            conn.execute(f'CREATE DATABASE "{name}"')
+        return cluster.dsn(name)
+
+    return make
+
+
+def connect(dsn: str) -> psycopg.Connection:
+    return psycopg.connect(dsn, autocommit=True)
+
+
+@pytest.fixture(scope="module")
+def installed(new_database: Callable[[str], str], request: pytest.FixtureRequest) -> str:
+    """A database with movrec installed and no data."""
+    dsn = new_database(f"t_{request.module.__name__.split('.')[-1]}")
+    with connect(dsn) as conn:
+        schema.install(conn)
+    return dsn
+
+
+@pytest.fixture(scope="module")
+def trained(installed: str) -> str:
+    """movrec installed, demo data loaded, the MF model trained and deployed."""
+    with connect(installed) as conn:
+        load_demo(conn, n_users=DEMO_USERS, seed=7)
+        conn.execute("""SELECT movrec.train('mf', '{"epochs": 30}')""")
+    return installed
+
+
+@pytest.fixture
+def conn(trained: str) -> Iterator[psycopg.Connection]:
+    """A new session on the trained database (new backend: fresh per-backend caches)."""
+    with connect(trained) as c:
+        yield c
+
+
+def table_digest(conn: psycopg.Connection, table: str) -> tuple[int, str]:
+    """Row count and an order-independent digest: proves 'nothing stored was changed'."""
+    return conn.execute(
+        f"SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t"
+    ).fetchone()

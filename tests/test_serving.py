@@ -1,0 +1,116 @@
+"""recommend() and predict(): order, exclusion, fallbacks, bad input."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+import pytest
+from movrec_cli import schema
+
+from tests.conftest import connect
+
+
+def test_recommend_returns_k_unseen_movies_best_first(conn: psycopg.Connection) -> None:
+    rows = conn.execute(
+        "SELECT movie_id, title, score, predicted_rating, source FROM recommend(5, 15)"
+    ).fetchall()
+    assert len(rows) == 15
+    scores = [r[2] for r in rows]
+    assert scores == sorted(scores, reverse=True)
+    assert {r[4] for r in rows} == {"model"}
+    assert all(0.5 <= r[3] <= 5.0 for r in rows)
+    seen = {
+        r[0] for r in conn.execute("SELECT movie_id FROM movrec.watch_events WHERE user_id = 5")
+    }
+    assert seen and not seen & {r[0] for r in rows}
+    titles = dict(conn.execute("SELECT movie_id, title FROM movrec.movies").fetchall())
+    assert all(titles[r[0]] == r[1] for r in rows)
+
+
+def test_recommend_scores_match_predict(conn: psycopg.Connection) -> None:
+    for movie_id, _, _, predicted, _ in conn.execute("SELECT * FROM recommend(9, 5)").fetchall():
+        assert conn.execute("SELECT predict(9, %s)", (movie_id,)).fetchone()[0] == pytest.approx(
+            predicted, abs=1e-5
+        )
+
+
+def test_recommend_default_k_is_10(conn: psycopg.Connection) -> None:
+    assert conn.execute("SELECT count(*) FROM recommend(5)").fetchone()[0] == 10
+
+
+def test_unknown_user_gets_popular_movies(conn: psycopg.Connection) -> None:
+    rows = conn.execute("SELECT movie_id, score, source FROM recommend(987654, 5)").fetchall()
+    assert len(rows) == 5 and {r[2] for r in rows} == {"popular"}
+    assert [r[1] for r in rows] == sorted((r[1] for r in rows), reverse=True)
+    # damped mean: a movie with one 5-star rating does not beat well-rated popular ones
+    conn.execute("INSERT INTO movrec.movies (movie_id, title) VALUES (9001, 'Obscure Gem')")
+    conn.execute(
+        "INSERT INTO movrec.watch_events (user_id, movie_id, rating) VALUES (99999, 9001, 5)"
+    )
+    assert 9001 not in {r[0] for r in conn.execute("SELECT movie_id FROM recommend(987654, 5)")}
+
+
+def test_user_who_has_seen_everything_gets_no_rows(conn: psycopg.Connection) -> None:
+    conn.execute("""INSERT INTO movrec.watch_events (user_id, movie_id, rating)
+                    SELECT 4242, movie_id, 3 FROM movrec.movies ON CONFLICT DO NOTHING""")
+    assert conn.execute("SELECT count(*) FROM recommend(4242)").fetchone()[0] == 0
+
+
+def test_without_a_model_everyone_gets_popular(new_database: Callable[[str], str]) -> None:
+    dsn = new_database("t_no_model")
+    with connect(dsn) as conn:
+        schema.install(conn)
+        conn.execute("INSERT INTO movrec.movies (movie_id, title) VALUES (1, 'Alien'), (2, 'Heat')")
+        conn.execute(
+            "INSERT INTO movrec.watch_events (user_id, movie_id, rating) VALUES (1, 1, 5), (2, 2, 4)"
+        )
+        assert conn.execute("SELECT movie_id, source FROM recommend(1)").fetchall() == [
+            (2, "popular")
+        ]
+        assert conn.execute("SELECT count(*) FROM model.user_latent_attributes").fetchone()[0] == 0
+        with pytest.raises(
+            psycopg.errors.ObjectNotInPrerequisiteState, match="no model is deployed"
+        ):
+            conn.execute("SELECT predict(1, 2)")
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            "SELECT * FROM recommend(NULL)",
+            psycopg.errors.NullValueNotAllowed,
+            "user_id must not be NULL",
+        ),
+        (
+            "SELECT * FROM recommend(1, 0)",
+            psycopg.errors.InvalidParameterValue,
+            "k must be between",
+        ),
+        (
+            "SELECT * FROM recommend(1, -5)",
+            psycopg.errors.InvalidParameterValue,
+            "k must be between",
+        ),
+        (
+            "SELECT * FROM recommend(1, NULL)",
+            psycopg.errors.InvalidParameterValue,
+            "k must be between",
+        ),
+        ("SELECT predict(NULL, 1)", psycopg.errors.NullValueNotAllowed, "must not be NULL"),
+        ("SELECT predict(1, 424242)", psycopg.errors.NoDataFound, "movie 424242 is not known"),
+        (
+            "SELECT deploy(424242)",
+            psycopg.errors.NoDataFound,
+            "model 424242 is not in model.registry",
+        ),
+        ("SELECT deploy(NULL)", psycopg.errors.NoDataFound, "model NULL is not in model.registry"),
+    ],
+)
+def test_bad_input_gives_a_clear_error(
+    conn: psycopg.Connection, call: str, error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message) as info:
+        conn.execute(call)
+    assert "Traceback" not in str(info.value)

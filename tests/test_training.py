@@ -1,0 +1,106 @@
+"""Training in the database, the registry and deploy."""
+
+from __future__ import annotations
+
+import io
+
+import psycopg
+import pytest
+import torch
+from movrec.models import MatrixFactorization
+from movrec.registry import load_checkpoint
+
+
+def test_training_recovers_the_planted_structure(conn: psycopg.Connection) -> None:
+    kind, params, metrics, snapshot = conn.execute(
+        "SELECT kind, params, metrics, data_snapshot FROM model.registry ORDER BY model_id LIMIT 1"
+    ).fetchone()
+    assert kind == "mf" and params["seed"] == 42 and params["dim"] == 100
+    # The planted taste term is most of the variance: a model that learned it is far below the mean.
+    assert metrics["val_rmse"] < 0.75 * metrics["baseline_val_rmse"]
+    assert metrics["val_mae"] < metrics["baseline_val_mae"]
+    assert (
+        snapshot["n_ratings"]
+        == conn.execute("SELECT count(*) FROM movrec.watch_events").fetchone()[0]
+    )
+
+
+def test_deploy_publishes_vectors(conn: psycopg.Connection) -> None:
+    model_id = conn.execute("SELECT model_id FROM model.champion").fetchone()[0]
+    users, movies = conn.execute(
+        """SELECT (SELECT count(*) FROM model.user_latent_attributes WHERE model_id = %(m)s),
+                  (SELECT count(*) FROM model.movie_latent_attributes WHERE model_id = %(m)s)""",
+        {"m": model_id},
+    ).fetchone()
+    assert (
+        users
+        == conn.execute("SELECT count(DISTINCT user_id) FROM movrec.watch_events").fetchone()[0]
+    )
+    assert (
+        movies
+        == conn.execute("SELECT count(DISTINCT movie_id) FROM movrec.watch_events").fetchone()[0]
+    )
+    # pgvector serves them: the movie closest to itself is itself
+    nearest = conn.execute(
+        """SELECT b.movie_id FROM model.movie_latent_attributes a, model.movie_latent_attributes b
+           WHERE a.movie_id = 1 ORDER BY a.embedding <-> b.embedding LIMIT 1"""
+    ).fetchone()[0]
+    assert nearest == 1
+
+
+def test_training_is_reproducible(conn: psycopg.Connection) -> None:
+    first = conn.execute(
+        "SELECT metrics->'val_rmse' FROM model.registry ORDER BY model_id LIMIT 1"
+    ).fetchone()[0]
+    again = conn.execute(
+        """SELECT movrec.train('mf', '{"epochs": 30}', deploy => false)"""
+    ).fetchone()[0]
+    assert conn.execute(
+        "SELECT metrics->'val_rmse' FROM model.registry WHERE model_id = %s", (again,)
+    ).fetchone()[0] == pytest.approx(first, abs=1e-6)
+
+
+def test_checkpoint_round_trips(conn: psycopg.Connection) -> None:
+    (blob,) = conn.execute(
+        "SELECT checkpoint FROM model.registry ORDER BY model_id LIMIT 1"
+    ).fetchone()
+    model = load_checkpoint("mf", blob)
+    assert isinstance(model, MatrixFactorization)
+    state = torch.load(io.BytesIO(blob), weights_only=True)
+    assert torch.equal(
+        model.state_dict()["movie_embedding.weight"], state["movie_embedding.weight"]
+    )
+    predicted = conn.execute("SELECT predict(1, 1)").fetchone()[0]
+    u = int((model.user_ids == 1).nonzero()[0, 0])
+    m = int((model.movie_ids == 1).nonzero()[0, 0])
+    with torch.no_grad():
+        offline = float(model(torch.tensor([u]), torch.tensor([m])).clamp(0.5, 5))
+    assert predicted == pytest.approx(offline, abs=1e-3)
+
+
+def test_corrupt_checkpoint_is_refused_and_champion_stays(conn: psycopg.Connection) -> None:
+    champion = conn.execute("SELECT model_id FROM model.champion").fetchone()[0]
+    before = conn.execute("SELECT movie_id FROM recommend(3)").fetchall()
+    bad = conn.execute(
+        """INSERT INTO model.registry (kind, dim, global_mean, checkpoint, serving_movie_ids, serving_matrix,
+                                       default_embedding, default_bias)
+           SELECT kind, dim, global_mean, substring(checkpoint from 1 for 200), serving_movie_ids,
+                  serving_matrix, default_embedding, default_bias FROM model.registry WHERE model_id = %s
+           RETURNING model_id""",
+        (champion,),
+    ).fetchone()[0]
+    with pytest.raises(
+        psycopg.errors.DataCorrupted, match=f"checkpoint of model {bad} cannot be loaded"
+    ):
+        conn.execute("SELECT movrec.deploy(%s)", (bad,))
+    assert conn.execute("SELECT model_id FROM model.champion").fetchone()[0] == champion
+    assert conn.execute("SELECT movie_id FROM recommend(3)").fetchall() == before
+
+
+def test_bad_training_options_are_refused(conn: psycopg.Connection) -> None:
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown training option"):
+        conn.execute("""SELECT movrec.train('mf', '{"epoch": 3}')""")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown model kind"):
+        conn.execute("SELECT movrec.train('nope')")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="epochs"):
+        conn.execute("""SELECT movrec.train('mf', '{"epochs": 0}')""")

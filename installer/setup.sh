@@ -12,6 +12,12 @@ cd "$ROOT"
 SUDO=""
 [ "$(id -u)" = 0 ] || SUDO="sudo"
 step() { printf '\033[1m==> %s\033[0m\n' "$*"; }
+# Run quietly; show the output only when the command fails.
+quiet() {
+    local log; log=$(mktemp)
+    if ! "$@" >"$log" 2>&1; then cat "$log" >&2; rm -f "$log"; return 1; fi
+    rm -f "$log"
+}
 have_pkg() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "ok installed"; }
 
 if [ -z "${PG_MAJOR:-}" ]; then
@@ -75,21 +81,21 @@ if [ ! -x "$VENV/bin/python" ] || ! "$VENV/bin/python" -c 'import sys; assert sy
     step "venv: creating $VENV from $PYTHON"
     rm -rf "$VENV"
     "$PYTHON" -m venv "$VENV"
-    "$VENV/bin/pip" install -q --upgrade pip
+    quiet "$VENV/bin/pip" install --upgrade pip
 fi
 stamp="$VENV/.movrec-deps"
 want=$(sha1sum pyproject.toml | cut -c1-40)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     step "venv: installing torch==2.13.0 (CPU), numpy, psycopg, pgvector, pandas, click"
-    "$VENV/bin/pip" install -q "torch==2.13.0" numpy "psycopg[binary]" pgvector pandas click pytest ruff
+    quiet "$VENV/bin/pip" install "torch==2.13.0" numpy "psycopg[binary]" pgvector pandas click pytest ruff
     echo "$want" > "$stamp"
 fi
 if [ "$EDITABLE" = 1 ]; then
     "$VENV/bin/python" -c 'import movrec, movrec_cli' 2>/dev/null \
-        || { step "venv: installing movrec (editable)"; "$VENV/bin/pip" install -q --no-deps -e .; }
+        || { step "venv: installing movrec (editable)"; quiet "$VENV/bin/pip" install --no-deps -e .; }
 else
     step "venv: installing movrec (copy; the checkout is not readable by postgres)"
-    "$VENV/bin/pip" install -q --no-deps --force-reinstall .
+    quiet "$VENV/bin/pip" install --no-deps --force-reinstall .
 fi
 chmod -R a+rX "$VENV" 2>/dev/null || true
 

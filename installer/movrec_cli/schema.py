@@ -7,9 +7,9 @@ the same version, SQL and venv changes nothing.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 
 import psycopg
@@ -19,16 +19,13 @@ from psycopg import sql
 from movrec_cli.errors import CliError
 
 
-def sql_dir() -> Path:
-    spec = importlib.util.find_spec("movrec_cli.sql")
-    for location in spec.submodule_search_locations if spec else []:
-        if Path(location).is_dir():
-            return Path(location)
-    raise CliError("movrec's SQL files are missing from this installation")
-
-
 def sql_script() -> str:
-    return "\n".join(p.read_text(encoding="utf-8") for p in sorted(sql_dir().glob("*.sql")))
+    """The ordered sql/*.sql files (installer/movrec_cli/sql links to sql/)."""
+    folder = resources.files("movrec_cli").joinpath("sql")
+    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
+    if not files:
+        raise CliError("movrec's SQL files are missing from this installation")
+    return "\n".join(f.read_text(encoding="utf-8") for f in files)
 
 
 def default_venv() -> str:

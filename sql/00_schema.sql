@@ -7,14 +7,27 @@ CREATE SCHEMA IF NOT EXISTS model;
 COMMENT ON SCHEMA model IS 'movrec: model registry, latent vectors and precomputed recommendations';
 
 CREATE TABLE IF NOT EXISTS movrec.movies (
-    movie_id   integer PRIMARY KEY CONSTRAINT movie_id_is_positive CHECK (movie_id > 0),
-    title      text NOT NULL CONSTRAINT title_is_not_empty CHECK (title <> ''),
-    year       smallint CONSTRAINT year_is_plausible CHECK (year BETWEEN 1870 AND 2100),
-    genres     text[] NOT NULL DEFAULT '{}',
-    created_at timestamptz NOT NULL DEFAULT now()
+    movie_id     integer PRIMARY KEY CONSTRAINT movie_id_is_positive CHECK (movie_id > 0),
+    title        text NOT NULL CONSTRAINT title_is_not_empty CHECK (title <> ''),
+    year         smallint CONSTRAINT year_is_plausible CHECK (year BETWEEN 1870 AND 2100),
+    genres       text[] NOT NULL DEFAULT '{}',
+    ml_movie_id  integer,
+    tmdb_id      integer,
+    overview     text,
+    keywords     text[] NOT NULL DEFAULT '{}',
+    cast_names   text[] NOT NULL DEFAULT '{}',
+    companies    text[] NOT NULL DEFAULT '{}',
+    countries    text[] NOT NULL DEFAULT '{}',
+    runtime      real,
+    popularity   real,
+    vote_average real,
+    vote_count   integer,
+    created_at   timestamptz NOT NULL DEFAULT now()
 );
 COMMENT ON TABLE movrec.movies IS 'The movie catalogue; movie_id is the compact id that models use';
 COMMENT ON COLUMN movrec.movies.genres IS 'MovieLens genre names, e.g. {Action,Sci-Fi}';
+COMMENT ON COLUMN movrec.movies.ml_movie_id IS 'MovieLens movieId (NULL for movies not from MovieLens)';
+COMMENT ON COLUMN movrec.movies.tmdb_id IS 'TMDB id, when the movie was enriched from TMDB';
 
 CREATE TABLE IF NOT EXISTS movrec.watch_events (
     user_id  integer NOT NULL CONSTRAINT user_id_is_positive CHECK (user_id > 0),
@@ -23,8 +36,11 @@ CREATE TABLE IF NOT EXISTS movrec.watch_events (
         CONSTRAINT rating_is_half_stars_from_0_5_to_5
         CHECK (rating >= 0.5 AND rating <= 5.0 AND rating * 2 = round(rating * 2)),
     rated_at timestamptz NOT NULL DEFAULT now(),
+    etl_run  bigint,
     PRIMARY KEY (user_id, movie_id)
 );
+COMMENT ON COLUMN movrec.watch_events.etl_run IS
+    'The ETL run that loaded the row; NULL for ratings that arrived live (kept across ETL reruns)';
 COMMENT ON TABLE movrec.watch_events IS
     'Ratings, one row per user and movie (a re-rating updates the row: use movrec.rate() or INSERT .. ON CONFLICT). '
     'Each insert or re-rating updates the user''s vector through the trigger movrec_online_update.';

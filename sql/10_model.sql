@@ -26,17 +26,18 @@ COMMENT ON COLUMN model.registry.default_embedding IS 'Mean user vector: the def
 
 CREATE TABLE IF NOT EXISTS model.deployments (
     deployment_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    model_id      bigint NOT NULL REFERENCES model.registry (model_id),
+    model_id      bigint REFERENCES model.registry (model_id),
     deployed_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
     deployed_by   text NOT NULL DEFAULT current_user,
     reason        text NOT NULL DEFAULT 'deploy'
 );
-COMMENT ON TABLE model.deployments IS 'Deployment history; the latest row names the champion that serving uses';
+COMMENT ON TABLE model.deployments IS
+    'Deployment history; the latest row names the champion that serving uses (NULL model_id: retired, none)';
 
 CREATE OR REPLACE VIEW model.champion AS
     SELECT d.model_id, r.kind, r.dim, r.metrics, d.deployed_at, d.deployment_id
-    FROM model.deployments d JOIN model.registry r USING (model_id)
-    ORDER BY d.deployment_id DESC LIMIT 1;
+    FROM (SELECT * FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) d
+    JOIN model.registry r USING (model_id);
 COMMENT ON VIEW model.champion IS 'The model that recommend(), predict() and the rating trigger use';
 
 CREATE TABLE IF NOT EXISTS model.movie_latent_attributes (

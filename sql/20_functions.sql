@@ -90,7 +90,8 @@ RETURNS movrec.watch_events
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
     INSERT INTO movrec.watch_events AS w (user_id, movie_id, rating, rated_at)
     VALUES (rate.user_id, rate.movie_id, rate.rating, now())
-    ON CONFLICT (user_id, movie_id) DO UPDATE SET rating = excluded.rating, rated_at = excluded.rated_at
+    ON CONFLICT (user_id, movie_id) DO UPDATE
+    SET rating = excluded.rating, rated_at = excluded.rated_at, etl_run = NULL
     RETURNING w.*;
 $$;
 COMMENT ON FUNCTION movrec.rate(integer, integer, real) IS

@@ -11,6 +11,7 @@ BEGIN
 END $$;
 
 REVOKE ALL ON ALL FUNCTIONS IN SCHEMA movrec FROM PUBLIC;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA movrec FROM PUBLIC;
 GRANT USAGE ON SCHEMA movrec, model TO movrec_user;
 GRANT SELECT ON movrec.movies, model.champion, model.model_recommendation, model.user_recommendation TO movrec_user;
 GRANT SELECT, INSERT, UPDATE ON movrec.watch_events TO movrec_user;
@@ -19,3 +20,7 @@ GRANT EXECUTE ON FUNCTION movrec._activate(), movrec.recommend(integer, integer)
     movrec.rate(integer, integer, real), movrec.on_rating() TO movrec_user;
 GRANT EXECUTE ON FUNCTION movrec.train(text, jsonb, boolean), movrec.deploy(bigint), movrec._deploy(bigint), movrec.doctor() TO movrec_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA model TO movrec_admin;
+GRANT EXECUTE ON FUNCTION movrec.tokenize(jsonb), movrec.detokenize(integer, text) TO movrec_admin;
+GRANT EXECUTE ON PROCEDURE movrec.etl(bigint, integer, integer, integer, boolean), movrec.etl_clean_links(bigint),
+    movrec.etl_cross_filter(bigint, boolean), movrec.etl_prune_remap(bigint, integer, integer),
+    movrec.etl_drop_super_raters(bigint, integer), movrec.etl_publish(bigint) TO movrec_admin;

@@ -117,19 +117,19 @@ def uninstall(conn: psycopg.Connection, drop_data: bool = False) -> str:
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")
         if drop_data:
-            conn.execute("DROP SCHEMA IF EXISTS movrec, model CASCADE")
+            conn.execute("DROP SCHEMA IF EXISTS movrec, model, staging, etl CASCADE")
             conn.execute(
                 sql.SQL("ALTER DATABASE {} RESET movrec.venv").format(
                     sql.Identifier(conn.info.dbname)
                 )
             )
-            return "movrec removed with its data (schemas movrec and model dropped)"
+            return "movrec removed with its data (schemas movrec, model, staging and etl dropped)"
         functions = conn.execute(
             """SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-               WHERE n.nspname IN ('movrec', 'model')"""
+               WHERE n.nspname IN ('movrec', 'model', 'staging', 'etl')"""
         ).fetchall()
         for (signature,) in functions:  # triggers go with their function (CASCADE)
-            conn.execute(sql.SQL("DROP FUNCTION IF EXISTS {} CASCADE").format(sql.SQL(signature)))
+            conn.execute(sql.SQL("DROP ROUTINE IF EXISTS {} CASCADE").format(sql.SQL(signature)))
         conn.execute(
             sql.SQL("ALTER DATABASE {} RESET movrec.venv").format(sql.Identifier(conn.info.dbname))
         )
@@ -137,7 +137,7 @@ def uninstall(conn: psycopg.Connection, drop_data: bool = False) -> str:
             conn.execute(
                 "INSERT INTO movrec.installs (version, sql_sha256) VALUES ('-', 'uninstalled')"
             )
-    return f"movrec functions and triggers removed ({len(functions)} functions); data tables kept"
+    return f"movrec functions, procedures and triggers removed ({len(functions)}); data tables kept"
 
 
 def installed_version(conn: psycopg.Connection) -> str | None:

@@ -7,8 +7,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-
 from movrec_cli import loaders, pipeline, schema
+
 from tests.conftest import connect, table_digest
 
 FIXTURES = Path(__file__).parent / "fixtures"

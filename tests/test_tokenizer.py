@@ -6,9 +6,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 import torch
-
 from movrec import tokenizer as tk
 from movrec_cli import pipeline, schema
+
 from tests.conftest import connect
 
 

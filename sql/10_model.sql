@@ -92,3 +92,8 @@ CREATE TABLE IF NOT EXISTS model.user_recommendation (
     PRIMARY KEY (user_id, rank)
 );
 COMMENT ON TABLE model.user_recommendation IS 'User-to-user Pearson CF recommendations, at most 150 per user';
+
+-- 0.1.0 additions (ADD COLUMN IF NOT EXISTS keeps reinstalls and upgrades idempotent)
+ALTER TABLE model.registry ADD COLUMN IF NOT EXISTS serving_ranking bytea;
+COMMENT ON COLUMN model.registry.serving_ranking IS
+    'float32 [ranking vector | prior] per movie (n_movies x dim+1), rows as serving_matrix; NULL: rank by predicted rating';

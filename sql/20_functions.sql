@@ -97,15 +97,16 @@ $$;
 COMMENT ON FUNCTION movrec.rate(integer, integer, real) IS
     'Records (or updates) a rating; the trigger moves the user''s vector toward it';
 
-CREATE OR REPLACE FUNCTION movrec.train(model text DEFAULT 'mf', options jsonb DEFAULT '{}', deploy boolean DEFAULT true)
+CREATE OR REPLACE FUNCTION movrec.train(model text DEFAULT 'hybrid', options jsonb DEFAULT '{}', deploy boolean DEFAULT true)
 RETURNS bigint
 LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
 from movrec import training; return training.train_from_sql(model, options, deploy)
 $$;
 COMMENT ON FUNCTION movrec.train(text, jsonb, boolean) IS
-    'Trains a model (mf) on watch_events with a seeded train/validation split, registers it, and deploys it '
-    'unless deploy => false. options: epochs, dim, lr, reg, batch_size, seed, patience, device. Returns model_id';
+    'Trains a model (hybrid, mf, functional, mlp) on watch_events with a seeded train/validation split, registers '
+    'it, and deploys it unless deploy => false. options: epochs, dim, lr, reg, batch_size, seed, val_fraction, '
+    'patience, device, ranking, negatives, field_dim, hidden, dropout. Returns model_id';
 
 CREATE OR REPLACE FUNCTION movrec._deploy(model_id bigint) RETURNS bigint
 LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
@@ -125,6 +126,79 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION movrec.deploy(bigint) IS
     'Makes a registered model the champion: publishes its movie and user vectors. Atomic; a corrupt checkpoint is refused';
+
+CREATE OR REPLACE FUNCTION movrec._predict_many(user_ids integer[], movie_ids integer[])
+RETURNS TABLE (user_id integer, movie_id integer, predicted_rating real)
+LANGUAGE plpython3u STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import serving; return serving.predict_many(user_ids, movie_ids)
+$$;
+COMMENT ON FUNCTION movrec._predict_many(integer[], integer[]) IS 'Implementation of movrec.predict(int[], int[])';
+
+CREATE OR REPLACE FUNCTION movrec.predict(user_ids integer[], movie_ids integer[])
+RETURNS TABLE (user_id integer, movie_id integer, predicted_rating real)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    IF user_ids IS NULL OR movie_ids IS NULL OR cardinality(user_ids) <> cardinality(movie_ids) THEN
+        RAISE EXCEPTION 'predict(): user_ids and movie_ids must be arrays of one length'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT FROM model.champion) THEN
+        RAISE EXCEPTION 'predict(): no model is deployed' USING ERRCODE = 'object_not_in_prerequisite_state';
+    END IF;
+    RETURN QUERY SELECT * FROM movrec._predict_many(user_ids, movie_ids);
+END $$;
+COMMENT ON FUNCTION movrec.predict(integer[], integer[]) IS
+    'Batch scoring: predicted rating for each (user_ids[i], movie_ids[i]) pair; NULL for a movie the model does not know';
+
+CREATE OR REPLACE FUNCTION movrec.rollback() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+DECLARE
+    current bigint := (SELECT model_id FROM model.deployments ORDER BY deployment_id DESC LIMIT 1);
+    previous bigint := (SELECT model_id FROM model.deployments
+                        WHERE model_id IS NOT NULL AND model_id IS DISTINCT FROM current
+                          AND deployment_id < (SELECT max(deployment_id) FROM model.deployments)
+                        ORDER BY deployment_id DESC LIMIT 1);
+BEGIN
+    IF previous IS NULL THEN
+        RAISE EXCEPTION 'rollback(): no earlier champion to go back to' USING ERRCODE = 'no_data_found';
+    END IF;
+    PERFORM movrec._deploy(previous);
+    UPDATE model.deployments SET reason = format('rollback from %s', coalesce(current::text, 'none'))
+    WHERE deployment_id = (SELECT max(deployment_id) FROM model.deployments);
+    RETURN previous;
+END $$;
+COMMENT ON FUNCTION movrec.rollback() IS 'Makes the previous champion the champion again; returns its model_id';
+
+CREATE OR REPLACE FUNCTION movrec.deploy_best(metric text DEFAULT 'val_rmse') RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+DECLARE
+    best bigint;
+    higher_is_better boolean := metric LIKE '%ndcg%' OR metric LIKE '%precision%' OR metric LIKE '%recall%';
+BEGIN
+    SELECT model_id INTO best FROM model.registry
+    WHERE kind <> 'mlp' AND dim = 100 AND (metrics ->> metric) IS NOT NULL
+    ORDER BY CASE WHEN higher_is_better THEN -(metrics ->> metric)::float8 ELSE (metrics ->> metric)::float8 END,
+             model_id DESC
+    LIMIT 1;
+    IF best IS NULL THEN
+        RAISE EXCEPTION 'deploy_best(): no deployable model has the metric %', metric USING ERRCODE = 'no_data_found',
+            HINT = 'metrics are keys of model.registry.metrics, e.g. val_rmse, val_ndcg@10';
+    END IF;
+    RETURN movrec.deploy(best);
+END $$;
+COMMENT ON FUNCTION movrec.deploy_best(text) IS
+    'Deploys the registered model with the best value of a metric (lowest for errors, highest for ndcg/precision/recall)';
+
+CREATE OR REPLACE FUNCTION movrec.evaluate(model_id bigint, test_ratings regclass DEFAULT NULL)
+RETURNS TABLE (metric text, value float8)
+LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import backend, evaluation; return backend.sql_entry(evaluation.evaluate_from_sql)(model_id, test_ratings)
+$$;
+COMMENT ON FUNCTION movrec.evaluate(bigint, regclass) IS
+    'RMSE, MAE, Precision@10, Recall@10/20, NDCG@10 of a model on a table of (user_id, movie_id, rating), or on its '
+    'own validation split; relevant = held-out ratings >= 4, candidates = movies unrated in training. Stored in the registry';
 
 CREATE OR REPLACE FUNCTION movrec.doctor()
 RETURNS TABLE (check_name text, ok boolean, detail text, fix text)

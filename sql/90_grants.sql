@@ -18,7 +18,9 @@ GRANT SELECT, INSERT, UPDATE ON movrec.watch_events TO movrec_user;
 GRANT EXECUTE ON FUNCTION movrec._activate(), movrec.recommend(integer, integer), movrec._recommend(integer, integer),
     movrec.predict(integer, integer), movrec._predict(integer, integer),
     movrec.rate(integer, integer, real), movrec.on_rating() TO movrec_user;
-GRANT EXECUTE ON FUNCTION movrec.train(text, jsonb, boolean), movrec.deploy(bigint), movrec._deploy(bigint), movrec.doctor() TO movrec_admin;
+GRANT EXECUTE ON FUNCTION movrec.train(text, jsonb, boolean), movrec.deploy(bigint), movrec._deploy(bigint), movrec.doctor(),
+    movrec.rollback(), movrec.deploy_best(text), movrec.evaluate(bigint, regclass) TO movrec_admin;
+GRANT EXECUTE ON FUNCTION movrec.predict(integer[], integer[]), movrec._predict_many(integer[], integer[]) TO movrec_user;
 GRANT SELECT ON ALL TABLES IN SCHEMA model TO movrec_admin;
 GRANT EXECUTE ON FUNCTION movrec.tokenize(jsonb), movrec.detokenize(integer, text) TO movrec_admin;
 GRANT EXECUTE ON PROCEDURE movrec.etl(bigint, integer, integer, integer, boolean), movrec.etl_clean_links(bigint),

@@ -66,7 +66,7 @@ def test_checkpoint_round_trips(conn: psycopg.Connection) -> None:
     ).fetchone()
     model = load_checkpoint("mf", blob)
     assert isinstance(model, MatrixFactorization)
-    state = torch.load(io.BytesIO(blob), weights_only=True)
+    state = torch.load(io.BytesIO(blob), weights_only=True)["state"]
     assert torch.equal(
         model.state_dict()["movie_embedding.weight"], state["movie_embedding.weight"]
     )

@@ -373,11 +373,24 @@ def tokenize(dsn: str | None, options: str, export_dir: Path | None) -> None:
 
 @cli.command()
 @dsn_option
-@click.option("--model", "kind", default="mf", show_default=True, type=click.Choice(["mf"]))
+@click.option(
+    "--model",
+    "kind",
+    default="hybrid",
+    show_default=True,
+    type=click.Choice(["hybrid", "mf", "functional", "mlp"]),
+    help="hybrid: content sub-network + ranking head; mf: matrix factorisation; "
+    "functional, mlp: experimental baselines",
+)
 @click.option("--epochs", type=int)
 @click.option("--dim", type=int)
 @click.option("--lr", type=float)
 @click.option("--seed", type=int)
+@click.option("--reg", type=float)
+@click.option("--batch-size", type=int)
+@click.option(
+    "--ranking", type=float, help="weight of the ranking loss (0: rank by predicted rating)"
+)
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--no-deploy", is_flag=True, help="register the model without making it the champion")
 def train(dsn: str | None, kind: str, no_deploy: bool, **options: Any) -> None:
@@ -399,12 +412,49 @@ def train(dsn: str | None, kind: str, no_deploy: bool, **options: Any) -> None:
 
 @cli.command()
 @dsn_option
-@click.argument("model_id", type=int)
-def deploy(dsn: str | None, model_id: int) -> None:
-    """Make MODEL_ID the champion (atomic)."""
+@click.argument("model_id", type=int, required=False)
+@click.option(
+    "--best",
+    "best_metric",
+    is_flag=False,
+    flag_value="val_rmse",
+    default=None,
+    metavar="[METRIC]",
+    help="deploy the registered model with the best METRIC (default val_rmse; e.g. val_ndcg@10)",
+)
+@click.option("--rollback", is_flag=True, help="go back to the previous champion")
+def deploy(dsn: str | None, model_id: int | None, best_metric: str | None, rollback: bool) -> None:
+    """Make MODEL_ID the champion (atomic; serving sees it on its next call)."""
+    if (
+        sum(x is not None and x is not False for x in (model_id, best_metric, rollback or None))
+        != 1
+    ):
+        raise CliError("give exactly one of MODEL_ID, --best [METRIC], --rollback")
     with connect(dsn) as conn:
-        conn.execute("SELECT movrec.deploy(%s)", (model_id,))
+        if rollback:
+            model_id = conn.execute("SELECT movrec.rollback()").fetchone()[0]
+        elif best_metric:
+            model_id = conn.execute("SELECT movrec.deploy_best(%s)", (best_metric,)).fetchone()[0]
+        else:
+            conn.execute("SELECT movrec.deploy(%s)", (model_id,))
     click.echo(f"model {model_id} deployed")
+
+
+@cli.command()
+@dsn_option
+@click.argument("model_id", type=int)
+@click.option(
+    "--test-table",
+    metavar="TABLE",
+    help="(user_id, movie_id, rating) rows [default: its validation split]",
+)
+def evaluate(dsn: str | None, model_id: int, test_table: str | None) -> None:
+    """RMSE, MAE, Precision@10, Recall@10/20, NDCG@10 of MODEL_ID (stored in the registry)."""
+    with connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT * FROM movrec.evaluate(%s, %s)", (model_id, test_table)
+        ).fetchall()
+    click.echo(table(rows, ["metric", "value"]))
 
 
 @cli.command()

@@ -21,17 +21,19 @@ PUBLISHED_DIM = 100  # model.*_latent_attributes.embedding is vector(100)
 
 REGISTER_SQL = """
 INSERT INTO model.registry (kind, dim, params, data_snapshot, metrics, global_mean, checkpoint,
-                            serving_movie_ids, serving_matrix, default_embedding, default_bias, duration_s)
-VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12)
+                            serving_movie_ids, serving_matrix, default_embedding, default_bias, duration_s,
+                            serving_ranking)
+VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13)
 RETURNING model_id
 """
 
 
 def checkpoint_bytes(model: Any) -> bytes:
+    """torch.save of {kind, config, state}: plain tensors and numbers, so weights_only=True loads it."""
     import torch
 
     buf = io.BytesIO()
-    torch.save(model.state_dict(), buf)
+    torch.save({"kind": model.kind, "config": model.config, "state": model.state_dict()}, buf)
     return buf.getvalue()
 
 
@@ -45,8 +47,12 @@ def load_checkpoint(kind: str, blob: bytes, model_id: int | None = None) -> Any:
     if kind not in MODELS:
         raise CorruptCheckpoint(f"{name} has unknown kind {kind!r}")
     try:
-        state = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
-        return MODELS[kind].from_state_dict(state)
+        saved = torch.load(io.BytesIO(blob), map_location="cpu", weights_only=True)
+        if saved.get("kind") != kind:
+            raise ValueError(
+                f"checkpoint holds a {saved.get('kind')!r} model, the registry says {kind!r}"
+            )
+        return MODELS[kind].from_state_dict(saved["state"], saved["config"])
     except Exception as e:  # torch raises many kinds for a damaged file
         raise CorruptCheckpoint(
             f"checkpoint of {name} cannot be loaded: {type(e).__name__}: {str(e)[:200]}",
@@ -76,6 +82,8 @@ def register(
     duration_s: float,
 ) -> int:
     ids, matrix, default_embedding, default_bias = serving_blobs(model)
+    ranking = model.ranking_side()
+    ranking_blob = ranking.numpy().astype(np.float32).tobytes() if ranking is not None else None
     row = backend.execute(
         REGISTER_SQL,
         [
@@ -91,6 +99,7 @@ def register(
             "float4[]",
             "float4",
             "float4",
+            "bytea",
         ],
         [
             kind,
@@ -105,6 +114,7 @@ def register(
             default_embedding,
             default_bias,
             duration_s,
+            ranking_blob,
         ],
     )
     return int(row[0]["model_id"])
@@ -154,6 +164,11 @@ def deploy_model(model_id: int, reason: str = "deploy") -> int:
             f"model {model_id} has dim {dim}; published vectors are vector({PUBLISHED_DIM})"
         )
     model = load_checkpoint(kind, rows[0]["checkpoint"], model_id)
+    if not model.deployable:
+        raise InvalidArgument(
+            f"model {model_id} is a {kind} model, an experimental baseline that cannot serve",
+            hint="serving multiplies a user vector with movie vectors; deploy mf or hybrid",
+        )
     backend.notice(f"movrec deploy: publishing model {model_id} ({kind})")
     backend.execute("DELETE FROM model.movie_latent_attributes")
     _publish(PUBLISH_MOVIES_SQL, *model.movie_side(), model_id)

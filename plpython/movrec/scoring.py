@@ -24,6 +24,7 @@ class MovieSide:
     global_mean: float
     default_embedding: np.ndarray  # float32 (dim,)
     default_bias: float
+    ranking: np.ndarray | None = None  # float32 (n, dim + 1) [ranking vector | prior]
 
     @classmethod
     def from_blobs(
@@ -34,6 +35,7 @@ class MovieSide:
         global_mean: float,
         default_embedding: list[float],
         default_bias: float,
+        ranking: bytes | None = None,
     ) -> MovieSide:
         ids = np.frombuffer(movie_ids, dtype=np.int32)
         full = np.frombuffer(matrix, dtype=np.float32).reshape(len(ids), -1)
@@ -45,6 +47,9 @@ class MovieSide:
             global_mean=float(global_mean),
             default_embedding=np.asarray(default_embedding, dtype=np.float32),
             default_bias=float(default_bias),
+            ranking=None
+            if ranking is None
+            else np.frombuffer(ranking, dtype=np.float32).reshape(len(ids), -1),
         )
 
     @property
@@ -61,6 +66,12 @@ class MovieSide:
     def scores(self, user_vector: np.ndarray, user_bias: float) -> np.ndarray:
         """Predicted rating (unclipped) of every movie."""
         return self.vectors @ user_vector + self.bias + (user_bias + self.global_mean)
+
+    def ranking_scores(self, user_vector: np.ndarray, predicted: np.ndarray) -> np.ndarray:
+        """What recommend() orders by: the ranking head, else the predicted rating."""
+        if self.ranking is None:
+            return predicted
+        return self.ranking[:, :-1] @ user_vector + self.ranking[:, -1]
 
 
 def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:

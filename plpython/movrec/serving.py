@@ -23,14 +23,18 @@ USER_STATE_SQL = """
 SELECT (SELECT model_id FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) AS champion,
        u.embedding::real[] AS embedding, u.bias, u.model_id,
        (SELECT coalesce(array_agg(w.movie_id), '{}') FROM movrec.watch_events w
-         WHERE w.user_id = $1) AS seen
+         WHERE w.user_id = $1) AS seen,
+       current_setting('movrec.min_predicted_rating', true) AS min_predicted
 FROM (SELECT 1) AS one LEFT JOIN model.user_latent_attributes u ON u.user_id = $1
 """
 
 CHAMPION_SQL = """
-SELECT model_id, serving_movie_ids, serving_matrix, global_mean, default_embedding, default_bias
+SELECT model_id, serving_movie_ids, serving_matrix, global_mean, default_embedding, default_bias,
+       serving_ranking
 FROM model.registry WHERE model_id = $1
 """
+
+DEFAULT_MIN_PREDICTED = 3.0  # the design's filter: recommend only movies predicted >= 3 stars
 
 POPULAR_SQL = f"""
 WITH stats AS (SELECT movie_id, count(*) AS n, avg(rating) AS mean
@@ -62,6 +66,7 @@ def champion(model_id: int | None) -> MovieSide | None:
             r["global_mean"],
             r["default_embedding"],
             r["default_bias"],
+            r["serving_ranking"],
         )
     return _champion
 
@@ -73,8 +78,13 @@ def current_champion() -> MovieSide | None:
     return champion(rows[0]["model_id"]) if rows else None
 
 
+_min_predicted = DEFAULT_MIN_PREDICTED
+
+
 def _user_state(user_id: int) -> tuple[MovieSide | None, np.ndarray | None, float, list[int]]:
+    global _min_predicted
     r = backend.execute(USER_STATE_SQL, ["int4"], [user_id])[0]
+    _min_predicted = float(r["min_predicted"]) if r["min_predicted"] else DEFAULT_MIN_PREDICTED
     champ = champion(r["champion"])
     seen = r["seen"] or []
     if champ is None:
@@ -99,15 +109,18 @@ def recommend(user_id: int | None, k: int | None) -> list[tuple[int, str, float,
     champ, u, b_u, seen = _user_state(user_id)
     if champ is None or u is None:
         return _popular(k, seen)
-    scores = champ.scores(u, b_u)
-    best = top_k(scores, k, exclude=champ.positions(seen)[champ.positions(seen) >= 0])
+    predicted = champ.scores(u, b_u)
+    scores = champ.ranking_scores(u, predicted)
+    seen_pos = champ.positions(seen)
+    below = np.flatnonzero(predicted < _min_predicted)
+    best = top_k(scores, k, exclude=np.concatenate([seen_pos[seen_pos >= 0], below]))
     ids = champ.movie_ids[best]
     titles = {
         r["movie_id"]: r["title"] for r in backend.execute(TITLES_SQL, ["int4[]"], [ids.tolist()])
     }
     return [
-        (int(m), titles[int(m)], float(s), float(clip_rating(s)), "model")
-        for m, s in zip(ids, scores[best], strict=True)
+        (int(m), titles[int(m)], float(s), float(clip_rating(p)), "model")
+        for m, s, p in zip(ids, scores[best], predicted[best], strict=True)
         if int(m) in titles  # a movie deleted from the catalogue since training
     ]
 
@@ -135,3 +148,27 @@ def predict(user_id: int | None, movie_id: int | None) -> float:
     if u is None:
         u, b_u = champ.default_embedding, champ.default_bias
     return float(clip_rating(champ.vectors[pos] @ u + champ.bias[pos] + b_u + champ.global_mean))
+
+
+@backend.sql_entry
+def predict_many(user_ids: list[int], movie_ids: list[int]) -> list[tuple[int, int, float | None]]:
+    """Batch predict: one query for the users' vectors, numpy for the rest."""
+    champ = current_champion()
+    assert champ is not None  # the plpgsql front door checked
+    rows = backend.execute(
+        "SELECT user_id, embedding::real[] AS e, bias FROM model.user_latent_attributes "
+        "WHERE user_id = ANY($1) AND model_id = $2",
+        ["int4[]", "int8"],
+        [list(set(user_ids)), champ.model_id],
+    )
+    vectors = {r["user_id"]: (np.asarray(r["e"], dtype=np.float32), float(r["bias"])) for r in rows}
+    pos = champ.positions(movie_ids)
+    out: list[tuple[int, int, float | None]] = []
+    for u, m, p in zip(user_ids, movie_ids, pos, strict=True):
+        if p < 0 or u is None:
+            out.append((u, m, None))
+            continue
+        vec, bias = vectors.get(u, (champ.default_embedding, champ.default_bias))
+        score = float(champ.vectors[p] @ vec + champ.bias[p] + bias + champ.global_mean)
+        out.append((u, m, float(clip_rating(score))))
+    return out

@@ -16,7 +16,10 @@ from typing import Any
 import numpy as np
 
 from movrec import backend
+from movrec.content import MovieContent
+from movrec.content import empty as empty_content
 from movrec.errors import InvalidArgument, NotEnoughData
+from movrec.metrics import ranking_metrics, rating_metrics
 
 MIN_RATINGS = 10
 
@@ -25,13 +28,23 @@ MIN_RATINGS = 10
 class TrainOptions:
     epochs: int = 40
     dim: int = 100
-    lr: float = 0.005
-    reg: float = 0.05
+    lr: float = 0.003
+    reg: float = 0.1
     batch_size: int = 1024
     seed: int = 42
-    val_fraction: float = 0.1
+    val_fraction: float = 0.05
     patience: int = 3
     device: str = "auto"
+    ranking: float = -1.0  # weight of the ranking loss; -1: 1.0 for hybrid/functional, 0 otherwise
+    negatives: int = 2048  # sampled movies per step for the ranking softmax
+    field_dim: int = 32
+    hidden: int = 256
+    dropout: float = 0.1
+
+    def ranking_weight(self, kind: str) -> float:
+        if self.ranking >= 0:
+            return self.ranking
+        return 1.0 if kind in ("hybrid", "functional") else 0.0
 
     @classmethod
     def parse(cls, options: dict[str, Any] | None) -> TrainOptions:
@@ -74,11 +87,6 @@ def split(n: int, seed: int, val_fraction: float) -> tuple[np.ndarray, np.ndarra
     return perm[:cut], perm[cut:]
 
 
-def rmse_mae(pred: np.ndarray, truth: np.ndarray) -> tuple[float, float]:
-    err = pred - truth
-    return float(np.sqrt(np.mean(err**2))), float(np.mean(np.abs(err)))
-
-
 def pick_device(requested: str) -> str:
     import torch
 
@@ -89,13 +97,46 @@ def pick_device(requested: str) -> str:
     return requested
 
 
+def build_model(
+    kind: str,
+    user_ids: np.ndarray,
+    movie_ids: np.ndarray,
+    mean: float,
+    opts: TrainOptions,
+    content: MovieContent | None,
+) -> Any:
+    import torch
+
+    from movrec.models import CONTENT_MODELS, MODELS
+
+    users, movies = torch.from_numpy(user_ids), torch.from_numpy(movie_ids)
+    if kind not in CONTENT_MODELS:
+        return MODELS[kind](users, movies, dim=opts.dim, global_mean=mean)
+    return MODELS[kind](
+        users,
+        movies,
+        content if content is not None else empty_content(movie_ids),
+        dim=opts.dim,
+        global_mean=mean,
+        ranking=opts.ranking_weight(kind) > 0,
+        field_dim=opts.field_dim,
+        hidden=opts.hidden,
+        dropout=opts.dropout,
+    )
+
+
 def fit(
     data: Ratings,
     kind: str = "mf",
     opts: TrainOptions | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
+    content: MovieContent | None = None,
 ) -> tuple[Any, dict[str, Any]]:
-    """Train a model on the seeded split; returns (model on CPU, metrics)."""
+    """Train on the seeded split; returns (model on CPU, metrics).
+
+    Early stopping watches validation RMSE, or validation NDCG@10 when the
+    model has a ranking head (that is what recommend() orders by).
+    """
     import torch
 
     from movrec.models import MODELS
@@ -107,15 +148,13 @@ def fit(
         raise NotEnoughData(f"need at least {MIN_RATINGS} ratings to train, have {len(data)}")
     torch.manual_seed(opts.seed)
     device = pick_device(opts.device)
+    ranking = opts.ranking_weight(kind)
 
     user_ids, u_idx = np.unique(data.users, return_inverse=True)
     movie_ids, m_idx = np.unique(data.movies, return_inverse=True)
     train_rows, val_rows = split(len(data), opts.seed, opts.val_fraction)
     mean = float(data.ratings[train_rows].mean())
-
-    model = MODELS[kind](
-        torch.from_numpy(user_ids), torch.from_numpy(movie_ids), dim=opts.dim, global_mean=mean
-    ).to(device)
+    model = build_model(kind, user_ids, movie_ids, mean, opts, content).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=opts.lr)
     U = torch.from_numpy(u_idx.astype(np.int64)).to(device)
     M = torch.from_numpy(m_idx.astype(np.int64)).to(device)
@@ -123,15 +162,44 @@ def fit(
     tr = torch.from_numpy(train_rows).to(device)
     va = torch.from_numpy(val_rows).to(device)
     gen = torch.Generator(device="cpu").manual_seed(opts.seed)
+    n_movies = len(movie_ids)
 
-    def evaluate(rows: torch.Tensor) -> tuple[float, float]:
+    def evaluate() -> dict[str, float]:
         model.eval()
         with torch.no_grad():
-            pred = model(U[rows], M[rows]).clamp(0.5, 5.0).cpu().numpy()
-        model.train()
-        return rmse_mae(pred, R[rows].cpu().numpy())
+            pred = model(U[va], M[va]).clamp(0.5, 5.0).cpu().numpy()
+            out = (
+                rating_metrics(pred, data.ratings[val_rows])
+                if len(va)
+                else {"rmse": math.nan, "mae": math.nan}
+            )
+            if ranking > 0 and len(va):
+                rank = model.ranking_side().cpu().numpy()
+                users = model.user_side()[1].cpu().numpy()
 
-    best = (math.inf, 0.0, 0)
+                def score(idx: np.ndarray) -> np.ndarray:
+                    return users[idx] @ rank[:, :-1].T + rank[:, -1]
+
+                out.update(
+                    ranking_metrics(
+                        score,
+                        u_idx[train_rows],
+                        m_idx[train_rows],
+                        u_idx[val_rows],
+                        m_idx[val_rows],
+                        data.ratings[val_rows],
+                        len(user_ids),
+                        n_movies,
+                    )
+                )
+        model.train()
+        return out
+
+    better = (
+        (lambda new, old: new > old + 1e-4) if ranking > 0 else (lambda new, old: new < old - 1e-4)
+    )
+    watch = "ndcg@10" if ranking > 0 else "rmse"
+    best_value, best_epoch, best_metrics = (-math.inf if ranking > 0 else math.inf), 0, {}
     best_state: dict[str, Any] = {}
     history = []
     started = time.perf_counter()
@@ -142,40 +210,54 @@ def fit(
             u, m, r = U[batch], M[batch], R[batch]
             loss = ((model(u, m) - r) ** 2).mean()
             objective = loss + opts.reg * model.regularizer(u, m).mean()
+            if ranking > 0:
+                negatives = torch.randint(n_movies, (opts.negatives,), generator=gen).to(device)
+                objective = objective + ranking * model.ranking_loss(u, m, negatives)
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()
             total += float(loss) * len(batch)
-        train_rmse = math.sqrt(total / len(tr))
-        val_rmse, val_mae = evaluate(va) if len(va) else (train_rmse, math.nan)
+        val = evaluate()
         history.append(
-            {"epoch": epoch, "train_rmse": round(train_rmse, 5), "val_rmse": round(val_rmse, 5)}
+            {
+                "epoch": epoch,
+                "train_rmse": round(math.sqrt(total / len(tr)), 5),
+                **{f"val_{k}": round(v, 5) for k, v in val.items() if k != "n_users"},
+            }
         )
+        shown = " ".join(f"{k} {v:.4f}" for k, v in history[-1].items() if k != "epoch")
         progress(
-            f"movrec train {kind}: epoch {epoch}/{opts.epochs} train RMSE {train_rmse:.4f} "
-            f"val RMSE {val_rmse:.4f} ({time.perf_counter() - started:.1f} s)"
+            f"movrec train {kind}: epoch {epoch}/{opts.epochs} {shown} ({time.perf_counter() - started:.1f} s)"
         )
-        if val_rmse < best[0] - 1e-4:
-            best = (val_rmse, val_mae, epoch)
+        if better(val[watch], best_value):
+            best_value, best_epoch, best_metrics = val[watch], epoch, val
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif epoch - best[2] >= opts.patience:
-            progress(f"movrec train {kind}: early stop, best epoch {best[2]}")
+        elif epoch - best_epoch >= opts.patience:
+            progress(f"movrec train {kind}: early stop, best epoch {best_epoch}")
             break
     model.load_state_dict(best_state)
     model = model.cpu().eval()
-    baseline_rmse, baseline_mae = rmse_mae(np.full(len(val_rows), mean), data.ratings[val_rows])
+    baseline = (
+        rating_metrics(np.full(len(val_rows), mean), data.ratings[val_rows])
+        if len(val_rows)
+        else {}
+    )
     metrics = {
-        "val_rmse": best[0],
-        "val_mae": best[1],
-        "best_epoch": best[2],
-        "baseline_val_rmse": baseline_rmse,
-        "baseline_val_mae": baseline_mae,
+        "val_rmse": best_metrics.get("rmse"),
+        "val_mae": best_metrics.get("mae"),
+        "best_epoch": best_epoch,
+        "baseline_val_rmse": baseline.get("rmse"),
+        "baseline_val_mae": baseline.get("mae"),
         "n_train": len(train_rows),
         "n_val": len(val_rows),
         "device": device,
         "train_seconds": round(time.perf_counter() - started, 3),
         "history": history,
     }
+    if ranking > 0:
+        metrics.update(
+            {f"val_{k}": v for k, v in best_metrics.items() if k not in ("rmse", "mae", "n_users")}
+        )
     return model, metrics
 
 
@@ -205,6 +287,9 @@ def read_ratings() -> tuple[Ratings, dict[str, Any]]:
     data = Ratings(
         _concat(users, np.int64), _concat(movies, np.int64), _concat(ratings, np.float32)
     )
+    # A fixed order, so the seeded split picks the same rows whatever order the scan returned.
+    order = np.lexsort((data.movies, data.users))
+    data = Ratings(data.users[order], data.movies[order], data.ratings[order])
     snap = plpy.execute(
         "SELECT count(*) AS n, max(rated_at)::text AS max_rated_at FROM movrec.watch_events"
     )[0]
@@ -234,7 +319,11 @@ def train_from_sql(kind: str, options: str | None, deploy: bool) -> int:
         f"movrec train {kind}: {snapshot['n_ratings']} ratings, {snapshot['n_users']} users, "
         f"{snapshot['n_movies']} movies"
     )
-    model, metrics = fit(data, kind, opts, progress=backend.notice)
+    from movrec.content import read_content
+    from movrec.models import CONTENT_MODELS
+
+    content = read_content() if kind in CONTENT_MODELS else None
+    model, metrics = fit(data, kind, opts, progress=backend.notice, content=content)
     model_id = registry.register(
         model, kind, asdict(opts), snapshot, metrics, duration_s=time.perf_counter() - started
     )

@@ -14,6 +14,7 @@ class MatrixFactorization(nn.Module):
     """
 
     kind = "mf"
+    deployable = True
 
     def __init__(
         self,
@@ -24,6 +25,7 @@ class MatrixFactorization(nn.Module):
         init_std: float = 0.05,
     ) -> None:
         super().__init__()
+        self.config = {"dim": dim}
         self.user_embedding = nn.Embedding(len(user_ids), dim)
         self.movie_embedding = nn.Embedding(len(movie_ids), dim)
         self.user_bias = nn.Embedding(len(user_ids), 1)
@@ -56,7 +58,9 @@ class MatrixFactorization(nn.Module):
         )
 
     @classmethod
-    def from_state_dict(cls, state: dict[str, torch.Tensor]) -> MatrixFactorization:
+    def from_state_dict(
+        cls, state: dict[str, torch.Tensor], config: dict | None = None
+    ) -> MatrixFactorization:
         dim = state["user_embedding.weight"].shape[1]
         model = cls(
             state["user_ids"], state["movie_ids"], dim=dim, global_mean=float(state["global_mean"])
@@ -79,3 +83,7 @@ class MatrixFactorization(nn.Module):
             self.movie_embedding.weight.detach(),
             self.movie_bias.weight.detach().squeeze(-1),
         )
+
+    def ranking_side(self) -> None:
+        """MF ranks by predicted rating: no ranking head."""
+        return None

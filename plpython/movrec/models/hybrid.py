@@ -1,0 +1,231 @@
+"""The hybrid model (the design's FinalModel) and the experimental baselines.
+
+HybridModel: a movie sub-network turns content (pooled token embeddings of
+title, overview, cast, genres, keywords, companies, countries; normalised
+numbers; a movie-id embedding) into a 100-d movie vector and a bias.  The
+prediction is the live user vector times that vector, plus biases.  A movie
+with no ratings still gets a vector from its content: cold start.
+
+Ranking mode adds a second head on the same sub-network: a ranking vector and
+prior, trained with a sampled softmax over movies on what users watched.
+recommend() orders by <user, ranking vector> + prior; predicted ratings keep
+coming from the rating head.  Both heads share the one user vector, so the
+online update moves both.
+
+FunctionalModel: the same sub-network without the movie-id embedding, so a
+movie is a pure function of its content (a content-only baseline).
+MLPModel: user and movie embeddings and content through an MLP; not a
+factorisation, so it is registered and evaluated but cannot be deployed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from movrec.content import NUMERIC, MovieContent
+from movrec.tokenizer import FIELDS
+
+
+class ContentEncoder(nn.Module):
+    """Content -> hidden features: mean-pooled token embeddings per field, numeric features."""
+
+    def __init__(
+        self, vocab_sizes: dict[str, int], field_dim: int, hidden: int, dropout: float
+    ) -> None:
+        super().__init__()
+        self.fields = [f for f in FIELDS if vocab_sizes.get(f, 2) > 2]
+        self.embeddings = nn.ModuleDict(
+            {
+                f: nn.EmbeddingBag(vocab_sizes[f], field_dim, mode="mean", padding_idx=0)
+                for f in self.fields
+            }
+        )
+        width = field_dim * len(self.fields) + 2 * len(NUMERIC)
+        self.mlp = nn.Sequential(nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(dropout))
+
+    def forward(self, tokens: dict[str, torch.Tensor], numeric: torch.Tensor) -> torch.Tensor:
+        parts = [self.embeddings[f](tokens[f]) for f in self.fields]
+        return self.mlp(torch.cat([*parts, numeric], dim=1))
+
+
+class HybridModel(nn.Module):
+    kind = "hybrid"
+    deployable = True
+    uses_id_embedding = True
+
+    def __init__(
+        self,
+        user_ids: torch.Tensor,
+        movie_ids: torch.Tensor,
+        content: MovieContent,
+        dim: int = 100,
+        global_mean: float = 3.5,
+        ranking: bool = True,
+        field_dim: int = 32,
+        hidden: int = 256,
+        dropout: float = 0.1,
+        numeric_stats: tuple[np.ndarray, np.ndarray] | None = None,
+    ) -> None:
+        super().__init__()
+        content = content.select(movie_ids.numpy())
+        mean, std = numeric_stats or content.numeric_stats()
+        self.config = {
+            "dim": dim,
+            "ranking": ranking,
+            "field_dim": field_dim,
+            "hidden": hidden,
+            "dropout": dropout,
+            "vocab_sizes": dict(content.vocab_sizes),
+        }
+        self.register_buffer("global_mean", torch.tensor(float(global_mean)))
+        self.register_buffer("user_ids", user_ids.to(torch.int64))
+        self.register_buffer("movie_ids", movie_ids.to(torch.int64))
+        self.register_buffer("numeric_mean", torch.tensor(mean, dtype=torch.float64))
+        self.register_buffer("numeric_std", torch.tensor(std, dtype=torch.float64))
+        self.register_buffer("numeric", torch.from_numpy(content.numeric(mean, std)))
+        for f in FIELDS:
+            self.register_buffer(f"tokens_{f}", torch.from_numpy(content.tokens[f]))
+        self.user_embedding = nn.Embedding(len(user_ids), dim)
+        self.user_bias = nn.Embedding(len(user_ids), 1)
+        nn.init.normal_(self.user_embedding.weight, std=0.05)
+        nn.init.zeros_(self.user_bias.weight)
+        self.encoder = ContentEncoder(content.vocab_sizes, field_dim, hidden, dropout)
+        self.rating_head = nn.Linear(hidden, dim + 1)
+        nn.init.normal_(self.rating_head.weight, std=0.01)
+        nn.init.zeros_(self.rating_head.bias)
+        if self.uses_id_embedding:
+            self.movie_embedding = nn.Embedding(len(movie_ids), dim)
+            self.movie_bias = nn.Embedding(len(movie_ids), 1)
+            nn.init.normal_(self.movie_embedding.weight, std=0.05)
+            nn.init.zeros_(self.movie_bias.weight)
+        self.ranking_head = nn.Linear(hidden, dim + 1) if ranking else None
+
+    # -- the movie sub-network ------------------------------------------------
+    def _hidden(self, movies: torch.Tensor) -> torch.Tensor:
+        tokens = {f: getattr(self, f"tokens_{f}")[movies] for f in self.encoder.fields}
+        return self.encoder(tokens, self.numeric[movies])
+
+    def movie_repr(
+        self, movies: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(rating vectors, biases, [ranking vectors | prior] or None) for movie indices."""
+        h = self._hidden(movies)
+        out = self.rating_head(h)
+        vec, bias = out[:, :-1], out[:, -1]
+        if self.uses_id_embedding:
+            vec = vec + self.movie_embedding(movies)
+            bias = bias + self.movie_bias(movies).squeeze(-1)
+        rank = self.ranking_head(h) if self.ranking_head is not None else None
+        return vec, bias, rank
+
+    def forward(self, users: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
+        vec, bias, _ = self.movie_repr(movies)
+        return (
+            (self.user_embedding(users) * vec).sum(-1)
+            + self.user_bias(users).squeeze(-1)
+            + bias
+            + self.global_mean
+        )
+
+    def regularizer(self, users: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
+        reg = (self.user_embedding(users) ** 2).sum(-1) + 0.1 * self.user_bias(users).squeeze(
+            -1
+        ) ** 2
+        if self.uses_id_embedding:
+            reg = (
+                reg
+                + (self.movie_embedding(movies) ** 2).sum(-1)
+                + 0.1 * self.movie_bias(movies).squeeze(-1) ** 2
+            )
+        return reg
+
+    def ranking_loss(
+        self, users: torch.Tensor, movies: torch.Tensor, negatives: torch.Tensor
+    ) -> torch.Tensor:
+        """Sampled softmax: each watched movie against the batch's movies and sampled others."""
+        assert self.ranking_head is not None
+        candidates = torch.unique(torch.cat([movies, negatives]))
+        rank = self.ranking_head(self._hidden(candidates))
+        logits = self.user_embedding(users) @ rank[:, :-1].T + rank[:, -1]
+        target = torch.searchsorted(candidates, movies)
+        return nn.functional.cross_entropy(logits, target)
+
+    # -- what deploy publishes ---------------------------------------------------
+    @torch.no_grad()
+    def _all_movies(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        was = self.training
+        self.eval()
+        out = self.movie_repr(torch.arange(len(self.movie_ids)))
+        self.train(was)
+        return out
+
+    def user_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        return (
+            self.user_ids,
+            self.user_embedding.weight.detach(),
+            self.user_bias.weight.detach().squeeze(-1),
+        )
+
+    def movie_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        vec, bias, _ = self._all_movies()
+        return self.movie_ids, vec, bias
+
+    def ranking_side(self) -> torch.Tensor | None:
+        """(n_movies, dim + 1) [ranking vector | prior], or None without a ranking head."""
+        return self._all_movies()[2]
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], config: dict[str, Any]) -> HybridModel:
+        ids = state["movie_ids"].numpy()
+        content = MovieContent(
+            ids,
+            {f: state[f"tokens_{f}"].numpy() for f in FIELDS},
+            dict(config["vocab_sizes"]),
+            np.zeros((len(ids), len(NUMERIC))),
+        )
+        model = cls(
+            state["user_ids"],
+            state["movie_ids"],
+            content,
+            dim=config["dim"],
+            global_mean=float(state["global_mean"]),
+            ranking=config["ranking"],
+            field_dim=config["field_dim"],
+            hidden=config["hidden"],
+            dropout=config["dropout"],
+            numeric_stats=(state["numeric_mean"].numpy(), state["numeric_std"].numpy()),
+        )
+        model.load_state_dict(state)
+        return model
+
+
+class FunctionalModel(HybridModel):
+    """Movies are a pure function of their content: no movie-id embedding."""
+
+    kind = "functional"
+    uses_id_embedding = False
+
+
+class MLPModel(HybridModel):
+    """rating = MLP([user vector, movie content features]): not a factorisation, not deployable."""
+
+    kind = "mlp"
+    deployable = False
+    uses_id_embedding = True
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs["ranking"] = False
+        super().__init__(*args, **kwargs)
+        dim, hidden = self.config["dim"], self.config["hidden"]
+        self.head = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+
+    def forward(self, users: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
+        vec, bias, _ = self.movie_repr(movies)
+        x = torch.cat([self.user_embedding(users), vec], dim=1)
+        return (
+            self.head(x).squeeze(-1) + bias + self.user_bias(users).squeeze(-1) + self.global_mean
+        )

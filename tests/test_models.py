@@ -1,0 +1,125 @@
+"""The hybrid model and the baselines: learning, cold start, deploy/rollback, batch predict."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import psycopg
+import pytest
+from movrec_cli import schema
+from movrec_cli.demo_data import load_demo
+
+from tests.conftest import connect
+
+QUICK = '{"epochs": 12, "patience": 12}'
+
+
+@pytest.fixture(scope="module")
+def db(new_database: Callable[[str], str]) -> Iterator[psycopg.Connection]:
+    """Demo data with content tokenized, and an MF and a hybrid model trained (hybrid deployed last)."""
+    with connect(new_database("t_models")) as conn:
+        schema.install(conn)
+        load_demo(conn, n_users=300, seed=11)
+        conn.execute("SELECT * FROM movrec.tokenize()")
+        conn.execute("SELECT movrec.train('mf', %s::jsonb)", (QUICK,))
+        conn.execute("SELECT movrec.train('hybrid', %s::jsonb)", (QUICK,))
+        yield conn
+
+
+def metrics(conn: psycopg.Connection, kind: str) -> dict:
+    return conn.execute(
+        "SELECT metrics FROM model.registry WHERE kind = %s ORDER BY model_id DESC LIMIT 1", (kind,)
+    ).fetchone()[0]
+
+
+@pytest.mark.parametrize("kind", ["mf", "hybrid"])
+def test_models_learn_the_planted_structure(db: psycopg.Connection, kind: str) -> None:
+    m = metrics(db, kind)
+    assert m["val_rmse"] < 0.8 * m["baseline_val_rmse"]
+
+
+def test_hybrid_ranks_better_than_popularity_would(db: psycopg.Connection) -> None:
+    m = metrics(db, "hybrid")
+    assert m["val_ndcg@10"] > 0.05 and m["val_recall@20"] > 0.1
+
+
+@pytest.mark.parametrize("kind", ["functional", "mlp"])
+def test_baselines_train_and_register(db: psycopg.Connection, kind: str) -> None:
+    model_id = db.execute(
+        "SELECT movrec.train(%s, %s::jsonb, deploy => false)", (kind, QUICK)
+    ).fetchone()[0]
+    m = metrics(db, kind)
+    assert m["val_rmse"] < m["baseline_val_rmse"]
+    if kind == "mlp":
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="cannot serve"):
+            db.execute("SELECT movrec.deploy(%s)", (model_id,))
+
+
+def test_recommend_uses_the_ranking_head_and_the_3_star_filter(db: psycopg.Connection) -> None:
+    assert db.execute("SELECT kind FROM model.champion").fetchone()[0] == "hybrid"
+    rows = db.execute("SELECT score, predicted_rating FROM recommend(3, 20)").fetchall()
+    assert len(rows) > 0 and all(p >= 3.0 for _, p in rows)
+    assert [s for s, _ in rows] == sorted((s for s, _ in rows), reverse=True)
+    db.execute("SET movrec.min_predicted_rating = 4.5")
+    strict = db.execute("SELECT predicted_rating FROM recommend(3, 20)").fetchall()
+    db.execute("RESET movrec.min_predicted_rating")
+    assert all(p >= 4.5 for (p,) in strict) and len(strict) <= len(rows)
+
+
+def test_deploy_and_rollback_switch_what_recommend_returns(db: psycopg.Connection) -> None:
+    hybrid = db.execute("SELECT model_id FROM model.champion").fetchone()[0]
+    mf = db.execute(
+        "SELECT model_id FROM model.registry WHERE kind = 'mf' ORDER BY model_id LIMIT 1"
+    ).fetchone()[0]
+    with_hybrid = db.execute("SELECT movie_id FROM recommend(4, 10)").fetchall()
+    db.execute("SELECT movrec.deploy(%s)", (mf,))
+    with_mf = db.execute("SELECT movie_id FROM recommend(4, 10)").fetchall()
+    assert with_mf != with_hybrid  # the same backend saw the new champion without a restart
+    assert db.execute("SELECT movrec.rollback()").fetchone()[0] == hybrid
+    assert db.execute("SELECT movie_id FROM recommend(4, 10)").fetchall() == with_hybrid
+    best = db.execute("SELECT movrec.deploy_best('val_rmse')").fetchone()[0]
+    assert (
+        best
+        == db.execute("""SELECT model_id FROM model.registry WHERE kind <> 'mlp'
+                                 ORDER BY (metrics->>'val_rmse')::float8 LIMIT 1""").fetchone()[0]
+    )
+    db.execute("SELECT movrec.deploy(%s)", (hybrid,))
+
+
+def test_batch_predict_matches_single_predict(db: psycopg.Connection) -> None:
+    rows = db.execute(
+        "SELECT * FROM movrec.predict(ARRAY[1, 2, 3, 99999], ARRAY[10, 20, 424242, 5])"
+    ).fetchall()
+    assert rows[2][2] is None  # a movie the model does not know
+    for user, movie, predicted in (r for r in rows if r[2] is not None):
+        assert db.execute("SELECT predict(%s, %s)", (user, movie)).fetchone()[0] == pytest.approx(
+            predicted, abs=1e-5
+        )
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="one length"):
+        db.execute("SELECT * FROM movrec.predict(ARRAY[1], ARRAY[1, 2])")
+
+
+def test_evaluate_stores_metrics(db: psycopg.Connection) -> None:
+    hybrid = db.execute("SELECT model_id FROM model.champion").fetchone()[0]
+    result = dict(db.execute("SELECT * FROM movrec.evaluate(%s)", (hybrid,)).fetchall())
+    assert {"test_rmse", "test_mae", "precision@10", "recall@10", "recall@20", "ndcg@10"} <= set(
+        result
+    )
+    assert result["test_rmse"] == pytest.approx(metrics(db, "hybrid")["val_rmse"], abs=1e-3)
+    stored = db.execute(
+        "SELECT metrics->'evaluation' FROM model.registry WHERE model_id = %s", (hybrid,)
+    ).fetchone()[0]
+    assert stored["evaluated_on"] == "validation split"
+
+
+def test_hybrid_gives_a_cold_movie_a_vector_from_content(db: psycopg.Connection) -> None:
+    from movrec.registry import load_checkpoint
+
+    blob = db.execute(
+        "SELECT checkpoint FROM model.registry r JOIN model.champion USING (model_id)"
+    ).fetchone()[0]
+    model = load_checkpoint("hybrid", blob)
+    vectors = model.movie_side()[1].numpy()
+    # two movies sharing genres get closer vectors from content than unrelated ones, on average
+    assert np.isfinite(vectors).all() and vectors.shape[1] == 100

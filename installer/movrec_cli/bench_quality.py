@@ -64,3 +64,86 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))
+
+
+# --- movrec's own models, trained in the database on the same split ----------------
+
+BENCH_DB = "movrec_bench"
+
+
+def _compact(conn: Any, table: str, column: str) -> dict[int, int]:
+    key = "movie_id" if table == "movrec.movie_ids" else "user_id"
+    return dict(conn.execute(f"SELECT {column}, {key} FROM {table}").fetchall())
+
+
+def movrec_rows(conn: Any, data_dir: Path, kinds: tuple[str, ...], options: dict[str, Any],
+                progress: Any = print) -> list[dict[str, Any]]:
+    """Load the training 90 % through the real loaders and ETL, train `kinds` in the database,
+    and evaluate each on the raw test rows mapped through the ETL's id maps.
+
+    The ETL runs with permissive thresholds (no pruning, TMDB optional) so it removes
+    as few rows as possible; test rows it could not map are predicted with the
+    training mean and reported as n_test_unknown.
+    """
+    import json
+    import shutil
+    import tempfile
+    import time
+
+    import numpy as np
+    from movrec.evaluation import evaluate_model
+    from movrec.registry import load_checkpoint
+
+    from movrec_cli import loaders, pipeline
+
+    ml = data_dir / "ml-latest-small" if (data_dir / "ml-latest-small").is_dir() else data_dir
+    tmdb = next(iter(data_dir.glob("tmdb*/tmdb_5000_movies.csv")), None)
+    train, test = load_split(ml / "ratings.csv")
+    started = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        full = pd.read_csv(ml / "ratings.csv")
+        _, test_rows = split(len(full))
+        full.drop(index=test_rows).to_csv(Path(tmp) / "ratings.csv", index=False)
+        for name in ("movies.csv", "links.csv"):
+            shutil.copy(ml / name, Path(tmp) / name)
+        loaders.load_movielens(conn, Path(tmp), force=True)
+    if tmdb is not None:
+        loaders.load_tmdb(conn, tmdb, force=True)
+    pipeline.run_etl(conn, 1, 1, 10**9, False, echo=progress)
+    conn.execute("SELECT * FROM movrec.tokenize()")
+    progress(f"bench: data ready in {time.perf_counter() - started:.1f} s")
+
+    movies, users = _compact(conn, "movrec.movie_ids", "ml_movie_id"), _compact(conn, "movrec.user_ids", "ml_user_id")
+    # every raw movie is a candidate, as for the peers; raw movies the ETL did not map get
+    # ids above the compact range, which no model knows, so they rank last
+    raw_movies = np.unique(np.concatenate([train.movieId.to_numpy(), test.movieId.to_numpy()]))
+    offset = max(movies.values()) + 1
+    m_of = {m: movies.get(m, offset + i) for i, m in enumerate(raw_movies)}
+    u_of = {u: users.get(u, -1 - i) for i, u in enumerate(np.unique(test.userId))}
+    te_u = np.array([u_of[u] for u in test.userId])
+    te_m = np.array([m_of[m] for m in test.movieId])
+    tr = conn.execute("SELECT array_agg(user_id), array_agg(movie_id) FROM movrec.watch_events").fetchone()
+    train_ids = (np.asarray(tr[0]), np.asarray(tr[1]))
+    counts = train.movieId.value_counts()
+    rare = test.movieId.map(counts).fillna(0).between(1, 4).to_numpy()
+
+    rows = []
+    for kind in kinds:
+        t = time.perf_counter()
+        model_id = conn.execute("SELECT movrec.train(%s, %s::jsonb, deploy => false)",
+                                (kind, json.dumps(options.get(kind, {})))).fetchone()[0]
+        seconds = time.perf_counter() - t
+        blob, = conn.execute("SELECT checkpoint FROM model.registry WHERE model_id = %s", (model_id,)).fetchone()
+        model = load_checkpoint(kind, blob, model_id)
+        result = evaluate_model(model, train_ids, (te_u, te_m, test.rating.to_numpy()),
+                                movie_space=np.array(sorted(m_of.values())))
+        rare_result = evaluate_model(model, train_ids, (te_u[rare], te_m[rare], test.rating.to_numpy()[rare]),
+                                     movie_space=np.array(sorted(m_of.values())))
+        rows.append({"model": f"movrec {kind} (#{model_id})", "rmse": result["test_rmse"],
+                     "mae": result["test_mae"], "precision@10": result["precision@10"],
+                     "recall@10": result["recall@10"], "recall@20": result["recall@20"],
+                     "ndcg@10": result["ndcg@10"], "fit_seconds": seconds,
+                     "note": f"rare-movie RMSE {rare_result['test_rmse']:.4f} ({int(rare.sum())} rows); "
+                             f"{result['n_test_unknown']} test rows unmapped"})
+        progress(f"bench: {rows[-1]}")
+    return rows

@@ -459,6 +459,66 @@ def evaluate(dsn: str | None, model_id: int, test_table: str | None) -> None:
 
 @cli.command()
 @dsn_option
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("reports/movrec.html"),
+              show_default=True)
+def report(dsn: str | None, output: Path) -> None:
+    """Write an HTML page with plots: learning curves, metrics across models, score distribution."""
+    from movrec_cli.report import write_report
+
+    with connect(dsn) as conn:
+        click.echo(f"wrote {write_report(conn, output)}")
+
+
+@cli.group()
+def bench() -> None:
+    """Benchmarks: quality against the peers, serving speed, online learning."""
+
+
+@bench.command("quality")
+@dsn_option
+@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path, exists=True),
+              help="folder with ml-latest-small/ (and tmdb-5000/), e.g. ../shared/data; read, never copied")
+@click.option("--models", default="mf,hybrid", show_default=True, help="movrec models to train")
+@click.option("--peers", default="popularity,svd,svdpp,knnbaseline,als,bpr", show_default=True,
+              help="peers to run (needs movrec[bench]); '' for none")
+@click.option("--options", default="{}", help='per-model training options, e.g. \'{"hybrid": {"epochs": 20}}\'')
+def bench_quality(dsn: str | None, data_dir: Path, models: str, peers: str, options: str) -> None:
+    """movrec's models and the peers on one split, in one table.
+
+    \b
+    Protocol: ratings.csv shuffled with numpy.random.default_rng(42).permutation,
+    first 90 % train, the rest test. movrec trains in a scratch database
+    (movrec_bench) from the training 90 % loaded through the real loaders and ETL;
+    the peers train on the same rows. Relevant = test ratings >= 4; candidates =
+    every movie the user did not rate in training.
+    """
+    from movrec_cli import bench_quality as bq
+    from movrec_cli import schema as sch
+    from movrec_cli.cluster import Cluster
+
+    echo = lambda m: click.echo(m, err=True)  # noqa: E731
+    if dsn is None:
+        cluster = Cluster.default()
+        cluster.ensure_database(bq.BENCH_DB)
+        bench_dsn = cluster.dsn(bq.BENCH_DB)
+    else:
+        bench_dsn = dsn
+    rows = []
+    with connect(bench_dsn) as conn:
+        if dsn is None:
+            sch.uninstall(conn, drop_data=True)
+        sch.install(conn)
+        kinds = tuple(k for k in models.split(",") if k)
+        rows += bq.movrec_rows(conn, data_dir, kinds, json.loads(options), progress=echo)
+    ml = data_dir / "ml-latest-small" if (data_dir / "ml-latest-small").is_dir() else data_dir
+    which = tuple(p for p in peers.split(",") if p)
+    if which:
+        rows += bq.peer_table(ml / "ratings.csv", which=which, progress=echo)
+    click.echo(bq.format_table(rows))
+
+
+@cli.command()
+@dsn_option
 @click.argument("user_id", type=int)
 @click.option("-k", default=10, show_default=True)
 def recommend(dsn: str | None, user_id: int, k: int) -> None:

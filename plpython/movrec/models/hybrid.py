@@ -103,6 +103,10 @@ class HybridModel(nn.Module):
             nn.init.normal_(self.movie_embedding.weight, std=0.05)
             nn.init.zeros_(self.movie_bias.weight)
         self.ranking_head = nn.Linear(hidden, dim + 1) if ranking else None
+        if ranking and self.uses_id_embedding:
+            # what a movie's content cannot say about who watches it: free per-movie terms
+            self.ranking_embedding = nn.Embedding(len(movie_ids), dim + 1)
+            nn.init.normal_(self.ranking_embedding.weight, std=0.05)
 
     # -- the movie sub-network ------------------------------------------------
     def _hidden(self, movies: torch.Tensor) -> torch.Tensor:
@@ -119,8 +123,14 @@ class HybridModel(nn.Module):
         if self.uses_id_embedding:
             vec = vec + self.movie_embedding(movies)
             bias = bias + self.movie_bias(movies).squeeze(-1)
-        rank = self.ranking_head(h) if self.ranking_head is not None else None
+        rank = self._ranking(h, movies) if self.ranking_head is not None else None
         return vec, bias, rank
+
+    def _ranking(self, h: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
+        rank = self.ranking_head(h)
+        if self.uses_id_embedding:
+            rank = rank + self.ranking_embedding(movies)
+        return rank
 
     def forward(self, users: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
         vec, bias, _ = self.movie_repr(movies)
@@ -143,16 +153,22 @@ class HybridModel(nn.Module):
             )
         return reg
 
-    def ranking_loss(
-        self, users: torch.Tensor, movies: torch.Tensor, negatives: torch.Tensor
-    ) -> torch.Tensor:
-        """Sampled softmax: each watched movie against the batch's movies and sampled others."""
+    def ranking_loss(self, users: torch.Tensor, movies: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
+        """Sampled softmax: each watched movie against uniformly sampled movies.
+
+        Uniform negatives keep the estimate unbiased with respect to popularity;
+        in-batch negatives would be drawn by popularity and push popular movies
+        down, which is what users watch most.
+        """
         assert self.ranking_head is not None
-        candidates = torch.unique(torch.cat([movies, negatives]))
-        rank = self.ranking_head(self._hidden(candidates))
-        logits = self.user_embedding(users) @ rank[:, :-1].T + rank[:, -1]
-        target = torch.searchsorted(candidates, movies)
-        return nn.functional.cross_entropy(logits, target)
+        u = self.user_embedding(users)
+        pos = self._ranking(self._hidden(movies), movies)
+        neg = self._ranking(self._hidden(negatives), negatives)
+        logit_pos = (u * pos[:, :-1]).sum(-1) + pos[:, -1]
+        logit_neg = u @ neg[:, :-1].T + neg[:, -1]
+        logit_neg = logit_neg.masked_fill(negatives[None, :] == movies[:, None], -1e9)  # accidental hits
+        logits = torch.cat([logit_pos[:, None], logit_neg], dim=1)
+        return nn.functional.cross_entropy(logits, torch.zeros(len(users), dtype=torch.long, device=logits.device))
 
     # -- what deploy publishes ---------------------------------------------------
     @torch.no_grad()

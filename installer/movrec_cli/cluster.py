@@ -29,6 +29,7 @@ max_connections = 50
 shared_buffers = 256MB
 shared_preload_libraries = 'pg_cron'
 cron.database_name = '{database}'
+cron.host = '{socket_dir}'
 logging_collector = off
 """
 

@@ -17,6 +17,7 @@ import psycopg
 from movrec import __version__
 
 from movrec_cli import schema
+from movrec_cli.cf_commands import bench_cf_command, cf, worker
 from movrec_cli.cluster import Cluster
 from movrec_cli.connection import connect
 from movrec_cli.errors import CliError
@@ -535,6 +536,11 @@ def demo(dsn: str | None) -> None:
     from movrec_cli.walkthrough import run
 
     run(dsn)
+
+
+cli.add_command(cf)
+cli.add_command(worker)
+bench.add_command(bench_cf_command, "cf")
 
 
 def main() -> None:  # pragma: no cover

@@ -1,0 +1,369 @@
+-- User-to-user Pearson collaborative filtering (issue 6): per-user rating
+-- statistics kept by statement-level triggers, a deduplicated job queue drained by
+-- `movrec worker` and pg_cron, and movrec.user_to_user() over an in-backend sparse
+-- matrix (plpython/movrec/cf.py says how, and defines every number it returns).
+
+CREATE TABLE IF NOT EXISTS model.user_rating_stats (
+    user_id     integer PRIMARY KEY,
+    n_ratings   integer NOT NULL DEFAULT 0,
+    sum_ratings double precision NOT NULL DEFAULT 0,
+    sum_squares double precision NOT NULL DEFAULT 0,
+    mean_rating double precision GENERATED ALWAYS AS
+        (CASE WHEN n_ratings > 0 THEN sum_ratings / n_ratings END) STORED,
+    n_changes   bigint NOT NULL DEFAULT 0,
+    changed_xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
+    updated_at  timestamptz NOT NULL DEFAULT now()
+);
+-- No CHECK on the counts: a statistics row that drifted (triggers bypassed) must not
+-- make rating writes fail; movrec.cf_rebuild_stats() repairs it.
+COMMENT ON TABLE model.user_rating_stats IS
+    'Per-user rating statistics, kept current by the movrec_cf_* triggers on watch_events. '
+    'A user whose ratings are all deleted keeps a row of zeros (rows are never deleted), so caches see the change';
+COMMENT ON COLUMN model.user_rating_stats.n_ratings IS 'How many ratings the user has in watch_events';
+COMMENT ON COLUMN model.user_rating_stats.sum_ratings IS 'Sum of the user''s ratings (exact: half stars)';
+COMMENT ON COLUMN model.user_rating_stats.sum_squares IS 'Sum of the squares of the user''s ratings (exact: quarter stars)';
+COMMENT ON COLUMN model.user_rating_stats.mean_rating IS 'sum_ratings / n_ratings; NULL without ratings';
+COMMENT ON COLUMN model.user_rating_stats.n_changes IS
+    'Statements that changed the user''s ratings; cf_drain compares it before and after a job';
+COMMENT ON COLUMN model.user_rating_stats.changed_xid IS
+    'Transaction that last changed the user''s ratings: backends reload users changed at or after their snapshot''s xmin';
+CREATE INDEX IF NOT EXISTS user_rating_stats_changed_xid_idx ON model.user_rating_stats (changed_xid);
+
+CREATE TABLE IF NOT EXISTS model.cf_queue (
+    user_id         integer PRIMARY KEY,
+    enqueued_at     timestamptz NOT NULL DEFAULT clock_timestamp(),
+    not_before      timestamptz NOT NULL DEFAULT '-infinity',
+    attempts        integer NOT NULL DEFAULT 0,
+    last_error      text,
+    last_attempt_at timestamptz
+);
+COMMENT ON TABLE model.cf_queue IS
+    'Users whose CF recommendations are stale, one row per user (a rating enqueues its user once). '
+    'movrec.cf_drain() claims rows with FOR UPDATE SKIP LOCKED and deletes a row in the transaction that '
+    'writes its result; a failed job stays with attempts, last_error and a backoff in not_before';
+COMMENT ON COLUMN model.cf_queue.not_before IS 'A failed job waits until then: 2^(attempts-1) seconds, at most an hour';
+CREATE INDEX IF NOT EXISTS cf_queue_enqueued_at_idx ON model.cf_queue (enqueued_at, user_id);
+
+-- The triggers: one statement-level trigger per event, because transition tables
+-- (all of a statement's rows at once) allow one event per trigger.  An ETL publish
+-- of millions of rows costs one aggregate, not a PL call per row.  Statistics are
+-- updated before the queue row is written, in user order (see cf.py, Queue).
+CREATE OR REPLACE FUNCTION movrec.cf_on_ratings_changed() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
+DECLARE
+    n_changed bigint := 0;
+BEGIN
+    -- Each branch: per-user deltas (+ for ratings added, - for ratings removed) ->
+    -- upsert of the statistics -> the users, once each, into the queue (the queue CTE
+    -- runs after the statistics are written and locked).  A statement can name only
+    -- the transition tables its trigger declares, hence three copies.
+    IF TG_OP = 'INSERT' THEN
+        WITH per_user AS (
+            SELECT user_id, count(*)::integer AS dn, sum(rating::float8) AS ds, sum(rating::float8 ^ 2) AS dss
+            FROM movrec_cf_new GROUP BY user_id
+        ), stats AS (
+            INSERT INTO model.user_rating_stats AS s
+                (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
+            SELECT user_id, dn, ds, dss, 1, pg_current_xact_id(), now() FROM per_user ORDER BY user_id
+            ON CONFLICT (user_id) DO UPDATE
+            SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
+                sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
+                changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
+            RETURNING s.user_id
+        ), queued AS (
+            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
+            ON CONFLICT (user_id) DO NOTHING
+        )
+        SELECT count(*) INTO n_changed FROM stats;
+    ELSIF TG_OP = 'DELETE' THEN
+        WITH per_user AS (
+            SELECT user_id, -count(*)::integer AS dn, -sum(rating::float8) AS ds, -sum(rating::float8 ^ 2) AS dss
+            FROM movrec_cf_old GROUP BY user_id
+        ), stats AS (
+            INSERT INTO model.user_rating_stats AS s
+                (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
+            SELECT user_id, dn, ds, dss, 1, pg_current_xact_id(), now() FROM per_user ORDER BY user_id
+            ON CONFLICT (user_id) DO UPDATE
+            SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
+                sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
+                changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
+            RETURNING s.user_id
+        ), queued AS (
+            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
+            ON CONFLICT (user_id) DO NOTHING
+        )
+        SELECT count(*) INTO n_changed FROM stats;
+    ELSIF TG_OP = 'UPDATE' THEN
+        -- only rows whose (user, movie, rating) changed: a re-rating with the same value
+        -- (or a new rated_at) changes nothing here
+        WITH delta AS (
+            SELECT user_id, 1 AS sign, rating::float8 AS rating
+            FROM (SELECT user_id, movie_id, rating FROM movrec_cf_new
+                  EXCEPT ALL SELECT user_id, movie_id, rating FROM movrec_cf_old) added
+            UNION ALL
+            SELECT user_id, -1, rating::float8
+            FROM (SELECT user_id, movie_id, rating FROM movrec_cf_old
+                  EXCEPT ALL SELECT user_id, movie_id, rating FROM movrec_cf_new) removed
+        ), per_user AS (
+            SELECT user_id, sum(sign)::integer AS dn, sum(sign * rating) AS ds, sum(sign * rating ^ 2) AS dss
+            FROM delta GROUP BY user_id
+        ), stats AS (
+            INSERT INTO model.user_rating_stats AS s
+                (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
+            SELECT user_id, dn, ds, dss, 1, pg_current_xact_id(), now() FROM per_user ORDER BY user_id
+            ON CONFLICT (user_id) DO UPDATE
+            SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
+                sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
+                changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
+            RETURNING s.user_id
+        ), queued AS (
+            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
+            ON CONFLICT (user_id) DO NOTHING
+        )
+        SELECT count(*) INTO n_changed FROM stats;
+    ELSIF TG_OP = 'TRUNCATE' THEN
+        WITH emptied AS (
+            UPDATE model.user_rating_stats
+            SET n_ratings = 0, sum_ratings = 0, sum_squares = 0, n_changes = n_changes + 1,
+                changed_xid = pg_current_xact_id(), updated_at = now()
+            WHERE n_ratings <> 0
+            RETURNING user_id
+        ), queued AS (
+            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM emptied ORDER BY user_id
+            ON CONFLICT (user_id) DO NOTHING
+        )
+        SELECT count(*) INTO n_changed FROM emptied;
+    END IF;
+    -- also when the user's job was already queued: a worker may have kept that job
+    -- because this transaction was in flight, and should look again once it commits
+    IF n_changed > 0 THEN
+        PERFORM pg_notify('movrec_cf', '');  -- equal notifications of one transaction fold into one
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION movrec.cf_on_ratings_changed() IS
+    'Trigger (per statement): updates model.user_rating_stats from the statement''s rows, enqueues the users '
+    'in model.cf_queue (once each) and NOTIFYs movrec_cf';
+
+CREATE OR REPLACE TRIGGER movrec_cf_enqueue
+    AFTER INSERT ON movrec.watch_events REFERENCING NEW TABLE AS movrec_cf_new
+    FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
+COMMENT ON TRIGGER movrec_cf_enqueue ON movrec.watch_events IS
+    'CF: inserted ratings update model.user_rating_stats and enqueue their users (movrec.cf_on_ratings_changed)';
+CREATE OR REPLACE TRIGGER movrec_cf_enqueue_update
+    AFTER UPDATE ON movrec.watch_events REFERENCING OLD TABLE AS movrec_cf_old NEW TABLE AS movrec_cf_new
+    FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
+COMMENT ON TRIGGER movrec_cf_enqueue_update ON movrec.watch_events IS
+    'CF: changed ratings update model.user_rating_stats and enqueue their users (movrec.cf_on_ratings_changed)';
+CREATE OR REPLACE TRIGGER movrec_cf_enqueue_delete
+    AFTER DELETE ON movrec.watch_events REFERENCING OLD TABLE AS movrec_cf_old
+    FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
+COMMENT ON TRIGGER movrec_cf_enqueue_delete ON movrec.watch_events IS
+    'CF: deleted ratings update model.user_rating_stats and enqueue their users (movrec.cf_on_ratings_changed)';
+CREATE OR REPLACE TRIGGER movrec_cf_enqueue_truncate
+    AFTER TRUNCATE ON movrec.watch_events
+    FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
+COMMENT ON TRIGGER movrec_cf_enqueue_truncate ON movrec.watch_events IS
+    'CF: TRUNCATE zeroes model.user_rating_stats and enqueues every user who had ratings';
+
+CREATE OR REPLACE FUNCTION movrec.cf_rebuild_stats() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
+DECLARE
+    n_fixed bigint;
+BEGIN
+    -- no rating may change between the recount and the write
+    LOCK TABLE movrec.watch_events IN SHARE MODE;
+    WITH fresh AS (
+        SELECT user_id, count(*)::integer AS n, sum(rating::float8) AS s, sum(rating::float8 ^ 2) AS ss
+        FROM movrec.watch_events GROUP BY user_id
+    ), merged AS (
+        SELECT coalesce(f.user_id, s.user_id) AS user_id, coalesce(f.n, 0) AS n, coalesce(f.s, 0) AS s,
+               coalesce(f.ss, 0) AS ss,
+               (s.n_ratings, s.sum_ratings, s.sum_squares)
+                   IS DISTINCT FROM (coalesce(f.n, 0), coalesce(f.s, 0), coalesce(f.ss, 0)) AS wrong
+        FROM fresh f FULL JOIN model.user_rating_stats s USING (user_id)
+    ), written AS (
+        -- every row is stamped, so every backend's cache reloads: a load that bypassed
+        -- the triggers may have changed ratings without changing the sums
+        INSERT INTO model.user_rating_stats AS s
+            (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
+        SELECT user_id, n, s, ss, 1, pg_current_xact_id(), now() FROM merged ORDER BY user_id
+        ON CONFLICT (user_id) DO UPDATE
+        SET n_ratings = excluded.n_ratings, sum_ratings = excluded.sum_ratings, sum_squares = excluded.sum_squares,
+            n_changes = s.n_changes + 1, changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
+    ), queued AS (
+        INSERT INTO model.cf_queue (user_id) SELECT user_id FROM merged WHERE wrong ORDER BY user_id
+        ON CONFLICT (user_id) DO NOTHING
+    )
+    SELECT count(*) INTO n_fixed FROM merged WHERE wrong;
+    IF n_fixed > 0 THEN
+        PERFORM pg_notify('movrec_cf', '');
+    END IF;
+    RETURN n_fixed;
+END $$;
+COMMENT ON FUNCTION movrec.cf_rebuild_stats() IS
+    'Recounts model.user_rating_stats from watch_events (locks it against writes meanwhile), enqueues the users whose '
+    'row was missing or wrong, and makes every backend reload its CF cache. Run it after a bulk load that bypassed '
+    'the triggers. Returns the number of users whose row was missing or wrong';
+
+-- Every install or upgrade recounts the statistics: a first install into a database that
+-- has ratings fills them, and an upgrade repairs what changed while the triggers were
+-- absent (between uninstall and install).  On a first install nothing is stale yet:
+-- `movrec cf refresh --all` computes everyone, so the queue is left empty.
+DO $$
+DECLARE
+    first_install boolean := NOT EXISTS (SELECT FROM model.user_rating_stats);
+BEGIN
+    IF EXISTS (SELECT FROM movrec.watch_events) THEN
+        PERFORM movrec.cf_rebuild_stats();
+        IF first_install THEN
+            DELETE FROM model.cf_queue;
+        END IF;
+    END IF;
+END $$;
+
+-- user_to_user: a plpgsql front door (plain errors with a SQLSTATE) over the numpy implementation.
+CREATE OR REPLACE FUNCTION movrec._user_to_user(
+    user_id integer, min_corr double precision, min_overlap integer, min_raters integer,
+    shrinkage double precision, damping double precision, baseline boolean, store boolean)
+RETURNS TABLE (rank integer, movie_id integer, title text, score real, neighbours integer)
+LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import cf; return cf.user_to_user_from_sql(user_id, min_corr, min_overlap, min_raters, shrinkage, damping, baseline, store)
+$$;
+COMMENT ON FUNCTION movrec._user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean) IS
+    'Implementation of movrec.user_to_user(); call that instead';
+
+CREATE OR REPLACE FUNCTION movrec.user_to_user(
+    user_id integer, min_corr double precision DEFAULT 0.65, min_overlap integer DEFAULT 14,
+    min_raters integer DEFAULT 1, shrinkage double precision DEFAULT 0, damping double precision DEFAULT 0,
+    baseline boolean DEFAULT false, store boolean DEFAULT true)
+RETURNS TABLE (rank integer, movie_id integer, title text, score real, neighbours integer)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    IF user_id IS NULL THEN
+        RAISE EXCEPTION 'user_to_user(): user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF min_corr IS NULL OR min_corr < -1 OR min_corr > 1 THEN
+        RAISE EXCEPTION 'user_to_user(): min_corr must be between -1 and 1, got %', coalesce(min_corr::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF min_overlap IS NULL OR min_overlap < 2 THEN
+        RAISE EXCEPTION 'user_to_user(): min_overlap must be at least 2 (a correlation needs two co-rated movies), got %',
+            coalesce(min_overlap::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF min_raters IS NULL OR min_raters < 1 THEN
+        RAISE EXCEPTION 'user_to_user(): min_raters must be at least 1, got %', coalesce(min_raters::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF shrinkage IS NULL OR shrinkage < 0 OR damping IS NULL OR damping < 0 THEN
+        RAISE EXCEPTION 'user_to_user(): shrinkage and damping must be >= 0, got % and %',
+            coalesce(shrinkage::text, 'NULL'), coalesce(damping::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF baseline IS NULL OR store IS NULL THEN
+        RAISE EXCEPTION 'user_to_user(): baseline and store must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    RETURN QUERY SELECT * FROM movrec._user_to_user(user_id, min_corr, min_overlap, min_raters, shrinkage, damping,
+                                                    baseline, store);
+END $$;
+COMMENT ON FUNCTION movrec.user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean) IS
+    'User-to-user Pearson CF for one user: neighbours with correlation >= min_corr over >= min_overlap co-rated movies; '
+    'unseen movies rated by >= min_raters neighbours, scored mean_u + sum corr (r - mean_n) / sum |corr|; the top 150, '
+    'best first (ties by movie_id), with the number of neighbours who rated each. store => true replaces the user''s '
+    'rows of model.user_recommendation in this transaction. Options (0/false: the design): shrinkage (weights '
+    'corr * n / (n + shrinkage)), damping (divide by sum |w| + damping), baseline (centre on mu + b_u + b_m). '
+    'Definitions: plpython/movrec/cf.py';
+
+CREATE OR REPLACE FUNCTION movrec.cf_drain(max_jobs integer DEFAULT 100) RETURNS integer
+LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import cf; return cf.drain_from_sql(max_jobs)
+$$;
+COMMENT ON FUNCTION movrec.cf_drain(integer) IS
+    'Runs up to max_jobs jobs of model.cf_queue (FOR UPDATE SKIP LOCKED: workers in parallel never share one), each in '
+    'a subtransaction; a job is deleted with its result, or kept with its error and a backoff. Returns the jobs '
+    'attempted. Its locks last until the caller commits: keep batches small where ratings arrive';
+
+CREATE OR REPLACE FUNCTION movrec.cf_cache_info() RETURNS jsonb
+LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+import json; from movrec import cf; return json.dumps(cf.cache_info())
+$$;
+COMMENT ON FUNCTION movrec.cf_cache_info() IS
+    'What this backend''s CF cache holds: users, movies, ratings, the overlay of reloaded users, loads, watermark';
+
+-- pg_cron: scheduled draining, where the extension can live (cron.database_name).
+CREATE OR REPLACE FUNCTION movrec.cf_schedule(schedule text DEFAULT '* * * * *', max_jobs integer DEFAULT 100)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+DECLARE
+    scheduled_job bigint;
+BEGIN
+    IF max_jobs IS NULL OR max_jobs < 1 THEN
+        RAISE EXCEPTION 'cf_schedule(): max_jobs must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron') THEN
+        IF coalesce(current_setting('cron.database_name', true), '') <> current_database() THEN
+            RAISE NOTICE 'cf_schedule(): pg_cron is not available in database % (cron.database_name is %)',
+                current_database(), coalesce(current_setting('cron.database_name', true), 'not set: pg_cron is not loaded')
+                USING HINT = 'add pg_cron to shared_preload_libraries and set cron.database_name, or run `movrec worker`';
+            RETURN NULL;
+        END IF;
+        CREATE EXTENSION pg_cron;
+    END IF;
+    -- a named job: scheduling again replaces it
+    scheduled_job := cron.schedule('movrec-cf-drain', schedule, format('SELECT movrec.cf_drain(%s)', max_jobs));
+    -- pg_cron runs a job through a libpq connection to cron.host (default localhost, over
+    -- TCP).  A server that listens on its Unix socket only (the embedded cluster) would
+    -- fail every run with "connection failed": point the job at the socket instead.
+    IF coalesce(current_setting('cron.use_background_workers', true), 'off') = 'off'
+       AND coalesce(current_setting('cron.host', true), 'localhost') = 'localhost'
+       AND current_setting('listen_addresses') = '' THEN
+        UPDATE cron.job
+        SET nodename = trim(split_part(current_setting('unix_socket_directories'), ',', 1)),
+            nodeport = current_setting('port')::integer
+        WHERE jobid = scheduled_job;
+    END IF;
+    RETURN scheduled_job;
+END $$;
+COMMENT ON FUNCTION movrec.cf_schedule(text, integer) IS
+    'Registers the pg_cron job movrec-cf-drain (SELECT movrec.cf_drain(max_jobs), every minute by default), creating '
+    'pg_cron where this is cron.database_name; returns the job id, or NULL with a NOTICE where pg_cron is not available';
+
+CREATE OR REPLACE FUNCTION movrec.cf_unschedule() RETURNS boolean
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron') THEN
+        RETURN false;
+    END IF;
+    IF NOT EXISTS (SELECT FROM cron.job WHERE jobname = 'movrec-cf-drain') THEN
+        RETURN false;
+    END IF;
+    RETURN cron.unschedule('movrec-cf-drain');
+END $$;
+COMMENT ON FUNCTION movrec.cf_unschedule() IS 'Removes the pg_cron job movrec-cf-drain; false when there was none';
+
+-- Privileges (90_grants.sql runs after this file and creates the roles too; they are
+-- created here as well so that this file works on its own on a fresh database).
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'movrec_user') THEN
+        CREATE ROLE movrec_user NOLOGIN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'movrec_admin') THEN
+        CREATE ROLE movrec_admin NOLOGIN IN ROLE movrec_user;
+    END IF;
+END $$;
+REVOKE ALL ON FUNCTION movrec.cf_on_ratings_changed(), movrec.cf_rebuild_stats(),
+    movrec._user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean),
+    movrec.user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean),
+    movrec.cf_drain(integer), movrec.cf_schedule(text, integer), movrec.cf_unschedule(), movrec.cf_cache_info()
+    FROM PUBLIC;
+REVOKE ALL ON model.user_rating_stats, model.cf_queue FROM PUBLIC;
+GRANT EXECUTE ON FUNCTION movrec.cf_on_ratings_changed(),
+    movrec._user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean),
+    movrec.user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean)
+    TO movrec_user;
+GRANT EXECUTE ON FUNCTION movrec.cf_drain(integer), movrec.cf_rebuild_stats(), movrec.cf_schedule(text, integer),
+    movrec.cf_unschedule(), movrec.cf_cache_info() TO movrec_admin;
+GRANT SELECT ON model.user_rating_stats, model.cf_queue TO movrec_admin;

@@ -21,6 +21,8 @@ from movrec_cli.cf_commands import bench_cf_command, cf, worker
 from movrec_cli.cluster import Cluster
 from movrec_cli.connection import connect
 from movrec_cli.errors import CliError
+from movrec_cli.refresh import explain as explain_cmd
+from movrec_cli.refresh import refresh, similar
 
 dsn_option = click.option(
     "--dsn",
@@ -522,10 +524,16 @@ def bench_quality(dsn: str | None, data_dir: Path, models: str, peers: str, opti
 @dsn_option
 @click.argument("user_id", type=int)
 @click.option("-k", default=10, show_default=True)
-def recommend(dsn: str | None, user_id: int, k: int) -> None:
+@click.option("--genre", "genres", multiple=True, help="only movies with any of these genres (repeatable)")
+@click.option("--min-year", type=int)
+@click.option("--max-year", type=int)
+def recommend(dsn: str | None, user_id: int, k: int, genres: tuple[str, ...], min_year: int | None,
+              max_year: int | None) -> None:
     """Print USER_ID's top-k unseen movies."""
     with connect(dsn) as conn:
-        rows = conn.execute("SELECT * FROM movrec.recommend(%s, %s)", (user_id, k)).fetchall()
+        rows = conn.execute(
+            "SELECT * FROM movrec.recommend(%s, %s, genres => %s, min_year => %s, max_year => %s)",
+            (user_id, k, list(genres) or None, min_year, max_year)).fetchall()
     click.echo(table(rows, ["movie_id", "title", "score", "predicted", "source"]))
 
 
@@ -540,6 +548,9 @@ def demo(dsn: str | None) -> None:
 
 cli.add_command(cf)
 cli.add_command(worker)
+cli.add_command(refresh)
+cli.add_command(similar)
+cli.add_command(explain_cmd, "explain")
 bench.add_command(bench_cf_command, "cf")
 
 

@@ -37,6 +37,7 @@ class TrainOptions:
     device: str = "auto"
     ranking: float = -1.0  # weight of the ranking loss; -1: 1.0 for hybrid/functional, 0 otherwise
     negatives: int = 2048  # sampled movies per step for the ranking softmax
+    sampling: float = 0.75  # negatives drawn with p ~ count^sampling (0: uniform), logQ-corrected
     field_dim: int = 32
     hidden: int = 256
     dropout: float = 0.1
@@ -163,6 +164,9 @@ def fit(
     va = torch.from_numpy(val_rows).to(device)
     gen = torch.Generator(device="cpu").manual_seed(opts.seed)
     n_movies = len(movie_ids)
+    counts = np.bincount(m_idx[train_rows], minlength=n_movies).astype(np.float64)
+    q = torch.from_numpy((counts + 1.0) ** opts.sampling / ((counts + 1.0) ** opts.sampling).sum())
+    log_q = torch.log(q).float().to(device)
 
     def evaluate() -> dict[str, float]:
         model.eval()
@@ -211,8 +215,9 @@ def fit(
             loss = ((model(u, m) - r) ** 2).mean()
             objective = loss + opts.reg * model.regularizer(u, m).mean()
             if ranking > 0:
-                negatives = torch.randint(n_movies, (opts.negatives,), generator=gen).to(device)
-                objective = objective + ranking * model.ranking_loss(u, m, negatives)
+                negatives = torch.multinomial(q, opts.negatives, replacement=True, generator=gen).to(device)
+                objective = objective + ranking * (model.ranking_loss(u, m, negatives, log_q)
+                                                   + opts.reg * model.ranking_regularizer(m))
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()

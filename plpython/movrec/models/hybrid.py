@@ -153,12 +153,14 @@ class HybridModel(nn.Module):
             )
         return reg
 
-    def ranking_loss(self, users: torch.Tensor, movies: torch.Tensor, negatives: torch.Tensor) -> torch.Tensor:
-        """Sampled softmax: each watched movie against uniformly sampled movies.
+    def ranking_loss(self, users: torch.Tensor, movies: torch.Tensor, negatives: torch.Tensor,
+                     log_q: torch.Tensor | None = None) -> torch.Tensor:
+        """Sampled softmax: each watched movie against sampled movies.
 
-        Uniform negatives keep the estimate unbiased with respect to popularity;
-        in-batch negatives would be drawn by popularity and push popular movies
-        down, which is what users watch most.
+        ``log_q`` is the log sampling probability of every movie; subtracting it
+        from the logits (the logQ correction) keeps the estimate unbiased however
+        the negatives were drawn.  Without it, popular negatives would push
+        popular movies down, and those are what users watch most.
         """
         assert self.ranking_head is not None
         u = self.user_embedding(users)
@@ -166,9 +168,17 @@ class HybridModel(nn.Module):
         neg = self._ranking(self._hidden(negatives), negatives)
         logit_pos = (u * pos[:, :-1]).sum(-1) + pos[:, -1]
         logit_neg = u @ neg[:, :-1].T + neg[:, -1]
+        if log_q is not None:
+            logit_pos = logit_pos - log_q[movies]
+            logit_neg = logit_neg - log_q[negatives]
         logit_neg = logit_neg.masked_fill(negatives[None, :] == movies[:, None], -1e9)  # accidental hits
         logits = torch.cat([logit_pos[:, None], logit_neg], dim=1)
         return nn.functional.cross_entropy(logits, torch.zeros(len(users), dtype=torch.long, device=logits.device))
+
+    def ranking_regularizer(self, movies: torch.Tensor) -> torch.Tensor:
+        if not self.uses_id_embedding or self.ranking_head is None:
+            return torch.zeros((), device=movies.device)
+        return (self.ranking_embedding(movies) ** 2).sum(-1).mean()
 
     # -- what deploy publishes ---------------------------------------------------
     @torch.no_grad()

@@ -34,17 +34,28 @@ COMMENT ON FUNCTION movrec._activate() IS
 
 -- recommend() and predict() are plpgsql front doors: they check arguments and
 -- raise plain errors (no Python traceback), then call the numpy implementation.
-CREATE OR REPLACE FUNCTION movrec._recommend(user_id integer, k integer)
+-- recommend() had two arguments before 0.2; drop that signature (and its implementation)
+-- so that the five-argument one below does not make calls ambiguous.
+DROP FUNCTION IF EXISTS movrec.recommend(integer, integer);
+DROP FUNCTION IF EXISTS movrec._recommend(integer, integer);
+
+CREATE OR REPLACE FUNCTION movrec._recommend(user_id integer, k integer, genres text[], min_year integer,
+                                             max_year integer)
 RETURNS TABLE (movie_id integer, title text, score real, predicted_rating real, source text)
 LANGUAGE plpython3u STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import serving; return serving.recommend(user_id, k)
+from movrec import serving; return serving.recommend(user_id, k, genres, min_year, max_year)
 $$;
-COMMENT ON FUNCTION movrec._recommend(integer, integer) IS 'Implementation of movrec.recommend(); call that instead';
+COMMENT ON FUNCTION movrec._recommend(integer, integer, text[], integer, integer) IS
+    'Implementation of movrec.recommend(); call that instead';
 
-CREATE OR REPLACE FUNCTION movrec.recommend(user_id integer, k integer DEFAULT 10)
+CREATE OR REPLACE FUNCTION movrec.recommend(user_id integer, k integer DEFAULT 10, genres text[] DEFAULT NULL,
+                                            min_year integer DEFAULT NULL, max_year integer DEFAULT NULL)
 RETURNS TABLE (movie_id integer, title text, score real, predicted_rating real, source text)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+DECLARE
+    msg text;
+    hint text;
 BEGIN
     IF user_id IS NULL THEN
         RAISE EXCEPTION 'recommend(): user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -53,11 +64,29 @@ BEGIN
         RAISE EXCEPTION 'recommend(): k must be between 1 and 10000, got %', coalesce(k::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    RETURN QUERY SELECT * FROM movrec._recommend(user_id, k);
+    IF genres IS NOT NULL AND (cardinality(genres) = 0 OR array_position(genres, NULL) IS NOT NULL) THEN
+        RAISE EXCEPTION 'recommend(): genres must be NULL (any genre) or a non-empty array without NULLs'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF min_year > max_year THEN
+        RAISE EXCEPTION 'recommend(): min_year % is after max_year %', min_year, max_year
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    BEGIN
+        RETURN QUERY SELECT * FROM movrec._recommend(user_id, k, genres, min_year, max_year);
+    EXCEPTION WHEN invalid_parameter_value THEN  -- an unknown genre: re-raised without the Python traceback
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, hint = PG_EXCEPTION_HINT;
+        RAISE EXCEPTION 'recommend(): %', regexp_replace(msg, '^plpy\.Error: ', '')
+            USING ERRCODE = 'invalid_parameter_value',
+            HINT = coalesce(hint, 'see COMMENT ON FUNCTION movrec.recommend');
+    END;
 END $$;
-COMMENT ON FUNCTION movrec.recommend(integer, integer) IS
-    'Top-k unseen movies for a user, best first. source: model (the user''s vector; the default vector for a '
-    'rater without one) or popular (damped mean rating: users with no ratings, or no model deployed)';
+COMMENT ON FUNCTION movrec.recommend(integer, integer, text[], integer, integer) IS
+    'Top-k unseen movies for a user, best first, predicted >= movrec.min_predicted_rating (3) where the model knows '
+    'the user. Filters: genres = the movie has ANY of them (case-insensitive; an unknown genre is an error), '
+    'min_year/max_year inclusive (a movie without a year fails a year bound). source per row, in fallback order: '
+    'model (the user''s vector), cf (model.user_recommendation), model (the default vector, for a rater without a '
+    'vector), popular (damped mean rating, model.movie_rating_stats). Read-only: runs on a hot standby';
 
 CREATE OR REPLACE FUNCTION movrec._predict(user_id integer, movie_id integer) RETURNS real
 LANGUAGE plpython3u STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
@@ -209,17 +238,3 @@ $$;
 COMMENT ON FUNCTION movrec.doctor() IS
     'Checks this backend: Python and package versions, torch/CUDA, pgvector, thread caps, venv; each problem with its fix';
 
--- The rating trigger: new users get the default vector, then one online step.
-CREATE OR REPLACE FUNCTION movrec.on_rating() RETURNS trigger
-LANGUAGE plpython3u SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import online; return online.on_rating(TD)
-$$;
-COMMENT ON FUNCTION movrec.on_rating() IS
-    'Trigger: one gradient step on the rater''s vector (movie side fixed); the old vector goes to the backups table';
-
-CREATE OR REPLACE TRIGGER movrec_online_update
-    AFTER INSERT OR UPDATE OF rating ON movrec.watch_events
-    FOR EACH ROW EXECUTE FUNCTION movrec.on_rating();
-COMMENT ON TRIGGER movrec_online_update ON movrec.watch_events IS
-    'Online learning: each rating moves the user''s vector (movrec.on_rating)';

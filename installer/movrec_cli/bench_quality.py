@@ -76,8 +76,13 @@ def _compact(conn: Any, table: str, column: str) -> dict[int, int]:
     return dict(conn.execute(f"SELECT {column}, {key} FROM {table}").fetchall())
 
 
-def movrec_rows(conn: Any, data_dir: Path, kinds: tuple[str, ...], options: dict[str, Any],
-                progress: Any = print) -> list[dict[str, Any]]:
+def movrec_rows(
+    conn: Any,
+    data_dir: Path,
+    kinds: tuple[str, ...],
+    options: dict[str, Any],
+    progress: Any = print,
+) -> list[dict[str, Any]]:
     """Load the training 90 % through the real loaders and ETL, train `kinds` in the database,
     and evaluate each on the raw test rows mapped through the ETL's id maps.
 
@@ -113,7 +118,10 @@ def movrec_rows(conn: Any, data_dir: Path, kinds: tuple[str, ...], options: dict
     conn.execute("SELECT * FROM movrec.tokenize()")
     progress(f"bench: data ready in {time.perf_counter() - started:.1f} s")
 
-    movies, users = _compact(conn, "movrec.movie_ids", "ml_movie_id"), _compact(conn, "movrec.user_ids", "ml_user_id")
+    movies, users = (
+        _compact(conn, "movrec.movie_ids", "ml_movie_id"),
+        _compact(conn, "movrec.user_ids", "ml_user_id"),
+    )
     # every raw movie is a candidate, as for the peers; raw movies the ETL did not map get
     # ids above the compact range, which no model knows, so they rank last
     raw_movies = np.unique(np.concatenate([train.movieId.to_numpy(), test.movieId.to_numpy()]))
@@ -122,7 +130,9 @@ def movrec_rows(conn: Any, data_dir: Path, kinds: tuple[str, ...], options: dict
     u_of = {u: users.get(u, -1 - i) for i, u in enumerate(np.unique(test.userId))}
     te_u = np.array([u_of[u] for u in test.userId])
     te_m = np.array([m_of[m] for m in test.movieId])
-    tr = conn.execute("SELECT array_agg(user_id), array_agg(movie_id) FROM movrec.watch_events").fetchone()
+    tr = conn.execute(
+        "SELECT array_agg(user_id), array_agg(movie_id) FROM movrec.watch_events"
+    ).fetchone()
     train_ids = (np.asarray(tr[0]), np.asarray(tr[1]))
     counts = train.movieId.value_counts()
     rare = test.movieId.map(counts).fillna(0).between(1, 4).to_numpy()
@@ -130,20 +140,40 @@ def movrec_rows(conn: Any, data_dir: Path, kinds: tuple[str, ...], options: dict
     rows = []
     for kind in kinds:
         t = time.perf_counter()
-        model_id = conn.execute("SELECT movrec.train(%s, %s::jsonb, deploy => false)",
-                                (kind, json.dumps(options.get(kind, {})))).fetchone()[0]
+        model_id = conn.execute(
+            "SELECT movrec.train(%s, %s::jsonb, deploy => false)",
+            (kind, json.dumps(options.get(kind, {}))),
+        ).fetchone()[0]
         seconds = time.perf_counter() - t
-        blob, = conn.execute("SELECT checkpoint FROM model.registry WHERE model_id = %s", (model_id,)).fetchone()
+        (blob,) = conn.execute(
+            "SELECT checkpoint FROM model.registry WHERE model_id = %s", (model_id,)
+        ).fetchone()
         model = load_checkpoint(kind, blob, model_id)
-        result = evaluate_model(model, train_ids, (te_u, te_m, test.rating.to_numpy()),
-                                movie_space=np.array(sorted(m_of.values())))
-        rare_result = evaluate_model(model, train_ids, (te_u[rare], te_m[rare], test.rating.to_numpy()[rare]),
-                                     movie_space=np.array(sorted(m_of.values())))
-        rows.append({"model": f"movrec {kind} (#{model_id})", "rmse": result["test_rmse"],
-                     "mae": result["test_mae"], "precision@10": result["precision@10"],
-                     "recall@10": result["recall@10"], "recall@20": result["recall@20"],
-                     "ndcg@10": result["ndcg@10"], "fit_seconds": seconds,
-                     "note": f"rare-movie RMSE {rare_result['test_rmse']:.4f} ({int(rare.sum())} rows); "
-                             f"{result['n_test_unknown']} test rows unmapped"})
+        result = evaluate_model(
+            model,
+            train_ids,
+            (te_u, te_m, test.rating.to_numpy()),
+            movie_space=np.array(sorted(m_of.values())),
+        )
+        rare_result = evaluate_model(
+            model,
+            train_ids,
+            (te_u[rare], te_m[rare], test.rating.to_numpy()[rare]),
+            movie_space=np.array(sorted(m_of.values())),
+        )
+        rows.append(
+            {
+                "model": f"movrec {kind} (#{model_id})",
+                "rmse": result["test_rmse"],
+                "mae": result["test_mae"],
+                "precision@10": result["precision@10"],
+                "recall@10": result["recall@10"],
+                "recall@20": result["recall@20"],
+                "ndcg@10": result["ndcg@10"],
+                "fit_seconds": seconds,
+                "note": f"rare-movie RMSE {rare_result['test_rmse']:.4f} ({int(rare.sum())} rows); "
+                f"{result['n_test_unknown']} test rows unmapped",
+            }
+        )
         progress(f"bench: {rows[-1]}")
     return rows

@@ -16,7 +16,8 @@ import click
 import psycopg
 from movrec import __version__
 
-from movrec_cli import schema
+from movrec_cli import bench_serving, schema
+from movrec_cli import generate as generate_mod
 from movrec_cli.cf_commands import bench_cf_command, cf, worker
 from movrec_cli.cluster import Cluster
 from movrec_cli.connection import connect
@@ -462,8 +463,13 @@ def evaluate(dsn: str | None, model_id: int, test_table: str | None) -> None:
 
 @cli.command()
 @dsn_option
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("reports/movrec.html"),
-              show_default=True)
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("reports/movrec.html"),
+    show_default=True,
+)
 def report(dsn: str | None, output: Path) -> None:
     """Write an HTML page with plots: learning curves, metrics across models, score distribution."""
     from movrec_cli.report import write_report
@@ -479,12 +485,25 @@ def bench() -> None:
 
 @bench.command("quality")
 @dsn_option
-@click.option("--data", "data_dir", required=True, type=click.Path(path_type=Path, exists=True),
-              help="folder with ml-latest-small/ (and tmdb-5000/), e.g. ../shared/data; read, never copied")
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="folder with ml-latest-small/ (and tmdb-5000/), e.g. ../shared/data; read, never copied",
+)
 @click.option("--models", default="mf,hybrid", show_default=True, help="movrec models to train")
-@click.option("--peers", default="popularity,svd,svdpp,knnbaseline,als,bpr", show_default=True,
-              help="peers to run (needs movrec[bench]); '' for none")
-@click.option("--options", default="{}", help='per-model training options, e.g. \'{"hybrid": {"epochs": 20}}\'')
+@click.option(
+    "--peers",
+    default="popularity,svd,svdpp,knnbaseline,als,bpr",
+    show_default=True,
+    help="peers to run (needs movrec[bench]); '' for none",
+)
+@click.option(
+    "--options",
+    default="{}",
+    help='per-model training options, e.g. \'{"hybrid": {"epochs": 20}}\'',
+)
 def bench_quality(dsn: str | None, data_dir: Path, models: str, peers: str, options: str) -> None:
     """movrec's models and the peers on one split, in one table.
 
@@ -524,16 +543,25 @@ def bench_quality(dsn: str | None, data_dir: Path, models: str, peers: str, opti
 @dsn_option
 @click.argument("user_id", type=int)
 @click.option("-k", default=10, show_default=True)
-@click.option("--genre", "genres", multiple=True, help="only movies with any of these genres (repeatable)")
+@click.option(
+    "--genre", "genres", multiple=True, help="only movies with any of these genres (repeatable)"
+)
 @click.option("--min-year", type=int)
 @click.option("--max-year", type=int)
-def recommend(dsn: str | None, user_id: int, k: int, genres: tuple[str, ...], min_year: int | None,
-              max_year: int | None) -> None:
+def recommend(
+    dsn: str | None,
+    user_id: int,
+    k: int,
+    genres: tuple[str, ...],
+    min_year: int | None,
+    max_year: int | None,
+) -> None:
     """Print USER_ID's top-k unseen movies."""
     with connect(dsn) as conn:
         rows = conn.execute(
             "SELECT * FROM movrec.recommend(%s, %s, genres => %s, min_year => %s, max_year => %s)",
-            (user_id, k, list(genres) or None, min_year, max_year)).fetchall()
+            (user_id, k, list(genres) or None, min_year, max_year),
+        ).fetchall()
     click.echo(table(rows, ["movie_id", "title", "score", "predicted", "source"]))
 
 
@@ -546,6 +574,9 @@ def demo(dsn: str | None) -> None:
     run(dsn)
 
 
+cli.add_command(generate_mod.generate)
+bench.add_command(bench_serving.bench_serving)
+bench.add_command(bench_serving.bench_online)
 cli.add_command(cf)
 cli.add_command(worker)
 cli.add_command(refresh)

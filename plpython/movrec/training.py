@@ -215,9 +215,13 @@ def fit(
             loss = ((model(u, m) - r) ** 2).mean()
             objective = loss + opts.reg * model.regularizer(u, m).mean()
             if ranking > 0:
-                negatives = torch.multinomial(q, opts.negatives, replacement=True, generator=gen).to(device)
-                objective = objective + ranking * (model.ranking_loss(u, m, negatives, log_q)
-                                                   + opts.reg * model.ranking_regularizer(m))
+                negatives = torch.multinomial(
+                    q, opts.negatives, replacement=True, generator=gen
+                ).to(device)
+                objective = objective + ranking * (
+                    model.ranking_loss(u, m, negatives, log_q)
+                    + opts.reg * model.ranking_regularizer(m)
+                )
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()

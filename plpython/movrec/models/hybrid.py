@@ -153,8 +153,13 @@ class HybridModel(nn.Module):
             )
         return reg
 
-    def ranking_loss(self, users: torch.Tensor, movies: torch.Tensor, negatives: torch.Tensor,
-                     log_q: torch.Tensor | None = None) -> torch.Tensor:
+    def ranking_loss(
+        self,
+        users: torch.Tensor,
+        movies: torch.Tensor,
+        negatives: torch.Tensor,
+        log_q: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """Sampled softmax: each watched movie against sampled movies.
 
         ``log_q`` is the log sampling probability of every movie; subtracting it
@@ -171,9 +176,13 @@ class HybridModel(nn.Module):
         if log_q is not None:
             logit_pos = logit_pos - log_q[movies]
             logit_neg = logit_neg - log_q[negatives]
-        logit_neg = logit_neg.masked_fill(negatives[None, :] == movies[:, None], -1e9)  # accidental hits
+        logit_neg = logit_neg.masked_fill(
+            negatives[None, :] == movies[:, None], -1e9
+        )  # accidental hits
         logits = torch.cat([logit_pos[:, None], logit_neg], dim=1)
-        return nn.functional.cross_entropy(logits, torch.zeros(len(users), dtype=torch.long, device=logits.device))
+        return nn.functional.cross_entropy(
+            logits, torch.zeros(len(users), dtype=torch.long, device=logits.device)
+        )
 
     def ranking_regularizer(self, movies: torch.Tensor) -> torch.Tensor:
         if not self.uses_id_embedding or self.ranking_head is None:

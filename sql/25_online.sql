@@ -1,0 +1,131 @@
+-- Online learning (issue 5): the rating trigger moves the rater's vector.
+--
+-- Settings (per database, role or session; empty = the default):
+--   movrec.online_update     sgd (default): one gradient step on the user's vector, movie side fixed,
+--                            done in SQL with pgvector arithmetic (no Python on the insert path);
+--                            refit: the user's ridge regression solved exactly over their whole
+--                            history, movie side fixed (fold-in), numpy in PL/Python.
+--   movrec.online_lr, movrec.online_reg   sgd's step (0.05) and L2 (0.02); the step is capped at
+--                            0.5 / (|m|^2 + 1) as scoring.sgd_step does.
+--   movrec.refit_reg         refit's ridge weight (default 10), shrinking toward the champion's
+--                            default vector (see plpython/movrec/online.py, ridge_fold_in).
+--   movrec.backup_retention  archived vectors kept per user (default 20; 0 keeps them all).
+--
+-- Concurrency: the user's row in model.user_latent_attributes is locked (FOR UPDATE)
+-- before it is read, so ratings by one user serialise and none is lost; updated_at
+-- is clock_timestamp(), so it increases in lock order.
+
+CREATE OR REPLACE FUNCTION movrec._online_refit(user_id integer, model_id bigint) RETURNS real[]
+LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import online; return online.refit_from_sql(user_id, model_id)
+$$;
+COMMENT ON FUNCTION movrec._online_refit(integer, bigint) IS
+    'Fold-in: the user''s [vector | bias] solving their ridge regression over all their ratings, movie side fixed '
+    '(used by the rating trigger when movrec.online_update = refit)';
+
+CREATE OR REPLACE FUNCTION movrec.on_rating() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+DECLARE
+    champ bigint;
+    mu double precision;
+    m vector;
+    b_m real;
+    old_u vector;
+    old_b real;
+    old_model bigint;
+    u vector;
+    b_u double precision;
+    new_u vector;
+    new_b double precision;
+    fit real[];
+    err double precision;
+    step double precision;
+    lr double precision;
+    reg double precision;
+    keep integer;
+    mode text := coalesce(nullif(current_setting('movrec.online_update', true), ''), 'sgd');
+BEGIN
+    IF TG_OP = 'UPDATE' AND NEW.rating = OLD.rating THEN
+        RETURN NULL;  -- the same rating again: nothing to learn
+    END IF;
+    IF mode NOT IN ('sgd', 'refit') THEN
+        RAISE EXCEPTION 'movrec.online_update must be sgd or refit, got %', mode
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- the champion, its global mean and the movie's published vector, in one statement
+    SELECT d.model_id, r.global_mean, x.embedding, x.bias INTO champ, mu, m, b_m
+    FROM (SELECT model_id FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) d
+    JOIN model.registry r USING (model_id)
+    LEFT JOIN model.movie_latent_attributes x ON x.movie_id = NEW.movie_id AND x.model_id = d.model_id;
+    IF champ IS NULL THEN
+        RETURN NULL;  -- nothing deployed: ratings are just stored
+    END IF;
+    IF m IS NULL THEN
+        RETURN NULL;  -- a movie the champion has never seen has no vector to learn from
+    END IF;
+
+    SELECT embedding, bias, model_id INTO old_u, old_b, old_model
+    FROM model.user_latent_attributes WHERE user_id = NEW.user_id FOR UPDATE;
+    IF NOT FOUND THEN  -- a new user starts from the champion's default (mean) vector
+        INSERT INTO model.user_latent_attributes (user_id, embedding, bias, model_id, updated_at)
+        SELECT NEW.user_id, default_embedding::vector, default_bias, r.model_id, clock_timestamp()
+        FROM model.registry r WHERE r.model_id = champ
+        ON CONFLICT (user_id) DO NOTHING;
+        SELECT embedding, bias, model_id INTO old_u, old_b, old_model
+        FROM model.user_latent_attributes WHERE user_id = NEW.user_id FOR UPDATE;
+    END IF;
+
+    IF mode = 'refit' THEN
+        fit := movrec._online_refit(NEW.user_id, champ);
+        IF fit IS NULL THEN
+            RETURN NULL;
+        END IF;
+        new_u := fit[1:array_length(fit, 1) - 1]::vector;
+        new_b := fit[array_length(fit, 1)];
+    ELSE
+        IF old_model = champ THEN
+            u := old_u; b_u := old_b;
+        ELSE  -- a vector of an older model: start again from this model's default
+            SELECT default_embedding::vector, default_bias INTO u, b_u FROM model.registry r WHERE r.model_id = champ;
+        END IF;
+        lr := coalesce(nullif(current_setting('movrec.online_lr', true), '')::double precision, 0.05);
+        reg := coalesce(nullif(current_setting('movrec.online_reg', true), '')::double precision, 0.02);
+        -- scoring.sgd_step: err = r - (mu + b_u + b_m + u.m); step = min(lr, 0.5 / (|m|^2 + 1))
+        err := NEW.rating - (mu + b_u + b_m - (u OPERATOR(public.<#>) m));
+        step := least(lr, 0.5 / (1.0 - (m OPERATOR(public.<#>) m)));
+        -- u + step (err m - reg u) = (1 - step reg) u + (step err) m; pgvector has no scalar
+        -- multiply, so the scalars are vectors of one value
+        new_u := (u OPERATOR(public.*) array_fill((1.0 - step * reg)::real, ARRAY[vector_dims(u)])::vector)
+                 OPERATOR(public.+) (m OPERATOR(public.*) array_fill((step * err)::real, ARRAY[vector_dims(m)])::vector);
+        new_b := b_u + step * (err - reg * b_u);
+    END IF;
+
+    keep := coalesce(nullif(current_setting('movrec.backup_retention', true), '')::integer, 20);
+    -- Archive the previous vector, drop archives beyond the last `keep`, write the new
+    -- vector: one statement.  The DELETE does not see the row the INSERT adds, so it keeps
+    -- keep - 1 older rows.
+    WITH archived AS (
+        INSERT INTO model.user_latent_attributes_backups (user_id, embedding, bias, model_id)
+        VALUES (NEW.user_id, old_u, old_b, old_model)
+    ), pruned AS (
+        DELETE FROM model.user_latent_attributes_backups b
+        WHERE keep > 0 AND b.user_id = NEW.user_id
+          AND b.backup_id <= (SELECT x.backup_id FROM model.user_latent_attributes_backups x
+                              WHERE x.user_id = NEW.user_id
+                              ORDER BY x.backup_id DESC OFFSET greatest(keep - 1, 0) LIMIT 1)
+    )
+    UPDATE model.user_latent_attributes
+    SET embedding = new_u, bias = new_b, model_id = champ, updated_at = clock_timestamp()
+    WHERE user_id = NEW.user_id;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION movrec.on_rating() IS
+    'Trigger: moves the rater''s vector (movrec.online_update: sgd = one gradient step in SQL, refit = ridge '
+    'fold-in over the user''s history); the old vector goes to the backups table (last movrec.backup_retention kept)';
+
+CREATE OR REPLACE TRIGGER movrec_online_update
+    AFTER INSERT OR UPDATE OF rating ON movrec.watch_events
+    FOR EACH ROW EXECUTE FUNCTION movrec.on_rating();
+COMMENT ON TRIGGER movrec_online_update ON movrec.watch_events IS
+    'Online learning: each rating moves the user''s vector (movrec.on_rating)';

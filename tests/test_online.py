@@ -1,0 +1,213 @@
+"""Online learning (issue 5): sgd in SQL, refit (fold-in), retention, concurrency."""
+
+from __future__ import annotations
+
+import threading
+
+import numpy as np
+import psycopg
+import pytest
+from movrec.scoring import sgd_step
+
+from tests.conftest import connect
+
+VECTOR = "SELECT embedding::real[], bias FROM model.user_latent_attributes WHERE user_id = %s"
+BACKUPS = """SELECT embedding::real[], bias FROM model.user_latent_attributes_backups
+             WHERE user_id = %s ORDER BY backup_id"""
+
+
+def champion(conn: psycopg.Connection) -> tuple[float, np.ndarray, float]:
+    mu, default, default_bias = conn.execute(
+        """SELECT r.global_mean, r.default_embedding, r.default_bias
+           FROM model.registry r JOIN model.champion c USING (model_id)"""
+    ).fetchone()
+    return mu, np.asarray(default, dtype=np.float64), default_bias
+
+
+def movie_side(conn: psycopg.Connection, movies: list[int]) -> dict[int, tuple[np.ndarray, float]]:
+    rows = conn.execute(
+        """SELECT movie_id, embedding::real[], bias FROM model.movie_latent_attributes
+           WHERE movie_id = ANY(%s)""",
+        (movies,),
+    ).fetchall()
+    return {m: (np.asarray(e, dtype=np.float64), b) for m, e, b in rows}
+
+
+def unseen_movies(conn: psycopg.Connection, user_id: int, n: int) -> list[int]:
+    return [
+        r[0]
+        for r in conn.execute(
+            """SELECT movie_id FROM model.movie_latent_attributes m WHERE NOT EXISTS
+               (SELECT FROM movrec.watch_events w WHERE w.user_id = %s AND w.movie_id = m.movie_id)
+               ORDER BY movie_id LIMIT %s""",
+            (user_id, n),
+        )
+    ]
+
+
+def rate(conn: psycopg.Connection, user: int, movie: int, rating: float) -> None:
+    conn.execute("SELECT movrec.rate(%s::int, %s::int, %s::real)", (user, movie, rating))
+
+
+def ridge_lstsq(conn: psycopg.Connection, user: int, reg: float) -> tuple[np.ndarray, float]:
+    """The fold-in solved independently: least squares on rows augmented with sqrt(reg) I."""
+    mu, default, default_bias = champion(conn)
+    history = conn.execute(
+        "SELECT movie_id, rating FROM movrec.watch_events WHERE user_id = %s", (user,)
+    ).fetchall()
+    side = movie_side(conn, [m for m, _ in history])
+    rows = [(side[m], r) for m, r in history if m in side]
+    x = np.array([np.append(v, 1.0) for (v, _), _ in rows])
+    y = np.array([r - mu - b for (_, b), r in rows])
+    dim = x.shape[1]
+    x_aug = np.vstack([x, np.sqrt(reg) * np.eye(dim)])
+    y_aug = np.concatenate([y, np.sqrt(reg) * np.append(default, default_bias)])
+    sol = np.linalg.lstsq(x_aug, y_aug, rcond=None)[0]
+    return sol[:-1], sol[-1]
+
+
+def test_sgd_in_sql_matches_the_numpy_step(conn: psycopg.Connection) -> None:
+    user = 31
+    movie = unseen_movies(conn, user, 1)[0]
+    mu, _, _ = champion(conn)
+    u, b = conn.execute(VECTOR, (user,)).fetchone()
+    m, b_m = movie_side(conn, [movie])[movie]
+    rate(conn, user, movie, 4.5)
+    want_u, want_b = sgd_step(np.asarray(u), b, m, b_m, mu, 4.5, 0.05, 0.02)
+    got_u, got_b = conn.execute(VECTOR, (user,)).fetchone()
+    assert np.allclose(got_u, want_u, atol=1e-5) and got_b == pytest.approx(want_b, abs=1e-5)
+
+
+def test_refit_is_the_ridge_solution_and_moves_toward_the_rating(conn: psycopg.Connection) -> None:
+    conn.execute("SET movrec.online_update = 'refit'")
+    conn.execute("SET movrec.refit_reg = '0.7'")
+    user = 777201  # new: starts from the default vector
+    movie = unseen_movies(conn, user, 1)[0]
+    mu, default, default_bias = champion(conn)
+    m, b_m = movie_side(conn, [movie])[movie]
+    before = mu + default_bias + b_m + default @ m
+    rate(conn, user, movie, 5)
+    u, b_u = conn.execute(VECTOR, (user,)).fetchone()
+    after = mu + b_u + b_m + np.asarray(u) @ m
+    assert abs(after - 5) < abs(before - 5)
+    # an existing user with a long history: exact against an independent solution
+    user = 32
+    for movie, rating in zip(unseen_movies(conn, user, 3), (1.0, 4.5, 3.0), strict=True):
+        rate(conn, user, movie, rating)
+    want_u, want_b = ridge_lstsq(conn, user, 0.7)
+    got_u, got_b = conn.execute(VECTOR, (user,)).fetchone()
+    assert np.allclose(got_u, want_u, atol=1e-4) and got_b == pytest.approx(want_b, abs=1e-4)
+    assert len(conn.execute(BACKUPS, (user,)).fetchall()) >= 3  # one archive per update
+
+
+def test_refit_rerating_is_consistent(conn: psycopg.Connection) -> None:
+    conn.execute("SET movrec.online_update = 'refit'")
+    user = 33
+    movie = unseen_movies(conn, user, 1)[0]
+    rate(conn, user, movie, 1)
+    rate(conn, user, movie, 5)
+    assert conn.execute(
+        "SELECT count(*), max(rating) FROM movrec.watch_events WHERE user_id = %s AND movie_id = %s",
+        (user, movie),
+    ).fetchone() == (1, 5)
+    want_u, want_b = ridge_lstsq(conn, user, 10.0)  # the history with the new rating only
+    got_u, got_b = conn.execute(VECTOR, (user,)).fetchone()
+    assert np.allclose(got_u, want_u, atol=1e-4) and got_b == pytest.approx(want_b, abs=1e-4)
+
+
+def test_unknown_mode_is_refused(conn: psycopg.Connection) -> None:
+    conn.execute("SET movrec.online_update = 'magic'")
+    with pytest.raises(psycopg.errors.InvalidParameterValue):
+        rate(conn, 34, unseen_movies(conn, 34, 1)[0], 3)
+
+
+def test_retention_keeps_the_last_n(conn: psycopg.Connection) -> None:
+    conn.execute("SET movrec.backup_retention = '3'")
+    user = 35
+    before = []
+    for movie, rating in zip(unseen_movies(conn, user, 6), (1, 5, 2, 4, 0.5, 3), strict=True):
+        before.append(conn.execute(VECTOR, (user,)).fetchone())
+        rate(conn, user, movie, rating)
+    kept = conn.execute(BACKUPS, (user,)).fetchall()
+    assert len(kept) == 3
+    for (e, b), (want_e, want_b) in zip(kept, before[-3:], strict=True):
+        assert np.allclose(e, want_e) and b == pytest.approx(want_b)
+    conn.execute("SET movrec.backup_retention = '0'")  # 0: keep everything from now on
+    rate(conn, user, unseen_movies(conn, user, 1)[0], 4)
+    assert len(conn.execute(BACKUPS, (user,)).fetchall()) == 4
+
+
+def _parallel_ratings(dsn: str, user: int, movies: list[int], mode: str) -> None:
+    barrier = threading.Barrier(len(movies))
+    errors: list[BaseException] = []
+
+    def one(movie: int) -> None:
+        try:
+            with connect(dsn) as c:
+                c.execute("SELECT set_config('movrec.online_update', %s, false)", (mode,))
+                barrier.wait()
+                with c.transaction():
+                    rate(c, user, movie, 5.0 if movie % 2 else 1.0)
+                    c.execute("SELECT pg_sleep(0.02)")  # hold the row lock: the others queue
+        except BaseException as e:  # noqa: BLE001 - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(m,)) for m in movies]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors
+
+
+@pytest.mark.parametrize("existing", [True, False])
+def test_parallel_sgd_ratings_by_one_user_lose_nothing(
+    conn: psycopg.Connection, trained: str, existing: bool
+) -> None:
+    user = 36 if existing else 777301
+    movies = unseen_movies(conn, user, 8)
+    n_before = len(conn.execute(BACKUPS, (user,)).fetchall())
+    _parallel_ratings(trained, user, movies, "sgd")
+    archives = conn.execute(BACKUPS, (user,)).fetchall()[n_before:]
+    assert len(archives) == len(movies)
+    times = [
+        r[0]
+        for r in conn.execute(
+            """SELECT archived_at FROM model.user_latent_attributes_backups
+               WHERE user_id = %s ORDER BY backup_id""",
+            (user,),
+        )
+    ]
+    assert times == sorted(times)
+    # Each archive -> next state is exactly one sgd step with one of the movies, each used once:
+    # the final vector is the N steps applied in lock order.
+    mu, _, _ = champion(conn)
+    side = movie_side(conn, movies)
+    states = [(np.asarray(e), b) for e, b in archives] + [conn.execute(VECTOR, (user,)).fetchone()]
+    unused = set(movies)
+    for (u, b), (nxt_u, _nxt_b) in zip(states, states[1:], strict=False):
+        match = [
+            m
+            for m in unused
+            if np.allclose(
+                sgd_step(u, b, *side[m], mu, 5.0 if m % 2 else 1.0, 0.05, 0.02)[0],
+                nxt_u,
+                atol=1e-5,
+            )
+        ]
+        assert len(match) == 1
+        unused.discard(match[0])
+    assert not unused
+
+
+def test_parallel_refit_ratings_end_at_the_full_history_solution(
+    conn: psycopg.Connection, trained: str
+) -> None:
+    user = 37
+    movies = unseen_movies(conn, user, 6)
+    n_before = len(conn.execute(BACKUPS, (user,)).fetchall())
+    _parallel_ratings(trained, user, movies, "refit")
+    assert len(conn.execute(BACKUPS, (user,)).fetchall()) - n_before == len(movies)
+    want_u, want_b = ridge_lstsq(conn, user, 10.0)
+    got_u, got_b = conn.execute(VECTOR, (user,)).fetchone()
+    assert np.allclose(got_u, want_u, atol=1e-4) and got_b == pytest.approx(want_b, abs=1e-4)

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from movrec.content import GENRES
 
 from movrec_cli.errors import CliError
 
@@ -189,27 +190,7 @@ def _tags(f: list[str]) -> tuple[Any, ...]:
     return (_int(f[0], "userId"), _int(f[1], "movieId"), f[2], _timestamp(f[3], "timestamp"))
 
 
-_ML100K_GENRES = (
-    "(no genres listed)",
-    "Action",
-    "Adventure",
-    "Animation",
-    "Children",
-    "Comedy",
-    "Crime",
-    "Documentary",
-    "Drama",
-    "Fantasy",
-    "Film-Noir",
-    "Horror",
-    "Musical",
-    "Mystery",
-    "Romance",
-    "Sci-Fi",
-    "Thriller",
-    "War",
-    "Western",
-)
+_ML100K_GENRES = ("(no genres listed)", *GENRES)  # the order of u.item's 19 flags
 
 
 def _ml100k_item(f: list[str]) -> tuple[Any, ...]:

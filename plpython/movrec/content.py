@@ -13,6 +13,27 @@ import numpy as np
 
 from movrec.tokenizer import FIELDS
 
+# MovieLens' genre vocabulary, in its own (alphabetical) order; ml-100k's flags follow it.
+GENRES = (
+    "Action",
+    "Adventure",
+    "Animation",
+    "Children",
+    "Comedy",
+    "Crime",
+    "Documentary",
+    "Drama",
+    "Fantasy",
+    "Film-Noir",
+    "Horror",
+    "Musical",
+    "Mystery",
+    "Romance",
+    "Sci-Fi",
+    "Thriller",
+    "War",
+    "Western",
+)
 NUMERIC = ("year", "runtime", "popularity", "vote_average", "vote_count")
 LOG_SCALED = {"runtime", "popularity", "vote_count"}  # heavy-tailed: log1p before z-scoring
 

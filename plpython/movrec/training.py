@@ -212,16 +212,19 @@ def fit(
         total = 0.0
         for batch in order.split(opts.batch_size):
             u, m, r = U[batch], M[batch], R[batch]
-            loss = ((model(u, m) - r) ** 2).mean()
-            objective = loss + opts.reg * model.regularizer(u, m).mean()
             if ranking > 0:
                 negatives = torch.multinomial(
                     q, opts.negatives, replacement=True, generator=gen
                 ).to(device)
-                objective = objective + ranking * (
-                    model.ranking_loss(u, m, negatives, log_q)
-                    + opts.reg * model.ranking_regularizer(m)
+                loss, rank_loss = model.joint_loss(u, m, r, negatives, log_q)
+                objective = (
+                    loss
+                    + opts.reg * model.regularizer(u, m).mean()
+                    + ranking * (rank_loss + opts.reg * model.ranking_regularizer(m))
                 )
+            else:
+                loss = ((model(u, m) - r) ** 2).mean()
+                objective = loss + opts.reg * model.regularizer(u, m).mean()
             optimizer.zero_grad(set_to_none=True)
             objective.backward()
             optimizer.step()

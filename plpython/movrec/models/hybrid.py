@@ -160,16 +160,42 @@ class HybridModel(nn.Module):
         negatives: torch.Tensor,
         log_q: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Sampled softmax: each watched movie against sampled movies.
+        """Sampled softmax alone (see joint_loss, which training uses)."""
+        _, _, rank = self.movie_repr(movies)
+        assert rank is not None
+        return self._sampled_softmax(self.user_embedding(users), movies, rank, negatives, log_q)
+
+    def joint_loss(
+        self,
+        users: torch.Tensor,
+        movies: torch.Tensor,
+        ratings: torch.Tensor,
+        negatives: torch.Tensor,
+        log_q: torch.Tensor | None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(rating MSE, ranking loss) with one pass of the sub-network over the batch's movies."""
+        vec, bias, rank = self.movie_repr(movies)
+        u = self.user_embedding(users)
+        pred = (u * vec).sum(-1) + self.user_bias(users).squeeze(-1) + bias + self.global_mean
+        mse = ((pred - ratings) ** 2).mean()
+        assert rank is not None
+        return mse, self._sampled_softmax(u, movies, rank, negatives, log_q)
+
+    def _sampled_softmax(
+        self,
+        u: torch.Tensor,
+        movies: torch.Tensor,
+        pos: torch.Tensor,
+        negatives: torch.Tensor,
+        log_q: torch.Tensor | None,
+    ) -> torch.Tensor:
+        """Each watched movie against sampled movies.
 
         ``log_q`` is the log sampling probability of every movie; subtracting it
         from the logits (the logQ correction) keeps the estimate unbiased however
         the negatives were drawn.  Without it, popular negatives would push
         popular movies down, and those are what users watch most.
         """
-        assert self.ranking_head is not None
-        u = self.user_embedding(users)
-        pos = self._ranking(self._hidden(movies), movies)
         neg = self._ranking(self._hidden(negatives), negatives)
         logit_pos = (u * pos[:, :-1]).sum(-1) + pos[:, -1]
         logit_neg = u @ neg[:, :-1].T + neg[:, -1]
@@ -181,7 +207,7 @@ class HybridModel(nn.Module):
         )  # accidental hits
         logits = torch.cat([logit_pos[:, None], logit_neg], dim=1)
         return nn.functional.cross_entropy(
-            logits, torch.zeros(len(users), dtype=torch.long, device=logits.device)
+            logits, torch.zeros(len(u), dtype=torch.long, device=logits.device)
         )
 
     def ranking_regularizer(self, movies: torch.Tensor) -> torch.Tensor:

@@ -102,7 +102,7 @@ from typing import Any
 
 import numpy as np
 
-from movrec import backend
+from movrec import backend, jobs
 from movrec.errors import InvalidArgument, NullArgument
 
 CORR_EPS = 1e-12
@@ -757,30 +757,11 @@ SET attempts = attempts + 1, last_error = $2, last_attempt_at = clock_timestamp(
 WHERE user_id = $1
 """
 
+QUEUE = jobs.JobQueue("cf", CLAIM_SQL, FINISH_SQL, FAIL_SQL, "n_changes", "int8")
+
 
 @backend.sql_entry
 def drain_from_sql(max_jobs: int | None) -> int:
     """Run up to max_jobs queued users; returns how many jobs were attempted."""
-    if max_jobs is None or max_jobs < 1:
-        raise InvalidArgument(f"max_jobs must be at least 1, got {max_jobs}")
-    plpy = backend.plpy
     opt = Options()
-    attempted: list[int] = []
-    while len(attempted) < max_jobs:
-        rows = backend.execute(CLAIM_SQL, ["int4[]"], [attempted])
-        if not rows:
-            break
-        user_id, n_changes = rows[0]["user_id"], rows[0]["n_changes"]
-        attempted.append(user_id)
-        try:
-            with plpy.subtransaction():
-                run_user(user_id, opt)
-        except Exception as e:  # the subtransaction is rolled back; the job stays with its error
-            if str(getattr(e, "sqlstate", "") or "").startswith("57"):
-                raise  # a cancel (Ctrl-C, statement_timeout) or shutdown: the whole call rolls back
-            message = f"{type(e).__name__}: {e}"
-            backend.execute(FAIL_SQL, ["int4", "text"], [user_id, message[:2000]])
-            plpy.warning(f"cf job for user {user_id} failed: {message}")
-        else:
-            backend.execute(FINISH_SQL, ["int4", "int8"], [user_id, n_changes])
-    return len(attempted)
+    return jobs.drain(QUEUE, max_jobs, lambda user_id: run_user(user_id, opt))

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from movrec import backend
+from movrec import backend, jobs
 from movrec.errors import InvalidArgument, NoChampion, NotFound, NullArgument
 from movrec.scoring import MovieSide, clip_rating, top_k
 
@@ -790,29 +790,10 @@ SET attempts = attempts + 1, last_error = $2, last_attempt_at = clock_timestamp(
 WHERE user_id = $1
 """
 
+QUEUE = jobs.JobQueue("refresh", CLAIM_SQL, FINISH_SQL, FAIL_SQL, "version", "text")
+
 
 @backend.sql_entry
 def drain_from_sql(max_jobs: int | None) -> int:
     """Refresh up to max_jobs queued users, each in a subtransaction; returns jobs attempted."""
-    if max_jobs is None or max_jobs < 1:
-        raise InvalidArgument(f"max_jobs must be at least 1, got {max_jobs}")
-    plpy = backend.plpy
-    attempted: list[int] = []
-    while len(attempted) < max_jobs:
-        rows = backend.execute(CLAIM_SQL, ["int4[]"], [attempted])
-        if not rows:
-            break
-        user_id, version = rows[0]["user_id"], rows[0]["version"]
-        attempted.append(user_id)
-        try:
-            with plpy.subtransaction():
-                refresh_many([user_id])
-        except Exception as e:  # rolled back to the subtransaction; the job stays with its error
-            if str(getattr(e, "sqlstate", "") or "").startswith("57"):
-                raise  # a cancel or shutdown: the whole call rolls back
-            message = f"{type(e).__name__}: {e}"
-            backend.execute(FAIL_SQL, ["int4", "text"], [user_id, message[:2000]])
-            plpy.warning(f"refresh job for user {user_id} failed: {message}")
-        else:
-            backend.execute(FINISH_SQL, ["int4", "text"], [user_id, version])
-    return len(attempted)
+    return jobs.drain(QUEUE, max_jobs, lambda user_id: refresh_many([user_id]))

@@ -1,0 +1,53 @@
+"""Draining a per-user job queue exactly once (the CF queue, the refresh queue).
+
+A queue names its SQL: CLAIM locks one due job with FOR UPDATE SKIP LOCKED (so
+workers run in parallel) and returns the user and a version of their state;
+FINISH deletes the job only if that version did not change meanwhile (a rating
+that arrived mid-job keeps it queued); FAIL records the error and backs off.
+Each job runs in a subtransaction: a failure rolls back that job alone, while a
+cancel or shutdown (SQLSTATE class 57) rolls back the whole call, queue included.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from movrec import backend
+from movrec.errors import InvalidArgument
+
+
+@dataclass(frozen=True)
+class JobQueue:
+    name: str  # in warnings
+    claim_sql: str  # $1 int4[]: users already attempted -> (user_id, <version_column>)
+    finish_sql: str  # $1 user, $2 version
+    fail_sql: str  # $1 user, $2 message
+    version_column: str
+    version_type: str  # int8 or text
+
+
+def drain(queue: JobQueue, max_jobs: int | None, work: Callable[[int], object]) -> int:
+    """Run up to max_jobs queued users through ``work``; returns how many were attempted."""
+    if max_jobs is None or max_jobs < 1:
+        raise InvalidArgument(f"max_jobs must be at least 1, got {max_jobs}")
+    plpy = backend.plpy
+    attempted: list[int] = []
+    while len(attempted) < max_jobs:
+        rows = backend.execute(queue.claim_sql, ["int4[]"], [attempted])
+        if not rows:
+            break
+        user_id, version = rows[0]["user_id"], rows[0][queue.version_column]
+        attempted.append(user_id)
+        try:
+            with plpy.subtransaction():
+                work(user_id)
+        except Exception as e:  # the subtransaction is rolled back; the job stays with its error
+            if str(getattr(e, "sqlstate", "") or "").startswith("57"):
+                raise  # a cancel (Ctrl-C, statement_timeout) or shutdown: the whole call rolls back
+            message = f"{type(e).__name__}: {e}"
+            backend.execute(queue.fail_sql, ["int4", "text"], [user_id, message[:2000]])
+            plpy.warning(f"{queue.name} job for user {user_id} failed: {message}")
+        else:
+            backend.execute(queue.finish_sql, ["int4", queue.version_type], [user_id, version])
+    return len(attempted)

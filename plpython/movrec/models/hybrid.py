@@ -80,6 +80,7 @@ class HybridModel(nn.Module):
             "hidden": hidden,
             "dropout": dropout,
             "vocab_sizes": dict(content.vocab_sizes),
+            "rank_blend": 0.0,
         }
         self.register_buffer("global_mean", torch.tensor(float(global_mean)))
         self.register_buffer("user_ids", user_ids.to(torch.int64))
@@ -236,8 +237,17 @@ class HybridModel(nn.Module):
         return self.movie_ids, vec, bias
 
     def ranking_side(self) -> torch.Tensor | None:
-        """(n_movies, dim + 1) [ranking vector | prior], or None without a ranking head."""
-        return self._all_movies()[2]
+        """(n_movies, dim + 1) [ranking vector | prior], or None without a ranking head.
+
+        With rank_blend = b, the published ranking is ranking score + b x predicted
+        rating: per user, <u, G + bQ> + (c + b x movie bias) differs from it by a
+        constant, so the blend is baked into the matrix and serving is unchanged.
+        """
+        vec, bias, rank = self._all_movies()
+        blend = float(self.config.get("rank_blend", 0.0))
+        if rank is None or blend == 0.0:
+            return rank
+        return torch.cat([rank[:, :-1] + blend * vec, (rank[:, -1] + blend * bias)[:, None]], dim=1)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], config: dict[str, Any]) -> HybridModel:
@@ -261,6 +271,7 @@ class HybridModel(nn.Module):
             numeric_stats=(state["numeric_mean"].numpy(), state["numeric_std"].numpy()),
         )
         model.load_state_dict(state)
+        model.config["rank_blend"] = float(config.get("rank_blend", 0.0))
         return model
 
 

@@ -1,7 +1,10 @@
-"""Loaders, quarantine, the four ETL stages, publish and export, on tests/fixtures."""
+"""Loaders, quarantine, the four ETL stages, publish and export, on files tests/fixture_files.py writes."""
 
 from __future__ import annotations
 
+import atexit
+import shutil
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -9,9 +12,12 @@ import psycopg
 import pytest
 from movrec_cli import loaders, pipeline, schema
 
+from tests import fixture_files
 from tests.conftest import connect, table_digest
 
-FIXTURES = Path(__file__).parent / "fixtures"
+# Written at import, in a temporary folder: the fixtures are generated, never committed.
+FIXTURES = fixture_files.write(Path(tempfile.mkdtemp(prefix="movrec-fixtures-")))
+atexit.register(shutil.rmtree, FIXTURES, True)
 THRESHOLDS = {"min_movie": 2, "min_user": 3, "max_user": 5}
 
 

@@ -407,10 +407,9 @@ def bench_online(
 
     if dsn is None:
         from movrec_cli.cluster import Cluster
-        from movrec_cli.generate import ensure_database
 
         cluster = Cluster.default()
-        ensure_database(cluster.dsn("postgres"), ONLINE_DB)
+        cluster.ensure_database(ONLINE_DB)
         dsn = cluster.dsn(ONLINE_DB)
     t0 = time.perf_counter()
     with psycopg.connect(dsn, autocommit=True) as conn:

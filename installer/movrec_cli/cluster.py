@@ -14,6 +14,9 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+from psycopg import sql
+
 from movrec_cli.errors import CliError
 
 DEFAULT_PORT = 54329
@@ -69,6 +72,14 @@ def default_home() -> Path:
     target.mkdir(parents=True, exist_ok=True)
     local.symlink_to(target)
     return target
+
+
+def ensure_database(admin_dsn: str, name: str) -> None:
+    """Create the database if it is missing (never drops: DROP DATABASE waits for every
+    backend of the cluster, and one busy training in PL/Python does not answer soon)."""
+    with psycopg.connect(admin_dsn, autocommit=True) as conn:
+        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
+            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
 @dataclass
@@ -173,37 +184,7 @@ class Cluster:
         self.ensure_database(DATABASE)
 
     def ensure_database(self, name: str) -> None:
-        psql = str(bindir() / "psql")
-        q = f"SELECT 1 FROM pg_database WHERE datname = '{name}'"
-        r = self._run(
-            psql,
-            "-h",
-            str(self.socket_dir),
-            "-p",
-            str(self.port),
-            "-U",
-            SUPERUSER,
-            "-d",
-            "postgres",
-            "-tAc",
-            q,
-            capture=True,
-        )
-        if r.stdout.strip() != "1":
-            self._run(
-                psql,
-                "-h",
-                str(self.socket_dir),
-                "-p",
-                str(self.port),
-                "-U",
-                SUPERUSER,
-                "-d",
-                "postgres",
-                "-qc",
-                f'CREATE DATABASE "{name}"',
-                capture=True,
-            )
+        ensure_database(self.dsn("postgres"), name)
 
     def stop(self) -> bool:
         if not self.running():

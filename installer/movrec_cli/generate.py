@@ -19,7 +19,6 @@ import click
 import numpy as np
 import psycopg
 from movrec.demo.synth import GENRES, genre_matrix
-from psycopg import sql
 
 DATABASE = "movrec_20m"
 # MovieLens 20M: 138,493 users, 26,744 movies, 20,000,263 ratings.
@@ -181,14 +180,6 @@ def binary_rows(
     return rows.tobytes()
 
 
-def ensure_database(admin_dsn: str, name: str) -> None:
-    """Create the database if missing.  Not DROP DATABASE: that waits for every backend of the
-    cluster to absorb a barrier, which a backend busy in PL/Python (training) does not do."""
-    with psycopg.connect(admin_dsn, autocommit=True) as conn:
-        if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (name,)).fetchone():
-            conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
-
-
 def load(conn: psycopg.Connection, plan: Plan, echo: Callable[[str], None]) -> dict[str, float]:
     """Movies and ratings into an installed, empty database; returns timings (s)."""
     timings: dict[str, float] = {}
@@ -287,7 +278,7 @@ def generate(
         cluster = Cluster.default()
         if not cluster.running():
             raise click.ClickException("the embedded cluster is not running: `movrec db up`")
-        ensure_database(cluster.dsn("postgres"), DATABASE)
+        cluster.ensure_database(DATABASE)
         dsn = cluster.dsn(DATABASE)
         echo(f"database {DATABASE}: {dsn}")
     plan = Plan(users, movies, ratings, seed)

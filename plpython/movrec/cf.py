@@ -750,14 +750,8 @@ WHERE q.user_id = $1
        OR (SELECT n_changes FROM now_stats) = $2::int8)
 """
 
-FAIL_SQL = """
-UPDATE model.cf_queue
-SET attempts = attempts + 1, last_error = $2, last_attempt_at = clock_timestamp(),
-    not_before = clock_timestamp() + least(3600, 2 ^ attempts) * interval '1 second'
-WHERE user_id = $1
-"""
 
-QUEUE = jobs.JobQueue("cf", CLAIM_SQL, FINISH_SQL, FAIL_SQL, "n_changes", "int8")
+QUEUE = jobs.JobQueue("cf", "model.cf_queue", CLAIM_SQL, FINISH_SQL, "n_changes", "int8")
 
 
 @backend.sql_entry

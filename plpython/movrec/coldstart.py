@@ -86,17 +86,12 @@ def sub_network(
     """(rating vectors, biases, [ranking vector | prior] or None) from content alone."""
     import torch
 
-    model.eval()
-    mean = model.numeric_mean.numpy()
-    std = model.numeric_std.numpy()
-    with torch.no_grad():
-        toks = {f: torch.from_numpy(content.tokens[f]) for f in model.encoder.fields}
-        h = model.encoder(toks, torch.from_numpy(content.numeric(mean, std)))
-        out = model.rating_head(h)
-        rank = model.ranking_head(h) if model.ranking_head is not None else None
+    numeric = content.numeric(model.numeric_mean.numpy(), model.numeric_std.numpy())
+    tokens = {f: torch.from_numpy(content.tokens[f]) for f in model.encoder.fields}
+    vec, bias, rank = model.content_side(tokens, torch.from_numpy(numeric))
     return (
-        out[:, :-1].numpy().astype(np.float32),
-        out[:, -1].numpy().astype(np.float32),
+        vec.numpy().astype(np.float32),
+        bias.numpy().astype(np.float32),
         None if rank is None else rank.numpy().astype(np.float32),
     )
 

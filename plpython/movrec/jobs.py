@@ -20,11 +20,21 @@ from movrec.errors import InvalidArgument
 @dataclass(frozen=True)
 class JobQueue:
     name: str  # in warnings
+    table: str  # user_id, attempts, last_error, last_attempt_at, not_before
     claim_sql: str  # $1 int4[]: users already attempted -> (user_id, <version_column>)
     finish_sql: str  # $1 user, $2 version
-    fail_sql: str  # $1 user, $2 message
     version_column: str
     version_type: str  # int8 or text
+
+    @property
+    def fail_sql(self) -> str:
+        """Keep the job with its error; back off exponentially, at most an hour."""
+        return f"""
+UPDATE {self.table}
+SET attempts = attempts + 1, last_error = $2, last_attempt_at = clock_timestamp(),
+    not_before = clock_timestamp() + least(3600, 2 ^ attempts) * interval '1 second'
+WHERE user_id = $1
+"""
 
 
 def drain(queue: JobQueue, max_jobs: int | None, work: Callable[[int], object]) -> int:

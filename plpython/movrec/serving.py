@@ -783,14 +783,8 @@ WHERE q.user_id = $1
        OR (SELECT v FROM cur) = $2::text)
 """
 
-FAIL_SQL = """
-UPDATE model.refresh_queue
-SET attempts = attempts + 1, last_error = $2, last_attempt_at = clock_timestamp(),
-    not_before = clock_timestamp() + least(3600, 2 ^ attempts) * interval '1 second'
-WHERE user_id = $1
-"""
 
-QUEUE = jobs.JobQueue("refresh", CLAIM_SQL, FINISH_SQL, FAIL_SQL, "version", "text")
+QUEUE = jobs.JobQueue("refresh", "model.refresh_queue", CLAIM_SQL, FINISH_SQL, "version", "text")
 
 
 @backend.sql_entry

@@ -243,11 +243,30 @@ class HybridModel(nn.Module):
         rating: per user, <u, G + bQ> + (c + b x movie bias) differs from it by a
         constant, so the blend is baked into the matrix and serving is unchanged.
         """
-        vec, bias, rank = self._all_movies()
+        return self._blend(*self._all_movies())
+
+    def _blend(
+        self, vec: torch.Tensor, bias: torch.Tensor, rank: torch.Tensor | None
+    ) -> torch.Tensor | None:
         blend = float(self.config.get("rank_blend", 0.0))
         if rank is None or blend == 0.0:
             return rank
         return torch.cat([rank[:, :-1] + blend * vec, (rank[:, -1] + blend * bias)[:, None]], dim=1)
+
+    @torch.no_grad()
+    def content_side(
+        self, tokens: dict[str, torch.Tensor], numeric: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """(vectors, biases, ranking) from content alone, no movie-id terms: what a movie
+        without ratings gets (cold start); ranking carries the same blend as ranking_side()."""
+        was = self.training
+        self.eval()
+        h = self.encoder(tokens, numeric)
+        out = self.rating_head(h)
+        vec, bias = out[:, :-1], out[:, -1]
+        rank = self.ranking_head(h) if self.ranking_head is not None else None
+        self.train(was)
+        return vec, bias, self._blend(vec, bias, rank)
 
     @classmethod
     def from_state_dict(cls, state: dict[str, torch.Tensor], config: dict[str, Any]) -> HybridModel:

@@ -23,6 +23,8 @@ import io
 import json
 from pathlib import Path
 
+from movrec_cli.loaders import TMDB_HEADER
+
 T0 = 1_000_000_000  # made-up epoch seconds
 
 
@@ -113,30 +115,6 @@ def _ml_100k(root: Path) -> None:
         f"303|Café au lait (1993)|01-Jan-1993||http://example.invalid/303|{crime}\n",
         "latin-1",
     )
-
-
-TMDB_HEADER = [
-    "budget",
-    "genres",
-    "homepage",
-    "id",
-    "keywords",
-    "original_language",
-    "original_title",
-    "overview",
-    "popularity",
-    "production_companies",
-    "production_countries",
-    "release_date",
-    "revenue",
-    "runtime",
-    "spoken_languages",
-    "status",
-    "tagline",
-    "title",
-    "vote_average",
-    "vote_count",
-]
 
 
 def _tmdb(root: Path) -> None:
@@ -240,7 +218,7 @@ def _tmdb(root: Path) -> None:
         ),
         (113, "Unrated Film", "[]", "[]", "[]", "[]", "", None),
     ]
-    rows: list[list[object]] = [TMDB_HEADER]
+    rows: list[list[object]] = [list(TMDB_HEADER)]
     for i, (tid, title, genres, keywords, companies, where, overview, year) in enumerate(movies):
         rows.append(
             [

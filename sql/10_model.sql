@@ -58,18 +58,50 @@ CREATE TABLE IF NOT EXISTS model.user_latent_attributes (
 COMMENT ON TABLE model.user_latent_attributes IS
     'Live user vectors: written at deploy, moved by every rating (online update), default for new users';
 
+-- A ring buffer per user: the n-th update of a user (user_latent_attributes.n_updates) writes
+-- slot n mod movrec.backup_retention, so retention costs one upsert (a HOT update once the
+-- ring is full) instead of an insert plus a delete per rating.
 CREATE TABLE IF NOT EXISTS model.user_latent_attributes_backups (
-    backup_id   bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     user_id     integer NOT NULL,
+    slot        bigint NOT NULL,
+    update_seq  bigint NOT NULL,
     embedding   vector(100) NOT NULL,
     bias        real NOT NULL,
     model_id    bigint NOT NULL,
-    archived_at timestamptz NOT NULL DEFAULT clock_timestamp()
+    archived_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    PRIMARY KEY (user_id, slot)
 );
+ALTER TABLE model.user_latent_attributes ADD COLUMN IF NOT EXISTS n_updates bigint NOT NULL DEFAULT 0;
+COMMENT ON COLUMN model.user_latent_attributes.n_updates IS
+    'Online updates of this user so far; the next archive is update n_updates + 1';
+-- Upgrade from the first layout (a global backup_id, one row per update): number each user's
+-- rows in order, keep them all (slot = update_seq), carry the count over.
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'model.user_latent_attributes_backups'::regclass
+               AND attname = 'backup_id' AND NOT attisdropped) THEN
+        ALTER TABLE model.user_latent_attributes_backups
+            ADD COLUMN slot bigint, ADD COLUMN update_seq bigint;
+        UPDATE model.user_latent_attributes_backups b SET slot = n.seq, update_seq = n.seq
+        FROM (SELECT backup_id, row_number() OVER (PARTITION BY user_id ORDER BY backup_id) AS seq
+              FROM model.user_latent_attributes_backups) n
+        WHERE n.backup_id = b.backup_id;
+        ALTER TABLE model.user_latent_attributes_backups
+            DROP COLUMN backup_id,
+            ALTER COLUMN slot SET NOT NULL, ALTER COLUMN update_seq SET NOT NULL,
+            ADD PRIMARY KEY (user_id, slot);
+        UPDATE model.user_latent_attributes u SET n_updates = b.n
+        FROM (SELECT user_id, max(update_seq) AS n FROM model.user_latent_attributes_backups GROUP BY user_id) b
+        WHERE b.user_id = u.user_id;
+    END IF;
+END $$;
 COMMENT ON TABLE model.user_latent_attributes_backups IS
-    'A user''s previous vector, one row per online update (the value before the update)';
-CREATE INDEX IF NOT EXISTS user_latent_attributes_backups_user_idx
-    ON model.user_latent_attributes_backups (user_id, backup_id);
+    'A user''s previous vectors, the value before each online update; the last movrec.backup_retention '
+    'per user (ORDER BY update_seq)';
+COMMENT ON COLUMN model.user_latent_attributes_backups.slot IS
+    'update_seq mod movrec.backup_retention (update_seq itself when retention is 0: keep all)';
+COMMENT ON COLUMN model.user_latent_attributes_backups.update_seq IS
+    'Which of the user''s online updates replaced this vector (1 = the first)';
 
 CREATE TABLE IF NOT EXISTS model.model_recommendation (
     user_id          integer NOT NULL,

@@ -9,7 +9,8 @@
 --                            0.5 / (|m|^2 + 1) as scoring.sgd_step does.
 --   movrec.refit_reg         refit's ridge weight (default 10), shrinking toward the champion's
 --                            default vector (see plpython/movrec/online.py, ridge_fold_in).
---   movrec.backup_retention  archived vectors kept per user (default 20; 0 keeps them all).
+--   movrec.backup_retention  archived vectors kept per user (default 20; 0 keeps them all), a
+--                            ring buffer per user (see model.user_latent_attributes_backups).
 --
 -- Concurrency: the user's row in model.user_latent_attributes is locked (FOR UPDATE)
 -- before it is read, so ratings by one user serialise and none is lost; updated_at
@@ -34,6 +35,8 @@ DECLARE
     old_u vector;
     old_b real;
     old_model bigint;
+    n_update bigint;
+    ring_slot bigint;
     u vector;
     b_u double precision;
     new_u vector;
@@ -65,14 +68,14 @@ BEGIN
         RETURN NULL;  -- a movie the champion has never seen has no vector to learn from
     END IF;
 
-    SELECT embedding, bias, model_id INTO old_u, old_b, old_model
+    SELECT embedding, bias, model_id, n_updates + 1 INTO old_u, old_b, old_model, n_update
     FROM model.user_latent_attributes WHERE user_id = NEW.user_id FOR UPDATE;
     IF NOT FOUND THEN  -- a new user starts from the champion's default (mean) vector
         INSERT INTO model.user_latent_attributes (user_id, embedding, bias, model_id, updated_at)
         SELECT NEW.user_id, default_embedding::vector, default_bias, r.model_id, clock_timestamp()
         FROM model.registry r WHERE r.model_id = champ
         ON CONFLICT (user_id) DO NOTHING;
-        SELECT embedding, bias, model_id INTO old_u, old_b, old_model
+        SELECT embedding, bias, model_id, n_updates + 1 INTO old_u, old_b, old_model, n_update
         FROM model.user_latent_attributes WHERE user_id = NEW.user_id FOR UPDATE;
     END IF;
 
@@ -102,22 +105,29 @@ BEGIN
     END IF;
 
     keep := coalesce(nullif(current_setting('movrec.backup_retention', true), '')::integer, 20);
-    -- Archive the previous vector, drop archives beyond the last `keep`, write the new
-    -- vector: one statement.  The DELETE does not see the row the INSERT adds, so it keeps
-    -- keep - 1 older rows.
+    IF keep < 0 THEN
+        RAISE EXCEPTION 'movrec.backup_retention must be 0 (keep all) or more, got %', keep
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    ring_slot := CASE WHEN keep = 0 THEN n_update ELSE n_update % keep END;
+    -- Archive the previous vector into the user's ring slot and write the new vector: one
+    -- statement.  Rows left outside the ring by a smaller retention are dropped once per
+    -- turn of the ring (slot 0), so a lowered setting takes effect without a scan per rating.
     WITH archived AS (
-        INSERT INTO model.user_latent_attributes_backups (user_id, embedding, bias, model_id)
-        VALUES (NEW.user_id, old_u, old_b, old_model)
-    ), pruned AS (
-        DELETE FROM model.user_latent_attributes_backups b
-        WHERE keep > 0 AND b.user_id = NEW.user_id
-          AND b.backup_id <= (SELECT x.backup_id FROM model.user_latent_attributes_backups x
-                              WHERE x.user_id = NEW.user_id
-                              ORDER BY x.backup_id DESC OFFSET greatest(keep - 1, 0) LIMIT 1)
+        INSERT INTO model.user_latent_attributes_backups AS b
+            (user_id, slot, update_seq, embedding, bias, model_id, archived_at)
+        VALUES (NEW.user_id, ring_slot, n_update, old_u, old_b, old_model, clock_timestamp())
+        ON CONFLICT (user_id, slot) DO UPDATE
+        SET update_seq = excluded.update_seq, embedding = excluded.embedding, bias = excluded.bias,
+            model_id = excluded.model_id, archived_at = excluded.archived_at
     )
     UPDATE model.user_latent_attributes
-    SET embedding = new_u, bias = new_b, model_id = champ, updated_at = clock_timestamp()
+    SET embedding = new_u, bias = new_b, model_id = champ, n_updates = n_update, updated_at = clock_timestamp()
     WHERE user_id = NEW.user_id;
+    IF keep > 0 AND ring_slot = 0 AND n_update > keep THEN
+        DELETE FROM model.user_latent_attributes_backups b
+        WHERE b.user_id = NEW.user_id AND b.update_seq <= n_update - keep;
+    END IF;
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION movrec.on_rating() IS

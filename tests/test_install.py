@@ -127,3 +127,33 @@ def test_create_extension_cascade(new_database: Callable[[str], str]) -> None:
         assert schema.installed_version(conn) == f"{__version__} (extension)"
         with pytest.raises(CliError, match="ALTER EXTENSION movrec UPDATE"):
             schema.install(conn)
+
+
+def test_upgrade_numbers_the_old_backups_per_user(new_database: Callable[[str], str]) -> None:
+    """0.1.0's first layout (a global backup_id per archived vector) becomes the per-user ring."""
+    dsn = new_database("t_upgrade_backups")
+    with connect(dsn) as conn:
+        schema.install(conn)
+        conn.execute("""
+            INSERT INTO model.registry (model_id, kind, dim, global_mean, checkpoint, serving_movie_ids,
+                                        serving_matrix, default_embedding, default_bias)
+            OVERRIDING SYSTEM VALUE VALUES (1, 'mf', 100, 3, '', '', '', array_fill(0, ARRAY[100]), 0);
+            INSERT INTO model.user_latent_attributes (user_id, embedding, bias, model_id)
+            SELECT u, array_fill(0, ARRAY[100])::vector, 0, 1 FROM generate_series(1, 2) u;
+            DROP TABLE model.user_latent_attributes_backups;
+            CREATE TABLE model.user_latent_attributes_backups (
+                backup_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, user_id integer NOT NULL,
+                embedding vector(100) NOT NULL, bias real NOT NULL, model_id bigint NOT NULL,
+                archived_at timestamptz NOT NULL DEFAULT clock_timestamp());
+            INSERT INTO model.user_latent_attributes_backups (user_id, embedding, bias, model_id)
+            SELECT u, array_fill(0, ARRAY[100])::vector, b, 1
+            FROM (VALUES (1, 0.1), (2, 0.2), (1, 0.3), (1, 0.4)) v (u, b);
+            DELETE FROM movrec.installs;""")
+        schema.install(conn)
+        rows = conn.execute("""SELECT user_id, slot, update_seq, round(bias::numeric, 1)::float
+                               FROM model.user_latent_attributes_backups ORDER BY 1, 3""").fetchall()
+        assert rows == [(1, 1, 1, 0.1), (1, 2, 2, 0.3), (1, 3, 3, 0.4), (2, 1, 1, 0.2)]
+        counts = conn.execute(
+            "SELECT user_id, n_updates FROM model.user_latent_attributes ORDER BY 1"
+        ).fetchall()
+        assert counts == [(1, 3), (2, 1)]

@@ -13,7 +13,7 @@ from tests.conftest import connect
 
 VECTOR = "SELECT embedding::real[], bias FROM model.user_latent_attributes WHERE user_id = %s"
 BACKUPS = """SELECT embedding::real[], bias FROM model.user_latent_attributes_backups
-             WHERE user_id = %s ORDER BY backup_id"""
+             WHERE user_id = %s ORDER BY update_seq"""
 
 
 def champion(conn: psycopg.Connection) -> tuple[float, np.ndarray, float]:
@@ -174,7 +174,7 @@ def test_parallel_sgd_ratings_by_one_user_lose_nothing(
         r[0]
         for r in conn.execute(
             """SELECT archived_at FROM model.user_latent_attributes_backups
-               WHERE user_id = %s ORDER BY backup_id""",
+               WHERE user_id = %s ORDER BY update_seq""",
             (user,),
         )
     ]

@@ -44,7 +44,7 @@ def test_rating_moves_prediction_toward_it_and_archives(
     assert abs(after - rating) < abs(before - rating)
     archived = conn.execute(
         """SELECT embedding::real[], bias FROM model.user_latent_attributes_backups
-           WHERE user_id = %s ORDER BY backup_id DESC LIMIT 1""",
+           WHERE user_id = %s ORDER BY update_seq DESC LIMIT 1""",
         (user,),
     ).fetchone()
     assert np.allclose(archived[0], old_vector) and archived[1] == pytest.approx(old_bias)
@@ -67,7 +67,7 @@ def test_new_user_starts_from_the_default_vector(conn: psycopg.Connection) -> No
     )
     first = conn.execute(
         """SELECT embedding::real[], bias FROM model.user_latent_attributes_backups
-                            WHERE user_id = %s ORDER BY backup_id""",
+                            WHERE user_id = %s ORDER BY update_seq""",
         (user,),
     ).fetchall()
     assert len(first) == 1  # the value before the first step: the default vector

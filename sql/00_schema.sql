@@ -1,6 +1,14 @@
 -- movrec schemas, catalogue and ratings.
 -- Every statement here is idempotent: `movrec install` reruns it on upgrade.
 
+-- Were the rating-statistics triggers live before this install?  50_cf.sql recounts the
+-- statistics only if not (a first install, or a reinstall after uninstall): recounting 20M
+-- ratings takes half a minute under a lock that stops rating writes.
+SELECT set_config('movrec.install_stats_were_live', (
+    SELECT count(*) > 0 FROM pg_trigger
+    WHERE tgrelid = to_regclass('movrec.watch_events') AND tgname = 'movrec_cf_enqueue' AND tgenabled <> 'D')::text,
+    true);
+
 CREATE SCHEMA IF NOT EXISTS movrec;
 COMMENT ON SCHEMA movrec IS 'movrec: in-database movie recommender (catalogue, ratings, functions)';
 CREATE SCHEMA IF NOT EXISTS model;

@@ -94,6 +94,11 @@ BEGIN
         )
         SELECT count(*) INTO n_changed FROM stats;
     ELSIF TG_OP = 'UPDATE' THEN
+        -- INSERT .. ON CONFLICT DO UPDATE fires this trigger even when it only inserted: an
+        -- empty statement leaves before the set operations below are run
+        IF NOT EXISTS (SELECT FROM movrec_cf_new) THEN
+            RETURN NULL;
+        END IF;
         -- only rows whose (user, movie, rating) changed: a re-rating with the same value
         -- (or a new rated_at) changes nothing here
         WITH delta AS (
@@ -206,15 +211,17 @@ COMMENT ON FUNCTION movrec.cf_rebuild_stats() IS
     'row was missing or wrong, and makes every backend reload its CF cache. Run it after a bulk load that bypassed '
     'the triggers. Returns the number of users whose row was missing or wrong';
 
--- Every install or upgrade recounts the statistics: a first install into a database that
--- has ratings fills them, and an upgrade repairs what changed while the triggers were
--- absent (between uninstall and install).  On a first install nothing is stale yet:
+-- An install that finds the triggers absent recounts the statistics: a first install into a
+-- database that has ratings fills them, and a reinstall repairs what changed while the
+-- triggers were gone (between uninstall and install).  An upgrade over live triggers has
+-- nothing to repair (00_schema.sql looked).  On a first install nothing is stale yet:
 -- `movrec cf refresh --all` computes everyone, so the queue is left empty.
 DO $$
 DECLARE
     first_install boolean := NOT EXISTS (SELECT FROM model.user_rating_stats);
 BEGIN
-    IF EXISTS (SELECT FROM movrec.watch_events) THEN
+    IF current_setting('movrec.install_stats_were_live', true) IS DISTINCT FROM 'true'
+       AND EXISTS (SELECT FROM movrec.watch_events) THEN
         PERFORM movrec.cf_rebuild_stats();
         IF first_install THEN
             DELETE FROM model.cf_queue;

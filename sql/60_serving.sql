@@ -182,6 +182,9 @@ CREATE INDEX IF NOT EXISTS refresh_queue_enqueued_at_idx ON model.refresh_queue 
 CREATE OR REPLACE FUNCTION movrec.refresh_on_ratings_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
 BEGIN
+    IF TG_OP = 'UPDATE' AND NOT EXISTS (SELECT FROM movrec_refresh_new) THEN
+        RETURN NULL;  -- the update half of an INSERT .. ON CONFLICT that only inserted
+    END IF;
     INSERT INTO model.refresh_queue (user_id)
     SELECT DISTINCT n.user_id FROM movrec_refresh_new n ORDER BY n.user_id
     ON CONFLICT (user_id) DO NOTHING;

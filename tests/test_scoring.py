@@ -2,7 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
+import pytest
+from movrec import shared
 from movrec.demo import synth
 from movrec.scoring import MovieSide, sgd_step, top_k
 
@@ -12,6 +16,24 @@ def test_top_k_orders_and_excludes() -> None:
     assert top_k(scores, 3).tolist() == [1, 3, 2]
     assert top_k(scores, 3, exclude=np.array([1])).tolist() == [3, 2, 4]
     assert top_k(scores, 10, exclude=np.array([0, 1, 2, 3])).tolist() == [4]
+
+
+def test_top_k_agrees_with_a_full_sort_on_large_inputs() -> None:
+    """The sampled cut-off (large n, small k) and the full partition give the full sort's answer."""
+    rng = np.random.default_rng(3)
+    for n, k, n_ex in [
+        (30_000, 10, 0),
+        (30_000, 10, 500),
+        (30_000, 150, 29_900),
+        (5_000, 7, 4_990),
+    ]:
+        scores = rng.integers(0, 2_000, n).astype(np.float32)  # many ties
+        exclude = rng.choice(n, n_ex, replace=False)
+        s = scores.astype(np.float64)
+        s[exclude] = -np.inf
+        want = [i for i in np.lexsort((np.arange(n), -s)) if np.isfinite(s[i])][:k]
+        assert top_k(scores, k, exclude=exclude).tolist() == want
+    assert top_k(np.zeros(100, np.float32), 5).tolist() == [0, 1, 2, 3, 4]
 
 
 def test_movie_side_positions_mark_unknown_movies() -> None:
@@ -51,3 +73,29 @@ def test_generator_is_deterministic_and_valid() -> None:
     assert set(np.unique(a.ratings * 2)) <= set(range(1, 11))
     pairs = set(zip(a.users.tolist(), a.movies.tolist(), strict=True))
     assert len(pairs) == len(a)  # one rating per user and movie
+
+
+def test_shared_arrays_build_once_and_replace_older_champions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(shared, "SHM_DIR", tmp_path)
+    calls = []
+
+    def build(value: float) -> dict[str, np.ndarray]:
+        calls.append(value)
+        return {"ids": np.arange(3, dtype=np.int32), "m": np.full((3, 2), value, np.float32)}
+
+    first = shared.shared_arrays("db-1-a", ("ids", "m"), lambda: build(1.0), group="db")
+    again = shared.shared_arrays("db-1-a", ("ids", "m"), lambda: build(9.0), group="db")
+    assert calls == [1.0] and isinstance(again["m"], np.memmap)
+    assert again["m"].tolist() == first["m"].tolist() == [[1.0, 1.0]] * 3
+    other_db = shared.shared_arrays("dbx-1-a", ("ids", "m"), lambda: build(3.0), group="dbx")
+    newer = shared.shared_arrays("db-2-b", ("ids", "m"), lambda: build(2.0), group="db")
+    assert newer["m"][0, 0] == 2.0 and other_db["m"][0, 0] == 3.0
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "movrec-db-2-b-ids.npy",
+        "movrec-db-2-b-m.npy",
+        "movrec-dbx-1-a-ids.npy",
+        "movrec-dbx-1-a-m.npy",
+    ]
+    assert first["m"][0, 0] == 1.0  # a backend still mapping the removed file keeps its pages

@@ -6,6 +6,7 @@ as the ``postgres`` OS user, in a directory that user can reach.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import pwd
@@ -20,6 +21,7 @@ from psycopg import sql
 from movrec_cli.errors import CliError
 
 DEFAULT_PORT = 54329
+SHM_DIR = "/dev/shm"  # where backends share champion matrices (movrec.shared)
 DATABASE = "movrec"
 SUPERUSER = "postgres"
 
@@ -30,6 +32,11 @@ listen_addresses = ''
 unix_socket_directories = '{socket_dir}'
 max_connections = 50
 shared_buffers = 256MB
+# every rating writes the ratings, the user's vector and its archive: spacing checkpoints
+# out and compressing full-page images cuts the WAL each insert costs
+max_wal_size = 4GB
+checkpoint_timeout = 15min
+wal_compression = lz4
 shared_preload_libraries = 'pg_cron'
 cron.database_name = '{database}'
 cron.host = '{socket_dir}'
@@ -192,4 +199,21 @@ class Cluster:
         self._run(
             str(bindir() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", capture=True
         )
+        self.forget_shared_matrices()
         return True
+
+    def forget_shared_matrices(self) -> int:
+        """Remove the champion matrices this cluster's backends shared in /dev/shm
+        (plpython/movrec/shared.py); returns files removed."""
+        out = self._run(str(bindir() / "pg_controldata"), "-D", str(self.data), capture=True)
+        ids = [
+            line.split(":", 1)[1].strip()
+            for line in out.stdout.splitlines()
+            if line.startswith("Database system identifier")
+        ]
+        removed = 0
+        for path in Path(SHM_DIR).glob(f"movrec-{ids[0]}-*.npy") if ids else ():
+            with contextlib.suppress(OSError):
+                path.unlink()
+                removed += 1
+        return removed

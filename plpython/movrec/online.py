@@ -31,8 +31,12 @@ CROSS JOIN LATERAL (
     SELECT count(*) AS n, array_agg(w.rating ORDER BY w.movie_id) AS ratings,
            array_agg(m.bias ORDER BY w.movie_id) AS bias,
            string_agg(public.vector_send(m.embedding), ''::bytea ORDER BY w.movie_id) AS vectors
-    FROM movrec.watch_events w JOIN model.movie_latent_attributes m USING (movie_id)
-    WHERE w.user_id = $1 AND m.model_id = r.model_id
+    FROM movrec.watch_events w
+    -- one index probe per rating; as a plain join the planner, expecting the average
+    -- history, hashed all 27k movie vectors instead (6 ms against 1 ms)
+    CROSS JOIN LATERAL (SELECT x.embedding, x.bias FROM model.movie_latent_attributes x
+                        WHERE x.movie_id = w.movie_id AND x.model_id = r.model_id LIMIT 1) m
+    WHERE w.user_id = $1
 ) h
 WHERE r.model_id = $2
 """

@@ -67,24 +67,54 @@ class MovieSide:
         """Predicted rating (unclipped) of every movie."""
         return self.vectors @ user_vector + self.bias + (user_bias + self.global_mean)
 
-    def ranking_scores(self, user_vector: np.ndarray, predicted: np.ndarray) -> np.ndarray:
-        """What recommend() orders by: the ranking head, else the predicted rating."""
+    def predicted_at(
+        self, user_vector: np.ndarray, user_bias: float, pos: np.ndarray
+    ) -> np.ndarray:
+        """Predicted rating (unclipped) of the movies at rows ``pos`` only."""
+        return self.vectors[pos] @ user_vector + self.bias[pos] + (user_bias + self.global_mean)
+
+    def ranking_scores(self, user_vector: np.ndarray) -> np.ndarray | None:
+        """What recommend() orders by, when the model has a ranking head (else None: the
+        predicted rating)."""
         if self.ranking is None:
-            return predicted
+            return None
         return self.ranking[:, :-1] @ user_vector + self.ranking[:, -1]
 
 
+SAMPLE_STRIDE = 16  # top_k estimates its cut-off from every 16th score
+
+
 def top_k(scores: np.ndarray, k: int, exclude: np.ndarray | None = None) -> np.ndarray:
-    """Positions of the k best scores, best first, skipping ``exclude`` positions."""
-    s = scores.astype(np.float64, copy=True)
+    """Positions of the k best scores, best first (ties: lower position first), skipping
+    ``exclude`` positions.
+
+    A full argpartition of 27k scores costs about 0.3 ms, as much as the matrix product that
+    made them.  A cut-off taken from a 1/16 sample keeps about k + 64 candidates, which are
+    then sorted: about 0.03 ms.  If the cut-off keeps fewer than k, the full partition runs.
+    """
+    s = scores
     if exclude is not None and len(exclude):
+        s = scores.copy()
         s[exclude] = -np.inf
-    available = int(np.isfinite(s).sum())
-    k = min(k, available)
+    n = len(s)
+    if k <= 0 or n == 0:
+        return np.empty(0, dtype=np.int64)
+    if k * SAMPLE_STRIDE * 4 < n:
+        sample = s[::SAMPLE_STRIDE]
+        r = min(len(sample), k // SAMPLE_STRIDE + 5)
+        cut = np.partition(sample, len(sample) - r)[len(sample) - r]
+        if np.isfinite(cut):
+            cand = np.flatnonzero(s >= cut)
+            if len(cand) >= k:
+                order = np.argsort(-s[cand], kind="stable")[:k]
+                return cand[order]
+    finite = np.flatnonzero(np.isfinite(s))
+    k = min(k, len(finite))
     if k <= 0:
         return np.empty(0, dtype=np.int64)
-    part = np.argpartition(-s, k - 1)[:k]
-    return part[np.argsort(-s[part], kind="stable")]
+    part = finite[np.argpartition(-s[finite], k - 1)[:k]] if k < len(finite) else finite
+    order = np.lexsort((part, -s[part]))
+    return part[order]
 
 
 def clip_rating(x: np.ndarray | float) -> np.ndarray | float:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 
-from movrec import backend, jobs
+from movrec import backend, jobs, shared
 from movrec.errors import InvalidArgument, NoChampion, NotFound, NullArgument
 from movrec.scoring import MovieSide, clip_rating, top_k
 
@@ -79,9 +79,11 @@ CROSS JOIN LATERAL (SELECT count(*) AS n, coalesce(max(e.movie_id), 0) AS max_id
 """
 
 CHAMPION_SQL = """
-SELECT model_id, serving_movie_ids, serving_matrix, global_mean, default_embedding, default_bias,
-       serving_ranking
+SELECT model_id, xmin::text AS row_version, global_mean, default_embedding, default_bias
 FROM model.registry WHERE model_id = $1
+"""
+CHAMPION_BLOBS_SQL = """
+SELECT serving_movie_ids, serving_matrix, serving_ranking FROM model.registry WHERE model_id = $1
 """
 
 EXTRA_SQL = """
@@ -103,6 +105,11 @@ FROM movrec.watch_events GROUP BY movie_id ORDER BY movie_id
 
 CF_SQL = "SELECT movie_id, score FROM model.user_recommendation WHERE user_id = $1 ORDER BY rank"
 TITLES_SQL = "SELECT movie_id, title FROM movrec.movies WHERE movie_id = ANY($1)"
+# Names this database's shared matrices apart from other clusters' and databases' in /dev/shm.
+DATABASE_SQL = """
+SELECT (SELECT system_identifier FROM pg_control_system())::text || '-' ||
+       (SELECT oid FROM pg_database WHERE datname = current_database())::text AS name
+"""
 
 
 # --- pure numpy: the caches --------------------------------------------------------
@@ -254,40 +261,84 @@ class Popularity:
 
 
 def champion(model_id: int | None, n_extra: int = 0, max_extra: int = 0) -> MovieSide | None:
-    """The deployed model's movie side (with its extra movies), loaded once per backend per key."""
+    """The deployed model's movie side (with its extra movies), loaded once per backend per key
+    and mapped from the copy all backends share (see movrec.shared)."""
     global _champion, _champion_key
     if model_id is None:
         return None
     key = (int(model_id), int(n_extra or 0), int(max_extra or 0))
     if _champion is None or _champion_key != key:
         r = backend.execute(CHAMPION_SQL, ["int8"], [model_id])[0]
-        side = MovieSide.from_blobs(
-            r["model_id"],
-            r["serving_movie_ids"],
-            r["serving_matrix"],
-            r["global_mean"],
-            r["default_embedding"],
-            r["default_bias"],
-            r["serving_ranking"],
+        name = f"{_database()}-{key[0]}-{r['row_version']}-{key[1]}-{key[2]}"
+
+        def from_registry() -> dict[str, np.ndarray]:  # only when no backend shared it yet
+            side = _load_side(r, key[1])
+            return {"ids": side.movie_ids, "m": _stacked(side)}
+
+        arrays = shared.shared_arrays(name, ("ids", "m"), from_registry, group=_database())
+        ids, m = arrays["ids"], arrays["m"]
+        dim = len(r["default_embedding"])
+        _champion = MovieSide(
+            model_id=int(r["model_id"]),
+            movie_ids=ids,
+            vectors=m[:, :dim],
+            bias=m[:, dim],
+            global_mean=float(r["global_mean"]),
+            default_embedding=np.asarray(r["default_embedding"], dtype=np.float32),
+            default_bias=float(r["default_bias"]),
+            ranking=m[:, dim + 1 :] if m.shape[1] > dim + 1 else None,
         )
-        if key[1]:
-            rows = backend.execute(EXTRA_SQL, ["int8"], [model_id])
-            if rows:
-                dim = side.dim
-                ranking = (
-                    np.asarray([x["r"] for x in rows], dtype=np.float32).reshape(len(rows), -1)
-                    if all(x["r"] is not None for x in rows)
-                    else None
-                )
-                side = with_extra(
-                    side,
-                    np.asarray([x["movie_id"] for x in rows], dtype=np.int64),
-                    np.asarray([x["e"] for x in rows], dtype=np.float32).reshape(len(rows), dim),
-                    np.asarray([x["bias"] for x in rows], dtype=np.float32),
-                    ranking,
-                )
-        _champion, _champion_key = side, key
+        _champion_key = key
     return _champion
+
+
+def _stacked(side: MovieSide) -> np.ndarray:
+    """[vectors | bias | ranking vector | prior] per movie: one float32 matrix to share."""
+    parts = [side.vectors, side.bias[:, None]]
+    if side.ranking is not None:
+        parts.append(side.ranking)
+    return np.hstack(parts).astype(np.float32)
+
+
+def _load_side(r: dict[str, Any], n_extra: int) -> MovieSide:
+    """The champion's movie side from its registry row, plus movies embedded after deploy."""
+    blobs = backend.execute(CHAMPION_BLOBS_SQL, ["int8"], [r["model_id"]])[0]
+    side = MovieSide.from_blobs(
+        r["model_id"],
+        blobs["serving_movie_ids"],
+        blobs["serving_matrix"],
+        r["global_mean"],
+        r["default_embedding"],
+        r["default_bias"],
+        blobs["serving_ranking"],
+    )
+    if not n_extra:
+        return side
+    rows = backend.execute(EXTRA_SQL, ["int8"], [r["model_id"]])
+    if not rows:
+        return side
+    ranking = (
+        np.asarray([x["r"] for x in rows], dtype=np.float32).reshape(len(rows), -1)
+        if all(x["r"] is not None for x in rows)
+        else None
+    )
+    return with_extra(
+        side,
+        np.asarray([x["movie_id"] for x in rows], dtype=np.int64),
+        np.asarray([x["e"] for x in rows], dtype=np.float32).reshape(len(rows), side.dim),
+        np.asarray([x["bias"] for x in rows], dtype=np.float32),
+        ranking,
+    )
+
+
+_database_name: str | None = None
+
+
+def _database() -> str:
+    global _database_name
+    if _database_name is None:
+        _database_name = backend.execute(DATABASE_SQL)[0]["name"]
+    return _database_name
 
 
 def current_champion() -> MovieSide | None:
@@ -388,7 +439,7 @@ class _Picker:
     state: UserState
     cat_mask: np.ndarray | None  # filters over catalogue rows; None: no filter
     cat: Catalogue | None
-    predicted: np.ndarray | None  # the user's predicted ratings over the champion's rows
+    user: tuple[np.ndarray, float] | None  # the user's own vector: rejects movies predicted < 3
     chosen: dict[int, tuple[float, float, str]] = field(default_factory=dict)
 
     @property
@@ -401,20 +452,19 @@ class _Picker:
             ok &= ~np.isin(ids, np.fromiter(self.chosen, dtype=np.int64))
         if self.cat_mask is not None and self.cat is not None:
             ok &= self.cat.allowed(ids, self.cat_mask)
-        if self.predicted is not None and self.state.champ is not None:
-            pos = self.state.champ.positions(ids)
+        champ = self.state.champ
+        if self.user is not None and champ is not None:
+            pos = champ.positions(ids)
             known = pos >= 0
-            below = self.predicted[np.maximum(pos, 0)] < self.state.min_predicted
-            ok &= ~(known & below)
+            predicted = np.full(len(ids), np.inf, dtype=np.float32)
+            predicted[known] = champ.predicted_at(*self.user, pos[known])
+            ok &= predicted >= self.state.min_predicted
         return ok
 
-    def add_model(self, u: np.ndarray, b_u: float, predicted: np.ndarray | None = None) -> None:
+    def add_model(self, u: np.ndarray, b_u: float) -> None:
         champ = self.state.champ
         assert champ is not None
-        if predicted is None:
-            predicted = champ.scores(u, b_u)
-        scores = champ.ranking_scores(u, predicted)
-        bad = predicted < self.state.min_predicted
+        bad = np.zeros(len(champ.movie_ids), dtype=bool)
         seen_pos = champ.positions(self.state.seen)
         bad[seen_pos[seen_pos >= 0]] = True
         if self.chosen:
@@ -423,8 +473,29 @@ class _Picker:
         if self.cat_mask is not None and self.cat is not None:
             aligned = _aligned_positions(champ, self.cat)
             bad |= ~((aligned >= 0) & self.cat_mask[np.maximum(aligned, 0)])
-        best = top_k(scores, self.missing, exclude=np.flatnonzero(bad))
-        for m, s, p in zip(champ.movie_ids[best], scores[best], predicted[best], strict=True):
+        want = self.missing
+        ranking = champ.ranking_scores(u)
+        if ranking is None:  # ordered by the predicted rating itself
+            predicted = champ.scores(u, b_u)
+            bad |= predicted < self.state.min_predicted
+            best = top_k(predicted, want, exclude=np.flatnonzero(bad))
+            scores, kept = predicted[best], predicted[best]
+        else:
+            # Ordered by the ranking head; the >= 3 stars filter needs predicted ratings only
+            # for the best-ranked candidates, so take a few more than wanted and widen the
+            # window while too many of them fail it.
+            exclude = np.flatnonzero(bad)
+            window = 2 * want + 16
+            while True:
+                cand = top_k(ranking, window, exclude=exclude)
+                predicted = champ.predicted_at(u, b_u, cand)
+                good = np.flatnonzero(predicted >= self.state.min_predicted)
+                if len(good) >= want or len(cand) < window:
+                    break
+                window *= 4
+            best, kept = cand[good[:want]], predicted[good[:want]]
+            scores = ranking[best]
+        for m, s, p in zip(champ.movie_ids[best], scores, kept, strict=True):
             self.chosen[int(m)] = (float(s), float(clip_rating(p)), "model")
 
     def add_ranked(self, ids: np.ndarray, scores: np.ndarray, source: str) -> None:
@@ -464,13 +535,11 @@ def recommend(
     cat = catalogue(state.max_movie) if filtered else None
     cat_mask = cat.mask(genres, min_year, max_year) if cat is not None else None
     champ = state.champ
-    predicted = None
-    if champ is not None and state.vector is not None:
-        predicted = champ.scores(state.vector, state.bias)
-    picker = _Picker(k, state, cat_mask, cat, predicted)
+    own = (state.vector, state.bias) if champ is not None and state.vector is not None else None
+    picker = _Picker(k, state, cat_mask, cat, own)
 
-    if champ is not None and state.vector is not None:  # 1. the user's own vector
-        picker.add_model(state.vector, state.bias, predicted)
+    if own is not None:  # 1. the user's own vector
+        picker.add_model(*own)
     if picker.missing > 0:  # 2. Pearson CF rows
         rows = backend.execute(CF_SQL, ["int4"], [user_id])
         if rows:

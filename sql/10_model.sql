@@ -95,6 +95,10 @@ BEGIN
         WHERE b.user_id = u.user_id;
     END IF;
 END $$;
+-- Every rating rewrites a user's row and a ring slot; free room on each page keeps those
+-- updates HOT (no new index entries).  Applies to pages written from now on.
+ALTER TABLE model.user_latent_attributes SET (fillfactor = 80);
+ALTER TABLE model.user_latent_attributes_backups SET (fillfactor = 80);
 COMMENT ON TABLE model.user_latent_attributes_backups IS
     'A user''s previous vectors, the value before each online update; the last movrec.backup_retention '
     'per user (ORDER BY update_seq)';

@@ -56,16 +56,13 @@ BEGIN
         RAISE EXCEPTION 'movrec.online_update must be sgd or refit, got %', mode
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- the champion, its global mean and the movie's published vector, in one statement
-    SELECT d.model_id, r.global_mean, x.embedding, x.bias INTO champ, mu, m, b_m
-    FROM (SELECT model_id FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) d
-    JOIN model.registry r USING (model_id)
-    LEFT JOIN model.movie_latent_attributes x ON x.movie_id = NEW.movie_id AND x.model_id = d.model_id;
+    -- The movie's published vector, its model (deploy replaces the whole table, so that is
+    -- the champion) and the model's global mean: two primary-key probes.
+    SELECT x.model_id, r.global_mean, x.embedding, x.bias INTO champ, mu, m, b_m
+    FROM model.movie_latent_attributes x JOIN model.registry r USING (model_id)
+    WHERE x.movie_id = NEW.movie_id;
     IF champ IS NULL THEN
-        RETURN NULL;  -- nothing deployed: ratings are just stored
-    END IF;
-    IF m IS NULL THEN
-        RETURN NULL;  -- a movie the champion has never seen has no vector to learn from
+        RETURN NULL;  -- nothing deployed, or a movie the champion has no vector for: just stored
     END IF;
 
     SELECT embedding, bias, model_id, n_updates + 1 INTO old_u, old_b, old_model, n_update

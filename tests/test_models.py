@@ -123,3 +123,22 @@ def test_hybrid_gives_a_cold_movie_a_vector_from_content(db: psycopg.Connection)
     vectors = model.movie_side()[1].numpy()
     # two movies sharing genres get closer vectors from content than unrelated ones, on average
     assert np.isfinite(vectors).all() and vectors.shape[1] == 100
+
+
+def test_hybrid_checkpoint_round_trips_the_published_ranking(db: psycopg.Connection) -> None:
+    """The calibration chosen on validation (blend, popularity prior) is part of the checkpoint:
+    the reloaded model publishes the same ranking matrix that serving holds."""
+    import torch
+    from movrec.registry import load_checkpoint
+
+    model_id, blob, ranking, params = db.execute(
+        """SELECT model_id, checkpoint, serving_ranking, metrics FROM model.registry
+           WHERE kind = 'hybrid' ORDER BY model_id DESC LIMIT 1"""
+    ).fetchone()
+    model = load_checkpoint("hybrid", blob, model_id)
+    assert model.config["rank_popularity"] == params["rank_popularity"]
+    assert model.config["rank_blend"] == params["rank_blend"]
+    assert float(model.train_counts.sum()) == params["n_train"]
+    published = np.frombuffer(ranking, dtype=np.float32).reshape(len(model.movie_ids), -1)
+    assert np.allclose(model.ranking_side().numpy(), published, atol=1e-5)
+    assert torch.equal(model.train_counts, model.train_counts.round())

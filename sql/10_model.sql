@@ -74,6 +74,9 @@ CREATE TABLE IF NOT EXISTS model.user_latent_attributes_backups (
 ALTER TABLE model.user_latent_attributes ADD COLUMN IF NOT EXISTS n_updates bigint NOT NULL DEFAULT 0;
 COMMENT ON COLUMN model.user_latent_attributes.n_updates IS
     'Online updates of this user so far; the next archive is update n_updates + 1';
+ALTER TABLE model.user_latent_attributes ADD COLUMN IF NOT EXISTS backup_ring integer;
+COMMENT ON COLUMN model.user_latent_attributes.backup_ring IS
+    'movrec.backup_retention the user''s archive is laid out for (NULL: not yet); a change renumbers it once';
 -- Upgrade from the first layout (a global backup_id, one row per update): number each user's
 -- rows in order, keep them all (slot = update_seq), carry the count over.
 DO $$

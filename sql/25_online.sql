@@ -36,6 +36,7 @@ DECLARE
     old_b real;
     old_model bigint;
     n_update bigint;
+    ring integer;
     ring_slot bigint;
     u vector;
     b_u double precision;
@@ -56,23 +57,25 @@ BEGIN
         RAISE EXCEPTION 'movrec.online_update must be sgd or refit, got %', mode
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    -- The movie's published vector, its model (deploy replaces the whole table, so that is
-    -- the champion) and the model's global mean: two primary-key probes.
-    SELECT x.model_id, r.global_mean, x.embedding, x.bias INTO champ, mu, m, b_m
-    FROM model.movie_latent_attributes x JOIN model.registry r USING (model_id)
-    WHERE x.movie_id = NEW.movie_id;
+    -- The champion, its global mean and the movie's vector of that model, in one statement.
+    -- (Not the movie row's model_id alone: a cold-start job that raced a deploy can leave a
+    -- row of the previous model behind.)
+    SELECT d.model_id, r.global_mean, x.embedding, x.bias INTO champ, mu, m, b_m
+    FROM (SELECT model_id FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) d
+    JOIN model.registry r USING (model_id)
+    JOIN model.movie_latent_attributes x ON x.movie_id = NEW.movie_id AND x.model_id = d.model_id;
     IF champ IS NULL THEN
         RETURN NULL;  -- nothing deployed, or a movie the champion has no vector for: just stored
     END IF;
 
-    SELECT embedding, bias, model_id, n_updates + 1 INTO old_u, old_b, old_model, n_update
+    SELECT embedding, bias, model_id, n_updates + 1, backup_ring INTO old_u, old_b, old_model, n_update, ring
     FROM model.user_latent_attributes WHERE user_id = NEW.user_id FOR UPDATE;
     IF NOT FOUND THEN  -- a new user starts from the champion's default (mean) vector
         INSERT INTO model.user_latent_attributes (user_id, embedding, bias, model_id, updated_at)
         SELECT NEW.user_id, default_embedding::vector, default_bias, r.model_id, clock_timestamp()
         FROM model.registry r WHERE r.model_id = champ
         ON CONFLICT (user_id) DO NOTHING;
-        SELECT embedding, bias, model_id, n_updates + 1 INTO old_u, old_b, old_model, n_update
+        SELECT embedding, bias, model_id, n_updates + 1, backup_ring INTO old_u, old_b, old_model, n_update, ring
         FROM model.user_latent_attributes WHERE user_id = NEW.user_id FOR UPDATE;
     END IF;
 
@@ -106,10 +109,22 @@ BEGIN
         RAISE EXCEPTION 'movrec.backup_retention must be 0 (keep all) or more, got %', keep
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF ring IS DISTINCT FROM keep THEN
+        -- The user's ring was laid out for another retention (the setting changed, or a
+        -- layout before the ring): keep the newest `keep`, renumber them for this size, once.
+        -- Negative slots first, so no two rows ever share a slot on the way.
+        IF keep > 0 THEN
+            DELETE FROM model.user_latent_attributes_backups b
+            WHERE b.user_id = NEW.user_id AND b.update_seq <= n_update - keep;
+        END IF;
+        UPDATE model.user_latent_attributes_backups b SET slot = -b.update_seq WHERE b.user_id = NEW.user_id;
+        UPDATE model.user_latent_attributes_backups b
+        SET slot = CASE WHEN keep = 0 THEN b.update_seq ELSE b.update_seq % keep END
+        WHERE b.user_id = NEW.user_id;
+    END IF;
     ring_slot := CASE WHEN keep = 0 THEN n_update ELSE n_update % keep END;
-    -- Archive the previous vector into the user's ring slot and write the new vector: one
-    -- statement.  Rows left outside the ring by a smaller retention are dropped once per
-    -- turn of the ring (slot 0), so a lowered setting takes effect without a scan per rating.
+    -- Archive the previous vector into the user's ring slot (the oldest of the last `keep`)
+    -- and write the new vector: one statement.
     WITH archived AS (
         INSERT INTO model.user_latent_attributes_backups AS b
             (user_id, slot, update_seq, embedding, bias, model_id, archived_at)
@@ -119,12 +134,9 @@ BEGIN
             model_id = excluded.model_id, archived_at = excluded.archived_at
     )
     UPDATE model.user_latent_attributes
-    SET embedding = new_u, bias = new_b, model_id = champ, n_updates = n_update, updated_at = clock_timestamp()
+    SET embedding = new_u, bias = new_b, model_id = champ, n_updates = n_update, backup_ring = keep,
+        updated_at = clock_timestamp()
     WHERE user_id = NEW.user_id;
-    IF keep > 0 AND ring_slot = 0 AND n_update > keep THEN
-        DELETE FROM model.user_latent_attributes_backups b
-        WHERE b.user_id = NEW.user_id AND b.update_seq <= n_update - keep;
-    END IF;
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION movrec.on_rating() IS

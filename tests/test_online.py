@@ -137,6 +137,40 @@ def test_retention_keeps_the_last_n(conn: psycopg.Connection) -> None:
     assert len(conn.execute(BACKUPS, (user,)).fetchall()) == 4
 
 
+def test_changing_retention_keeps_the_newest_archives(conn: psycopg.Connection) -> None:
+    """Raising the retention keeps what the smaller ring held; lowering it keeps the newest."""
+    user = 37
+    movies = iter(unseen_movies(conn, user, 12))
+    states = []
+
+    def rate_with(keep: int, n: int) -> None:
+        conn.execute("SELECT set_config('movrec.backup_retention', %s, false)", (str(keep),))
+        for _ in range(n):
+            states.append(conn.execute(VECTOR, (user,)).fetchone())
+            rate(conn, user, next(movies), 4)
+
+    def kept() -> list[tuple[list[float], float]]:
+        return conn.execute(BACKUPS, (user,)).fetchall()
+
+    def same(got: list, want: list) -> bool:
+        return len(got) == len(want) and all(
+            np.allclose(e, we) and b == pytest.approx(wb)
+            for (e, b), (we, wb) in zip(got, want, strict=False)
+        )
+
+    rate_with(3, 5)
+    assert same(kept(), states[-3:])
+    rate_with(6, 2)  # the 3 kept by the smaller ring survive, 2 more join them
+    assert same(kept(), states[-5:])
+    rate_with(2, 1)
+    assert same(kept(), states[-2:])
+    seqs = conn.execute(
+        "SELECT slot, update_seq FROM model.user_latent_attributes_backups WHERE user_id = %s",
+        (user,),
+    ).fetchall()
+    assert all(slot == seq % 2 for slot, seq in seqs)
+
+
 def _parallel_ratings(dsn: str, user: int, movies: list[int], mode: str) -> None:
     barrier = threading.Barrier(len(movies))
     errors: list[BaseException] = []

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -78,7 +79,7 @@ def test_generator_is_deterministic_and_valid() -> None:
 def test_shared_arrays_build_once_and_replace_older_champions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(shared, "SHM_DIR", tmp_path)
+    monkeypatch.setattr(shared, "SHM_ROOT", tmp_path)
     calls = []
 
     def build(value: float) -> dict[str, np.ndarray]:
@@ -92,10 +93,33 @@ def test_shared_arrays_build_once_and_replace_older_champions(
     other_db = shared.shared_arrays("dbx-1-a", ("ids", "m"), lambda: build(3.0), group="dbx")
     newer = shared.shared_arrays("db-2-b", ("ids", "m"), lambda: build(2.0), group="db")
     assert newer["m"][0, 0] == 2.0 and other_db["m"][0, 0] == 3.0
-    assert sorted(p.name for p in tmp_path.iterdir()) == [
+    private = tmp_path / f"movrec-{os.getuid()}"
+    assert private.stat().st_mode & 0o777 == 0o700
+    assert sorted(p.name for p in private.glob("*.npy")) == [
         "movrec-db-2-b-ids.npy",
         "movrec-db-2-b-m.npy",
         "movrec-dbx-1-a-ids.npy",
         "movrec-dbx-1-a-m.npy",
     ]
     assert first["m"][0, 0] == 1.0  # a backend still mapping the removed file keeps its pages
+
+
+def test_shared_arrays_refuse_a_directory_others_can_write(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """/dev/shm is world-writable: a directory another user could plant files in is never
+    mapped from; the backend builds private arrays instead."""
+    monkeypatch.setattr(shared, "SHM_ROOT", tmp_path)
+    planted = tmp_path / f"movrec-{os.getuid()}"
+    planted.mkdir(mode=0o777)
+    planted.chmod(0o777)
+    np.save(planted / "movrec-db-1-a-m.npy", np.full((3, 2), 666.0, np.float32))
+    np.save(planted / "movrec-db-1-a-ids.npy", np.arange(3, dtype=np.int32))
+    got = shared.shared_arrays(
+        "db-1-a",
+        ("ids", "m"),
+        lambda: {"ids": np.arange(3, dtype=np.int32), "m": np.ones((3, 2), np.float32)},
+        group="db",
+    )
+    assert shared.private_dir() is None
+    assert got["m"].tolist() == [[1.0, 1.0]] * 3 and not isinstance(got["m"], np.memmap)

@@ -203,8 +203,8 @@ class Cluster:
         return True
 
     def forget_shared_matrices(self) -> int:
-        """Remove the champion matrices this cluster's backends shared in /dev/shm
-        (plpython/movrec/shared.py); returns files removed."""
+        """Remove the champion matrices this cluster's backends shared in
+        /dev/shm/movrec-<uid>/ (plpython/movrec/shared.py); returns files removed."""
         out = self._run(str(bindir() / "pg_controldata"), "-D", str(self.data), capture=True)
         ids = [
             line.split(":", 1)[1].strip()
@@ -212,7 +212,7 @@ class Cluster:
             if line.startswith("Database system identifier")
         ]
         removed = 0
-        for path in Path(SHM_DIR).glob(f"movrec-{ids[0]}-*.npy") if ids else ():
+        for path in Path(SHM_DIR).glob(f"movrec-*/movrec-{ids[0]}-*.npy") if ids else ():
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed += 1

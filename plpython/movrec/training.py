@@ -181,16 +181,21 @@ def fit(
     w /= w[train_rows].mean()
     W = torch.from_numpy(w.astype(np.float32)).to(device)
 
-    def evaluate(movie_outputs: Any = None) -> dict[str, float]:
-        """Validation metrics; ``movie_outputs`` (model.all_movies()) saves recomputing them."""
+    def evaluate(
+        movie_outputs: Any = None, rating: dict[str, float] | None = None
+    ) -> dict[str, float]:
+        """Validation metrics.  While calibrating the ranking, ``movie_outputs``
+        (model.all_movies()) and ``rating`` (RMSE and MAE, which calibration leaves alone)
+        save recomputing what did not change."""
         model.eval()
         with torch.no_grad():
-            pred = model(U[va], M[va]).clamp(0.5, 5.0).cpu().numpy()
-            out = (
-                rating_metrics(pred, data.ratings[val_rows])
-                if len(va)
-                else {"rmse": math.nan, "mae": math.nan}
-            )
+            if rating is not None:
+                out = dict(rating)
+            elif len(va):
+                pred = model(U[va], M[va]).clamp(0.5, 5.0).cpu().numpy()
+                out = rating_metrics(pred, data.ratings[val_rows])
+            else:
+                out = {"rmse": math.nan, "mae": math.nan}
             if ranking > 0 and len(va):
                 rank = (
                     (
@@ -279,10 +284,11 @@ def fit(
         chosen = (0.0, 0.0)
         model.eval()
         outputs = model.all_movies()
+        rating = {k: best_metrics[k] for k in ("rmse", "mae")}
         for blend in BLENDS:
             for popularity in POPULARITY:
                 model.config["rank_blend"], model.config["rank_popularity"] = blend, popularity
-                val = evaluate(outputs)
+                val = evaluate(outputs, rating)
                 if val["ndcg@10"] > best_metrics["ndcg@10"] + 1e-4:
                     best_metrics, chosen = val, (blend, popularity)
         model.config["rank_blend"], model.config["rank_popularity"] = chosen

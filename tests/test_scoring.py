@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from movrec import shared
 from movrec.demo import synth
-from movrec.scoring import MovieSide, sgd_step, top_k
+from movrec.scoring import BoundIndex, MovieSide, sgd_step, top_k
 
 
 def test_top_k_orders_and_excludes() -> None:
@@ -123,3 +123,51 @@ def test_shared_arrays_refuse_a_directory_others_can_write(
     )
     assert shared.private_dir() is None
     assert got["m"].tolist() == [[1.0, 1.0]] * 3 and not isinstance(got["m"], np.memmap)
+
+
+def _trained_like(n: int, d: int, rank: int, seed: int) -> np.ndarray:
+    """[vectors | prior]: most variance in ``rank`` directions, as trained vectors have."""
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, rank)) @ rng.normal(size=(rank, d)) * 0.3
+    vectors += rng.normal(scale=0.02, size=(n, d))
+    return np.hstack([vectors, rng.normal(scale=0.5, size=(n, 1))]).astype(np.float32)
+
+
+@pytest.mark.parametrize("rank", [8, 100])
+def test_bound_index_gives_exactly_the_full_top_k(rank: int) -> None:
+    matrix = _trained_like(6000, 100, rank, seed=rank)
+    index = BoundIndex.build(matrix)
+    assert index is not None and index.head.flags.c_contiguous
+    rng = np.random.default_rng(1)
+    pruned = 0
+    for _ in range(40):
+        u = rng.normal(size=100).astype(np.float32)
+        exclude = rng.choice(6000, size=int(rng.integers(0, 300)), replace=False)
+        for k in (1, 10, 36):
+            want = top_k(matrix[:, :-1] @ u + matrix[:, -1], k, exclude=exclude)
+            got = index.top_k(matrix, u, k, exclude)
+            if got is not None:
+                pruned += 1
+                assert got.tolist() == want.tolist()
+    if rank == 8:  # trained-like vectors always prune; a flat spectrum may fall back to all
+        assert pruned == 120
+
+
+def test_movie_side_best_uses_the_index_and_agrees_with_scores() -> None:
+    matrix = _trained_like(5000, 100, 10, seed=3)
+    side = MovieSide(
+        model_id=1,
+        movie_ids=np.arange(1, 5001, dtype=np.int32),
+        vectors=matrix[:, :-1],
+        bias=matrix[:, -1],
+        global_mean=3.5,
+        default_embedding=np.zeros(100, np.float32),
+        default_bias=0.0,
+        rating_matrix=matrix,
+        index=BoundIndex.build(matrix),
+    )
+    u = np.random.default_rng(2).normal(size=100).astype(np.float32)
+    exclude = np.arange(0, 5000, 7)
+    want = top_k(side.scores(u, 0.3), 10, exclude=exclude)
+    assert side.best(u, 10, exclude).tolist() == want.tolist()
+    assert BoundIndex.build(matrix[:100]) is None  # too few movies to pay

@@ -236,6 +236,26 @@ def load(conn: psycopg.Connection, plan: Plan, echo: Callable[[str], None]) -> d
     return timings
 
 
+def load_and_train(
+    conn: psycopg.Connection, plan: Plan, train_options: str | None, echo: Callable[[str], None]
+) -> dict[str, float]:
+    """Load the plan's data into an installed movrec, then train and deploy MF with
+    ``train_options`` (None: no training); returns the timings."""
+    timings = load(conn, plan, echo)
+    if train_options is not None:
+        t = time.perf_counter()
+        model_id = conn.execute("SELECT movrec.train('mf', %s)", (train_options,)).fetchone()[0]
+        timings["train_deploy"] = time.perf_counter() - t
+        metrics = conn.execute(
+            "SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,)
+        ).fetchone()[0]
+        echo(
+            f"train + deploy mf (model {model_id}): {timings['train_deploy']:.1f} s; "
+            f"val_rmse {metrics.get('val_rmse')}"
+        )
+    return timings
+
+
 @click.command("generate")
 @click.option(
     "--dsn",
@@ -288,17 +308,6 @@ def generate(
         schema.uninstall(conn, drop_data=True)
         schema.install(conn)
         echo(f"install: {time.perf_counter() - t:.1f} s")
-        timings = load(conn, plan, echo)
-        if train:
-            t = time.perf_counter()
-            model_id = conn.execute("SELECT movrec.train('mf', %s)", (train_options,)).fetchone()[0]
-            timings["train_deploy"] = time.perf_counter() - t
-            metrics = conn.execute(
-                "SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,)
-            ).fetchone()[0]
-            echo(
-                f"train + deploy mf (model {model_id}): {timings['train_deploy']:.1f} s; "
-                f"val_rmse {metrics.get('val_rmse')}"
-            )
+        load_and_train(conn, plan, train_options if train else None, echo)
     echo(f"total: {time.perf_counter() - t0:.1f} s")
     click.echo(dsn)

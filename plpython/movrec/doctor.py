@@ -99,4 +99,28 @@ def checks() -> list[Row]:
             None if champ else "SELECT movrec.train('mf') or `movrec train`",
         )
     )
+    if champ:
+        rows.append(_serving())
     return rows
+
+
+def _serving() -> Row:
+    """How this backend holds the champion's movie matrix, and whether its top-k is indexed."""
+    import numpy as np
+
+    from movrec import serving, shared
+
+    side = serving.current_champion()
+    if side is None:
+        return ("serving", False, "the champion has no movie side", "movrec deploy ID")
+    where = (
+        f"mapped from {shared.private_dir()}"
+        if isinstance(side.vectors, np.memmap)
+        else "a private copy (no usable shared memory directory)"
+    )
+    index = (
+        f"top-k index head {side.index.head.shape[1] - 1} of {side.dim} dims"
+        if side.index is not None
+        else "top-k scores every movie (no index: small catalogue, or vectors that do not prune)"
+    )
+    return ("serving", True, f"{len(side.movie_ids)} movies x {side.dim}, {where}; {index}", None)

@@ -40,7 +40,7 @@ import numpy as np
 
 from movrec import backend, jobs, shared
 from movrec.errors import InvalidArgument, NoChampion, NotFound, NullArgument
-from movrec.scoring import MovieSide, clip_rating, top_k
+from movrec.scoring import BoundIndex, MovieSide, clip_rating, top_k
 
 POPULARITY_DAMPING = 10  # ratings' worth of prior pulled toward the global mean
 EXPLAIN_DAMPING = 5  # explain(): the user's baseline is their mean, damped toward the global mean
@@ -103,6 +103,12 @@ SELECT movie_id, count(*) AS n_ratings, sum(rating::float8) AS sum_ratings
 FROM movrec.watch_events GROUP BY movie_id ORDER BY movie_id
 """
 
+# Bumped whenever what champion() shares changes, so no backend maps files of an older layout.
+SHARED_LAYOUT = 2
+# Users whose vectors choose the champion's index head (movrec.scoring.BoundIndex.build).
+PROBES_SQL = """
+SELECT embedding::real[] AS e FROM model.user_latent_attributes WHERE model_id = $1 LIMIT 64
+"""
 CF_SQL = "SELECT movie_id, score FROM model.user_recommendation WHERE user_id = $1 ORDER BY rank"
 TITLES_SQL = "SELECT movie_id, title FROM movrec.movies WHERE movie_id = ANY($1)"
 # Names this database's shared matrices apart from other clusters' and databases' in /dev/shm.
@@ -269,13 +275,24 @@ def champion(model_id: int | None, n_extra: int = 0, max_extra: int = 0) -> Movi
     key = (int(model_id), int(n_extra or 0), int(max_extra or 0))
     if _champion is None or _champion_key != key:
         r = backend.execute(CHAMPION_SQL, ["int8"], [model_id])[0]
-        name = f"{_database()}-{key[0]}-{r['row_version']}-{key[1]}-{key[2]}"
+        name = f"{_database()}-{key[0]}-{r['row_version']}-{key[1]}-{key[2]}-v{SHARED_LAYOUT}"
 
         def from_registry() -> dict[str, np.ndarray]:  # only when no backend shared it yet
             side = _load_side(r, key[1])
-            return {"ids": side.movie_ids, "m": _stacked(side)}
+            probes = [x["e"] for x in backend.execute(PROBES_SQL, ["int8"], [r["model_id"]])]
+            index = BoundIndex.build(
+                side.order_matrix,
+                np.asarray(probes or [r["default_embedding"]], dtype=np.float32),
+            )
+            empty = {f"index_{p}": np.empty(0, np.float32) for p in BoundIndex.PARTS}
+            return {
+                "ids": side.movie_ids,
+                "m": _stacked(side),
+                **(index.arrays() if index is not None else empty),
+            }
 
-        arrays = shared.shared_arrays(name, ("ids", "m"), from_registry, group=_database())
+        parts = ("ids", "m", *(f"index_{p}" for p in BoundIndex.PARTS))
+        arrays = shared.shared_arrays(name, parts, from_registry, group=_database())
         ids, m = arrays["ids"], arrays["m"]
         dim = len(r["default_embedding"])
         _champion = MovieSide(
@@ -287,6 +304,8 @@ def champion(model_id: int | None, n_extra: int = 0, max_extra: int = 0) -> Movi
             default_embedding=np.asarray(r["default_embedding"], dtype=np.float32),
             default_bias=float(r["default_bias"]),
             ranking=m[:, dim + 1 :] if m.shape[1] > dim + 1 else None,
+            index=BoundIndex.from_arrays(arrays),
+            rating_matrix=m[:, : dim + 1],
         )
         _champion_key = key
     return _champion
@@ -474,27 +493,30 @@ class _Picker:
             aligned = _aligned_positions(champ, self.cat)
             bad |= ~((aligned >= 0) & self.cat_mask[np.maximum(aligned, 0)])
         want = self.missing
-        ranking = champ.ranking_scores(u)
-        if ranking is None:  # ordered by the predicted rating itself
-            predicted = champ.scores(u, b_u)
-            bad |= predicted < self.state.min_predicted
-            best = top_k(predicted, want, exclude=np.flatnonzero(bad))
-            scores, kept = predicted[best], predicted[best]
+        exclude = np.flatnonzero(bad)
+        if champ.ranking is None:
+            # Ordered by the predicted rating itself: the k best, then the >= 3 stars filter
+            # (a best movie below 3 stars means every later one is below it too).
+            best = champ.best(u, want, exclude)
+            predicted = champ.predicted_at(u, b_u, best)
+            keep = predicted >= self.state.min_predicted
+            best, kept = best[keep], predicted[keep]
+            scores = kept
         else:
             # Ordered by the ranking head; the >= 3 stars filter needs predicted ratings only
             # for the best-ranked candidates, so take a few more than wanted and widen the
             # window while too many of them fail it.
-            exclude = np.flatnonzero(bad)
             window = 2 * want + 16
             while True:
-                cand = top_k(ranking, window, exclude=exclude)
+                cand = champ.best(u, window, exclude)
                 predicted = champ.predicted_at(u, b_u, cand)
                 good = np.flatnonzero(predicted >= self.state.min_predicted)
                 if len(good) >= want or len(cand) < window:
                     break
                 window *= 4
             best, kept = cand[good[:want]], predicted[good[:want]]
-            scores = ranking[best]
+            rank = champ.ranking[best]
+            scores = rank[:, :-1] @ u + rank[:, -1]
         for m, s, p in zip(champ.movie_ids[best], scores, kept, strict=True):
             self.chosen[int(m)] = (float(s), float(clip_rating(p)), "model")
 

@@ -104,3 +104,21 @@ def test_bad_training_options_are_refused(conn: psycopg.Connection) -> None:
         conn.execute("SELECT movrec.train('nope')")
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="epochs"):
         conn.execute("""SELECT movrec.train('mf', '{"epochs": 0}')""")
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue, match="in_batch must be true or false"
+    ):
+        conn.execute("""SELECT movrec.train('hybrid', '{"in_batch": "no"}')""")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="schedule must be"):
+        conn.execute("""SELECT movrec.train('hybrid', '{"schedule": "linear"}')""")
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="unless in_batch"):
+        conn.execute("""SELECT movrec.train('hybrid', '{"in_batch": false, "negatives": 0}')""")
+
+
+def test_options_start_from_the_kind_defaults() -> None:
+    from movrec.training import TrainOptions
+
+    hybrid = TrainOptions.parse({"seed": 3}, "hybrid")
+    assert (hybrid.schedule, hybrid.in_batch, hybrid.epochs, hybrid.seed) == ("cosine", True, 8, 3)
+    mf = TrainOptions.parse({}, "mf")
+    assert (mf.schedule, mf.epochs) == ("constant", 40)
+    assert TrainOptions.parse({"schedule": "constant"}, "hybrid").schedule == "constant"

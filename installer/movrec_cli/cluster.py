@@ -212,7 +212,7 @@ class Cluster:
             if line.startswith("Database system identifier")
         ]
         removed = 0
-        for path in Path(SHM_DIR).glob(f"movrec-*/movrec-{ids[0]}-*.npy") if ids else ():
+        for path in Path(SHM_DIR).glob(f"movrec-*/movrec-{ids[0]}-*") if ids else ():
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed += 1

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -80,6 +82,7 @@ def test_shared_arrays_build_once_and_replace_older_champions(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(shared, "SHM_ROOT", tmp_path)
+    monkeypatch.setattr(shared, "KEEP_S", 0.0)  # older names go at once (normally after 10 min)
     calls = []
 
     def build(value: float) -> dict[str, np.ndarray]:
@@ -171,3 +174,38 @@ def test_movie_side_best_uses_the_index_and_agrees_with_scores() -> None:
     want = top_k(side.scores(u, 0.3), 10, exclude=exclude)
     assert side.best(u, 10, exclude).tolist() == want.tolist()
     assert BoundIndex.build(matrix[:100]) is None  # too few movies to pay
+
+
+def test_shared_arrays_never_wait_long_for_another_builder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A backend that is not the builder watches for the builder's files, and builds a
+    private copy when they do not come: a builder stuck in a transaction holds nobody up."""
+    monkeypatch.setattr(shared, "SHM_ROOT", tmp_path)
+    monkeypatch.setattr(shared, "WAIT_S", 0.05)
+
+    @contextlib.contextmanager
+    def someone_else_builds() -> Iterator[bool]:
+        yield False
+
+    got = shared.shared_arrays(
+        "db-1-a",
+        ("m",),
+        lambda: {"m": np.ones(3, np.float32)},
+        group="db",
+        lock=someone_else_builds,
+    )
+    assert got["m"].tolist() == [1.0] * 3 and not isinstance(got["m"], np.memmap)
+    assert not list((tmp_path / f"movrec-{os.getuid()}").glob("*.npy"))  # wrote nothing
+
+
+def test_shared_arrays_keep_recent_names_of_the_group(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A deploy writes the new champion's files before it commits, while the others still
+    serve the old one: a new name removes only names older than KEEP_S."""
+    monkeypatch.setattr(shared, "SHM_ROOT", tmp_path)
+    for name in ("db-1-a", "db-2-b"):
+        shared.shared_arrays(name, ("m",), lambda: {"m": np.zeros(2, np.float32)}, group="db")
+    names = sorted(p.name for p in (tmp_path / f"movrec-{os.getuid()}").glob("*.npy"))
+    assert names == ["movrec-db-1-a-m.npy", "movrec-db-2-b-m.npy"]

@@ -122,3 +122,21 @@ def test_options_start_from_the_kind_defaults() -> None:
     mf = TrainOptions.parse({}, "mf")
     assert (mf.schedule, mf.epochs) == ("constant", 40)
     assert TrainOptions.parse({"schedule": "constant"}, "hybrid").schedule == "constant"
+    sampled = TrainOptions.parse({"in_batch": False}, "hybrid")
+    assert (sampled.in_batch, sampled.negatives) == (False, 1024)
+    with pytest.raises(Exception, match="epochs must be an integer"):
+        TrainOptions.parse({"epochs": True}, "mf")
+
+
+def test_training_without_validation_rows_runs_every_epoch() -> None:
+    """Ten ratings leave no validation split: nothing to stop early on, so all epochs run."""
+    import numpy as np
+    from movrec.training import Ratings, TrainOptions, fit
+
+    data = Ratings(
+        np.arange(10, dtype=np.int64) % 3,
+        np.arange(10, dtype=np.int64) % 4,
+        np.linspace(1, 5, 10).astype(np.float32),
+    )
+    _, metrics = fit(data, "mf", TrainOptions.parse({"epochs": 5, "dim": 4}))
+    assert metrics["n_val"] == 0 and len(metrics["history"]) == 5 and metrics["best_epoch"] == 5

@@ -212,7 +212,14 @@ class Cluster:
             if line.startswith("Database system identifier")
         ]
         removed = 0
-        for path in Path(SHM_DIR).glob(f"movrec-*/movrec-{ids[0]}-*") if ids else ():
+        shm = Path(SHM_DIR)
+        # (also the flat files of releases before the private directory)
+        paths = (
+            [*shm.glob(f"movrec-*/movrec-{ids[0]}-*"), *shm.glob(f"movrec-{ids[0]}-*.npy")]
+            if ids
+            else []
+        )
+        for path in paths:
             with contextlib.suppress(OSError):
                 path.unlink()
                 removed += 1

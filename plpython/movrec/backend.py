@@ -6,9 +6,11 @@ code takes and returns numpy arrays so it runs (and is tested) outside PostgreSQ
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, TypeVar
 
 from movrec import __version__
@@ -60,6 +62,15 @@ def plan(sql: str, types: Sequence[str] = ()) -> Any:
 
 def execute(sql: str, types: Sequence[str] = (), args: Sequence[Any] = ()) -> Any:
     return plpy.execute(plan(sql, types), list(args))
+
+
+@contextlib.contextmanager
+def try_advisory_xact_lock(space: int, key: str) -> Iterator[bool]:
+    """True when this backend took the advisory lock (space, hash of key), held until its
+    transaction ends; False when another holds it.  Never waits."""
+    h = zlib.crc32(key.encode()) - 2**31  # an int4
+    rows = execute("SELECT pg_try_advisory_xact_lock($1, $2) AS ok", ["int4", "int4"], [space, h])
+    yield bool(rows[0]["ok"])
 
 
 def notice(message: str) -> None:

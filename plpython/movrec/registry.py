@@ -186,9 +186,13 @@ def deploy_model(model_id: int, reason: str = "deploy") -> int:
     )
     # Build the shared serving matrix and its top-k index now, so that no request after the
     # deploy pays for it (0.3-1 s at 27k movies); backends map the files on their next call.
+    # Only a head start: whatever goes wrong here, the first request builds them instead.
     from movrec import serving
 
-    serving.current_champion()
+    try:
+        serving.current_champion()
+    except Exception as e:  # noqa: BLE001 - never fail a deploy over a cache
+        backend.notice(f"movrec deploy: serving cache not prepared ({e}); the first request will")
     return model_id
 
 

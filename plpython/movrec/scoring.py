@@ -90,6 +90,7 @@ class MovieSide:
         """Positions of the k best movies in recommend()'s order, skipping ``exclude``: what
         top_k over every score gives, from a fraction of the reads when indexed."""
         full = self.order_matrix
+        user_vector = np.asarray(user_vector, dtype=full.dtype)  # one precision on both paths
         if self.index is not None:
             found = self.index.top_k(full, user_vector, k, exclude)
             if found is not None:

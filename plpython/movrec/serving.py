@@ -48,6 +48,7 @@ REFRESH_K = 150  # model.model_recommendation keeps at most this many rows per u
 CATALOGUE_TTL_S = 60.0
 DEFAULT_MIN_PREDICTED = 3.0  # the design's filter: recommend only movies predicted >= 3 stars
 LOCK_CLASS = 28022  # pg_advisory_xact_lock(LOCK_CLASS, user_id): one refresh of a user at a time
+SHARED_LOCK_CLASS = 28023  # (SHARED_LOCK_CLASS, hash of a shared name): its one builder
 
 Row = tuple[int, str, float, float, str]
 
@@ -292,7 +293,15 @@ def champion(model_id: int | None, n_extra: int = 0, max_extra: int = 0) -> Movi
             }
 
         parts = ("ids", "m", *(f"index_{p}" for p in BoundIndex.PARTS))
-        arrays = shared.shared_arrays(name, parts, from_registry, group=_database())
+        # The builder's lock is one the server sees (the build runs SQL), taken without
+        # waiting: the others watch for its files (movrec.shared).
+        arrays = shared.shared_arrays(
+            name,
+            parts,
+            from_registry,
+            group=_database(),
+            lock=lambda: backend.try_advisory_xact_lock(SHARED_LOCK_CLASS, name),
+        )
         ids, m = arrays["ids"], arrays["m"]
         dim = len(r["default_embedding"])
         _champion = MovieSide(

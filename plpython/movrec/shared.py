@@ -9,7 +9,7 @@ copy, so the CPU caches do too.
 
 The files live in ``/dev/shm/movrec-<uid>/``, a directory of the server's OS user with mode
 0700: /dev/shm is world-writable, and a file another local user planted must never be
-mapped.  One backend builds a given name while the others wait on its lock, so a deploy
+mapped.  One backend builds a given name while the others watch for its files, so a deploy
 does not make every backend write its own copy at once.  Where no tmpfs is usable, callers
 get private arrays, as before.  Pure numpy and the file system, no plpy.
 """
@@ -20,7 +20,9 @@ import contextlib
 import fcntl
 import os
 import stat
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import numpy as np
@@ -48,15 +50,41 @@ def _load(path: Path) -> np.ndarray:
     return np.load(path, mmap_mode="r", allow_pickle=False)
 
 
+BuilderLock = Callable[[], AbstractContextManager[bool]]
+WAIT_S = 3.0  # how long a backend waits for another's build before building a private copy
+KEEP_S = 600.0  # other names of a group younger than this survive a new build
+
+
+@contextlib.contextmanager
+def file_lock(path: Path) -> Iterator[bool]:
+    """True when this process holds ``path``'s lock (until the block ends), False when
+    another does; never waits."""
+    with open(path, "a") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            yield False
+            return
+        yield True
+
+
 def shared_arrays(
-    name: str, parts: tuple[str, ...], build: Callable[[], dict[str, np.ndarray]], group: str
+    name: str,
+    parts: tuple[str, ...],
+    build: Callable[[], dict[str, np.ndarray]],
+    group: str,
+    lock: BuilderLock | None = None,
 ) -> dict[str, np.ndarray]:
     """The arrays ``build()`` returns ({part: array}), each memory-mapped from
     ``movrec-<name>-<part>.npy`` in the private directory.
 
     ``build`` runs only when a part is missing, so a new backend maps the champion without
     fetching it from the registry.  ``name`` must start with ``group`` and change whenever
-    the content would.  Writing a new name removes the group's files of other names (an
+    the content would.  ``lock()`` says whether this process is the one builder (default: a
+    file lock per group).  Nobody waits on it: the others watch for the builder's files for
+    up to ``WAIT_S`` and otherwise build a private copy, so a builder stuck in a long
+    transaction, or on a lock of the server's, can never hold them up for longer.  Writing a
+    new name removes the group's files of other names written more than ``KEEP_S`` ago (an
     older champion of the same database); backends still mapping them keep their pages.
     """
     directory = private_dir()
@@ -71,9 +99,16 @@ def shared_arrays(
 
     if (found := mapped()) is not None:
         return found
+    built: dict[str, np.ndarray] | None = None
     try:
-        with open(directory / f"{PREFIX}{group}.lock", "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)  # one builder; the others map its files
+        with (lock or (lambda: file_lock(directory / f"{PREFIX}{group}.lock")))() as builder:
+            if not builder:
+                deadline = time.monotonic() + WAIT_S
+                while time.monotonic() < deadline:
+                    time.sleep(0.01)
+                    if (found := mapped()) is not None:
+                        return found
+                return build()
             if (found := mapped()) is not None:
                 return found
             built = build()
@@ -86,9 +121,20 @@ def shared_arrays(
                     os.replace(tmp, path)  # readers see the whole file or none
                 finally:
                     tmp.unlink(missing_ok=True)
-            for old in directory.glob(f"{PREFIX}{group}-*.npy"):
-                if not old.name.startswith(f"{PREFIX}{name}-"):
-                    old.unlink(missing_ok=True)
+            _prune(directory, group, name)
             return mapped() or built
     except OSError:  # tmpfs full or gone: serve from private memory
-        return build()
+        return built if built is not None else build()
+
+
+def _prune(directory: Path, group: str, keep: str) -> None:
+    """Remove the group's files of names other than ``keep`` written over KEEP_S ago.  (Not
+    at once: a deploy builds the new champion's files before it commits, while the others
+    still serve the old one.)"""
+    cutoff = time.time() - KEEP_S
+    for old in directory.glob(f"{PREFIX}{group}-*.npy"):
+        if old.name.startswith(f"{PREFIX}{keep}-"):
+            continue
+        with contextlib.suppress(OSError):
+            if old.stat().st_mtime < cutoff:
+                old.unlink()

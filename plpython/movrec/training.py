@@ -72,11 +72,16 @@ class TrainOptions:
                 hint=f"known options: {', '.join(known)}",
             )
         base = cls.for_kind(kind)
+        if options.get("in_batch") is False and "negatives" not in options:
+            options["negatives"] = cls.negatives  # sampled negatives only: the usual number
         values = {}
         for k, v in options.items():
             want = type(getattr(base, k))
-            if want is bool and not isinstance(v, bool):
-                raise InvalidArgument(f"bad training option: {k} must be true or false, got {v!r}")
+            if (want is bool) != isinstance(v, bool):
+                kind_of = {bool: "true or false", int: "an integer", float: "a number"}
+                raise InvalidArgument(
+                    f"bad training option: {k} must be {kind_of.get(want, 'a string')}, got {v!r}"
+                )
             try:
                 values[k] = want(v)
             except (TypeError, ValueError) as e:
@@ -212,12 +217,14 @@ def fit(
     n_movies = len(movie_ids)
     counts = np.bincount(m_idx[train_rows], minlength=n_movies).astype(np.float64)
     q = torch.from_numpy((counts + 1.0) ** opts.sampling / ((counts + 1.0) ** opts.sampling).sum())
-    log_q = torch.log(q).float().to(device)
-    in_batch_log_q = (
-        torch.log(torch.from_numpy((counts + 1.0) / (counts + 1.0).sum())).float().to(device)
-        if opts.in_batch
-        else None
-    )
+    if opts.in_batch:
+        # A movie's expected appearances among a step's candidates: the batch's movies
+        # (drawn ~ rating count) plus the sampled ones; the logQ correction is its log.
+        in_batch = (counts + 1.0) / (counts + 1.0).sum()
+        q_all = opts.batch_size * in_batch + opts.negatives * q.numpy()
+        log_q = torch.log(torch.from_numpy(q_all)).float().to(device)
+    else:
+        log_q = torch.log(q).float().to(device)
     # Top-10 metrics average over users, the loss over ratings: weighting a rating by its
     # user's count^-a moves the ranking loss toward the users the metric counts.
     n_user = np.bincount(u_idx[train_rows], minlength=len(user_ids)).astype(np.float64)
@@ -297,7 +304,7 @@ def fit(
                     else torch.empty(0, dtype=torch.long)
                 ).to(device)
                 loss, rank_loss = model.joint_loss(
-                    u, m, r, negatives, log_q, W[batch], in_batch_log_q
+                    u, m, r, negatives, log_q, W[batch], in_batch=opts.in_batch
                 )
                 objective = (
                     loss
@@ -327,10 +334,13 @@ def fit(
         )
         if cosine:
             continue
-        if watch in val and better(val[watch], best_value):
-            best_value, best_epoch, best_metrics = val[watch], epoch, val
+        value = val.get(watch, math.nan)
+        if not math.isfinite(value):  # nothing to choose by (no validation rows): run on
+            continue
+        if better(value, best_value):
+            best_value, best_epoch, best_metrics = value, epoch, val
             best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        elif watch in val and epoch - best_epoch >= opts.patience:
+        elif epoch - best_epoch >= opts.patience:
             progress(f"movrec train {kind}: early stop, best epoch {best_epoch}")
             break
     if best_state:

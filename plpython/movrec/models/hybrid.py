@@ -165,7 +165,7 @@ class HybridModel(nn.Module):
         negatives: torch.Tensor,
         log_q: torch.Tensor | None,
         weights: torch.Tensor | None = None,
-        in_batch_log_q: torch.Tensor | None = None,
+        in_batch: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(rating MSE, sampled-softmax ranking loss) with one pass of the sub-network over
         the distinct movies of the batch and its negatives (popular movies recur: about
@@ -179,13 +179,11 @@ class HybridModel(nn.Module):
             (u * vec[at]).sum(-1) + self.user_bias(users).squeeze(-1) + bias[at] + self.global_mean
         )
         mse = ((pred - ratings) ** 2).mean()
-        if in_batch_log_q is not None:
-            # the batch's other movies are negatives too (drawn ~ their rating count), at no
-            # extra sub-network cost
+        if in_batch:
+            # the batch's other movies are negatives too, at no extra sub-network cost;
+            # log_q then counts both ways a movie can be among the candidates
             negatives = torch.cat([movies, negatives])
             neg_at = torch.cat([at, neg_at])
-            assert log_q is not None
-            log_q = (in_batch_log_q, log_q)
         ce = self._sampled_softmax(u, movies, rank[at], negatives, rank[neg_at], log_q)
         return mse, (ce if weights is None else ce * weights).mean()
 
@@ -196,7 +194,7 @@ class HybridModel(nn.Module):
         pos: torch.Tensor,
         negatives: torch.Tensor,
         neg: torch.Tensor,
-        log_q: torch.Tensor | tuple[torch.Tensor, torch.Tensor] | None,
+        log_q: torch.Tensor | None,
     ) -> torch.Tensor:
         """Each watched movie against sampled movies (``neg``: their [ranking vector | prior]).
 
@@ -207,12 +205,7 @@ class HybridModel(nn.Module):
         """
         logit_pos = (u * pos[:, :-1]).sum(-1) + pos[:, -1]
         logit_neg = u @ neg[:, :-1].T + neg[:, -1]
-        if isinstance(log_q, tuple):  # in-batch negatives first, then sampled ones
-            in_batch, sampled = log_q
-            n = len(movies)
-            logit_pos = logit_pos - in_batch[movies]
-            logit_neg = logit_neg - torch.cat([in_batch[negatives[:n]], sampled[negatives[n:]]])
-        elif log_q is not None:
+        if log_q is not None:
             logit_pos = logit_pos - log_q[movies]
             logit_neg = logit_neg - log_q[negatives]
         logit_neg = logit_neg.masked_fill(

@@ -53,6 +53,7 @@ class MovieSide:
             ranking=None
             if ranking is None
             else np.frombuffer(ranking, dtype=np.float32).reshape(len(ids), -1),
+            rating_matrix=full,
         )
 
     @property
@@ -96,13 +97,6 @@ class MovieSide:
             if found is not None:
                 return found
         return top_k(full[:, :-1] @ user_vector + full[:, -1], k, exclude=exclude)
-
-    def ranking_scores(self, user_vector: np.ndarray) -> np.ndarray | None:
-        """What recommend() orders by, when the model has a ranking head (else None: the
-        predicted rating)."""
-        if self.ranking is None:
-            return None
-        return self.ranking[:, :-1] @ user_vector + self.ranking[:, -1]
 
 
 SAMPLE_STRIDE = 16  # top_k estimates its cut-off from every 16th score
@@ -193,7 +187,8 @@ class BoundIndex:
         n, h = self.head.shape[0], self.head.shape[1] - 1
         if k <= 0 or k * SAMPLE_STRIDE * 4 >= n:
             return None
-        ru = self.rotation @ np.asarray(u, dtype=np.float32)
+        u = np.asarray(u, dtype=np.float32)
+        ru = self.rotation @ u
         q = np.empty(h + 1, dtype=np.float32)
         q[:h], q[h] = ru[:h], 1.0
         approx = self.head @ q
@@ -226,7 +221,7 @@ class BoundIndex:
         if len(cand) * 4 > n:
             return None
         rows = matrix[cand]
-        exact = rows[:, :-1] @ np.asarray(u, dtype=np.float32) + rows[:, -1]
+        exact = rows[:, :-1] @ u + rows[:, -1]
         return cand[top_k(exact, k)]
 
 

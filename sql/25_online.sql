@@ -1,20 +1,25 @@
--- Online learning (issue 5): the rating trigger moves the rater's vector.
+-- Online learning: the rating trigger moves the rater's vector.
 --
--- Settings (per database, role or session; empty = the default):
---   movrec.online_update     sgd (default): one gradient step on the user's vector, movie side fixed,
---                            done in SQL with pgvector arithmetic (no Python on the insert path);
---                            refit: the user's ridge regression solved exactly over their whole
---                            history, movie side fixed (fold-in), numpy in PL/Python.
---   movrec.online_lr, movrec.online_reg   sgd's step (0.05) and L2 (0.02); the step is capped at
---                            0.5 / (|m|^2 + 1) as scoring.sgd_step does.
---   movrec.refit_reg         refit's ridge weight (default 10), shrinking toward the champion's
---                            default vector (see plpython/movrec/online.py, ridge_fold_in).
---   movrec.backup_retention  archived vectors kept per user (default 20; 0 keeps them all), a
---                            ring buffer per user (see model.user_latent_attributes_backups).
+-- Settings (movrec.settings, one row that movrec_admin updates; session SETs are ignored,
+-- because this code runs as the owner):
+--   online_update     sgd (default): one gradient step on the user's vector, movie side fixed,
+--                     done in SQL with pgvector arithmetic (no Python on the insert path);
+--                     refit: the user's ridge regression solved exactly over their whole
+--                     history, movie side fixed (fold-in), numpy in PL/Python.
+--   online_lr, online_reg   sgd's step (0.05) and L2 (0.02); the step is capped at
+--                     0.5 / (|m|^2 + 1) as scoring.sgd_step does.
+--   refit_reg         refit's ridge weight (default 10), shrinking toward the champion's
+--                     default vector (plpython/movrec/online.py, ridge_fold_in).
+--   backup_retention  archived vectors kept per user (default 20; 0 keeps them all), a
+--                     ring buffer per user (model.user_latent_attributes_backups).
 --
 -- Concurrency: the user's row in model.user_latent_attributes is locked (FOR UPDATE)
 -- before it is read, so ratings by one user serialise and none is lost; updated_at
 -- is clock_timestamp(), so it increases in lock order.
+--
+-- Trigger functions here and in the other files are executable by nobody (attaching one to
+-- a table needs EXECUTE) and refuse to run on any table but their own: they are SECURITY
+-- DEFINER and write tables the application may not.
 
 CREATE OR REPLACE FUNCTION movrec._online_refit(user_id integer, model_id bigint) RETURNS real[]
 LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
@@ -48,22 +53,26 @@ DECLARE
     lr double precision;
     reg double precision;
     keep integer;
-    mode text := coalesce(nullif(current_setting('movrec.online_update', true), ''), 'sgd');
+    mode text;
 BEGIN
+    IF TG_RELID <> 'movrec.watch_events'::regclass
+       AND NOT (TG_TABLE_SCHEMA = 'movrec' AND TG_TABLE_NAME ~ '^watch_events_[0-9]+$') THEN
+        RAISE EXCEPTION 'movrec.on_rating() runs only as the trigger of movrec.watch_events, not on %.%',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF TG_OP = 'UPDATE' AND NEW.rating = OLD.rating THEN
         RETURN NULL;  -- the same rating again: nothing to learn
     END IF;
-    IF mode NOT IN ('sgd', 'refit') THEN
-        RAISE EXCEPTION 'movrec.online_update must be sgd or refit, got %', mode
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- The champion, its global mean and the movie's vector of that model, in one statement.
-    -- (Not the movie row's model_id alone: a cold-start job that raced a deploy can leave a
-    -- row of the previous model behind.)
-    SELECT d.model_id, r.global_mean, x.embedding, x.bias INTO champ, mu, m, b_m
+    -- The champion, its global mean, the movie's vector of that model and the settings, in one
+    -- statement.  (Not the movie row's model_id alone: a cold-start job that raced a deploy
+    -- can leave a row of the previous model behind.)
+    SELECT d.model_id, r.global_mean, x.embedding, x.bias, s.online_update, s.online_lr, s.online_reg,
+           s.backup_retention
+    INTO champ, mu, m, b_m, mode, lr, reg, keep
     FROM (SELECT model_id FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) d
     JOIN model.registry r USING (model_id)
-    JOIN model.movie_latent_attributes x ON x.movie_id = NEW.movie_id AND x.model_id = d.model_id;
+    JOIN model.movie_latent_attributes x ON x.movie_id = NEW.movie_id AND x.model_id = d.model_id
+    CROSS JOIN movrec.settings s;
     IF champ IS NULL THEN
         RETURN NULL;  -- nothing deployed, or a movie the champion has no vector for: just stored
     END IF;
@@ -92,8 +101,6 @@ BEGIN
         ELSE  -- a vector of an older model: start again from this model's default
             SELECT default_embedding::vector, default_bias INTO u, b_u FROM model.registry r WHERE r.model_id = champ;
         END IF;
-        lr := coalesce(nullif(current_setting('movrec.online_lr', true), '')::double precision, 0.05);
-        reg := coalesce(nullif(current_setting('movrec.online_reg', true), '')::double precision, 0.02);
         -- scoring.sgd_step: err = r - (mu + b_u + b_m + u.m); step = min(lr, 0.5 / (|m|^2 + 1))
         err := NEW.rating - (mu + b_u + b_m - (u OPERATOR(public.<#>) m));
         step := least(lr, 0.5 / (1.0 - (m OPERATOR(public.<#>) m)));
@@ -104,11 +111,6 @@ BEGIN
         new_b := b_u + step * (err - reg * b_u);
     END IF;
 
-    keep := coalesce(nullif(current_setting('movrec.backup_retention', true), '')::integer, 20);
-    IF keep < 0 THEN
-        RAISE EXCEPTION 'movrec.backup_retention must be 0 (keep all) or more, got %', keep
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     IF ring IS DISTINCT FROM keep THEN
         -- The user's ring was laid out for another retention (the setting changed, or a
         -- layout before the ring): keep the newest `keep`, renumber them for this size, once.
@@ -140,11 +142,32 @@ BEGIN
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION movrec.on_rating() IS
-    'Trigger: moves the rater''s vector (movrec.online_update: sgd = one gradient step in SQL, refit = ridge '
-    'fold-in over the user''s history); the old vector goes to the backups table (last movrec.backup_retention kept)';
+    'Trigger of movrec.watch_events only: moves the rater''s vector (movrec.settings.online_update: sgd = one gradient '
+    'step in SQL, refit = ridge fold-in over the user''s history); the old vector goes to the backups table (the last '
+    'movrec.settings.backup_retention kept)';
 
 CREATE OR REPLACE TRIGGER movrec_online_update
     AFTER INSERT OR UPDATE OF rating ON movrec.watch_events
     FOR EACH ROW EXECUTE FUNCTION movrec.on_rating();
 COMMENT ON TRIGGER movrec_online_update ON movrec.watch_events IS
     'Online learning: each rating moves the user''s vector (movrec.on_rating)';
+
+-- A re-rating is a new rating: it is stamped now and becomes live (an ETL rerun keeps live
+-- ratings), whoever wrote it and whatever rated_at the statement set.
+CREATE OR REPLACE FUNCTION movrec.on_rerating() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    IF NEW.rating IS DISTINCT FROM OLD.rating THEN
+        NEW.rated_at := now();
+        NEW.etl_run := NULL;
+    END IF;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION movrec.on_rerating() IS
+    'Trigger of movrec.watch_events: a changed rating gets rated_at = now() and etl_run = NULL (a live rating)';
+
+CREATE OR REPLACE TRIGGER movrec_rerating_stamp
+    BEFORE UPDATE OF rating ON movrec.watch_events
+    FOR EACH ROW EXECUTE FUNCTION movrec.on_rerating();
+COMMENT ON TRIGGER movrec_rerating_stamp ON movrec.watch_events IS
+    'Re-ratings are stamped now and live (movrec.on_rerating)';

@@ -83,3 +83,13 @@ def table_digest(conn: psycopg.Connection, table: str) -> tuple[int, str]:
     return conn.execute(
         f"SELECT count(*), coalesce(md5(string_agg(t::text, '|' ORDER BY t::text)), '') FROM {table} t"
     ).fetchone()
+
+
+def set_settings(conn: psycopg.Connection, **values: object) -> None:
+    """UPDATE movrec.settings: what privileged code reads (session SETs are ignored)."""
+    assignments = ", ".join(f"{name} = %s" for name in values)
+    conn.execute(f"UPDATE movrec.settings SET {assignments}", list(values.values()))
+
+
+def reset_settings(conn: psycopg.Connection) -> None:
+    conn.execute("DELETE FROM movrec.settings; INSERT INTO movrec.settings DEFAULT VALUES")

@@ -3,13 +3,25 @@
 from __future__ import annotations
 
 import threading
+from collections.abc import Iterator
 
 import numpy as np
 import psycopg
 import pytest
 from movrec.scoring import sgd_step
 
-from tests.conftest import connect
+from tests.conftest import connect, reset_settings, set_settings
+
+
+@pytest.fixture(autouse=True)
+def default_settings(trained: str) -> Iterator[None]:
+    """Settings are the database's: each test starts and ends with the defaults."""
+    with connect(trained) as c:
+        reset_settings(c)
+    yield
+    with connect(trained) as c:
+        reset_settings(c)
+
 
 VECTOR = "SELECT embedding::real[], bias FROM model.user_latent_attributes WHERE user_id = %s"
 BACKUPS = """SELECT embedding::real[], bias FROM model.user_latent_attributes_backups
@@ -79,8 +91,7 @@ def test_sgd_in_sql_matches_the_numpy_step(conn: psycopg.Connection) -> None:
 
 
 def test_refit_is_the_ridge_solution_and_moves_toward_the_rating(conn: psycopg.Connection) -> None:
-    conn.execute("SET movrec.online_update = 'refit'")
-    conn.execute("SET movrec.refit_reg = '0.7'")
+    set_settings(conn, online_update="refit", refit_reg=0.7)
     user = 777201  # new: starts from the default vector
     movie = unseen_movies(conn, user, 1)[0]
     mu, default, default_bias = champion(conn)
@@ -101,7 +112,7 @@ def test_refit_is_the_ridge_solution_and_moves_toward_the_rating(conn: psycopg.C
 
 
 def test_refit_rerating_is_consistent(conn: psycopg.Connection) -> None:
-    conn.execute("SET movrec.online_update = 'refit'")
+    set_settings(conn, online_update="refit")
     user = 33
     movie = unseen_movies(conn, user, 1)[0]
     rate(conn, user, movie, 1)
@@ -116,13 +127,12 @@ def test_refit_rerating_is_consistent(conn: psycopg.Connection) -> None:
 
 
 def test_unknown_mode_is_refused(conn: psycopg.Connection) -> None:
-    conn.execute("SET movrec.online_update = 'magic'")
-    with pytest.raises(psycopg.errors.InvalidParameterValue):
-        rate(conn, 34, unseen_movies(conn, 34, 1)[0], 3)
+    with pytest.raises(psycopg.errors.CheckViolation, match="online_update_is_sgd_or_refit"):
+        set_settings(conn, online_update="magic")
 
 
 def test_retention_keeps_the_last_n(conn: psycopg.Connection) -> None:
-    conn.execute("SET movrec.backup_retention = '3'")
+    set_settings(conn, backup_retention=3)
     user = 35
     before = []
     for movie, rating in zip(unseen_movies(conn, user, 6), (1, 5, 2, 4, 0.5, 3), strict=True):
@@ -132,7 +142,7 @@ def test_retention_keeps_the_last_n(conn: psycopg.Connection) -> None:
     assert len(kept) == 3
     for (e, b), (want_e, want_b) in zip(kept, before[-3:], strict=True):
         assert np.allclose(e, want_e) and b == pytest.approx(want_b)
-    conn.execute("SET movrec.backup_retention = '0'")  # 0: keep everything from now on
+    set_settings(conn, backup_retention=0)  # 0: keep everything from now on
     rate(conn, user, unseen_movies(conn, user, 1)[0], 4)
     assert len(conn.execute(BACKUPS, (user,)).fetchall()) == 4
 
@@ -144,7 +154,7 @@ def test_changing_retention_keeps_the_newest_archives(conn: psycopg.Connection) 
     states = []
 
     def rate_with(keep: int, n: int) -> None:
-        conn.execute("SELECT set_config('movrec.backup_retention', %s, false)", (str(keep),))
+        set_settings(conn, backup_retention=keep)
         for _ in range(n):
             states.append(conn.execute(VECTOR, (user,)).fetchone())
             rate(conn, user, next(movies), 4)
@@ -172,13 +182,14 @@ def test_changing_retention_keeps_the_newest_archives(conn: psycopg.Connection) 
 
 
 def _parallel_ratings(dsn: str, user: int, movies: list[int], mode: str) -> None:
+    with connect(dsn) as c:
+        set_settings(c, online_update=mode)
     barrier = threading.Barrier(len(movies))
     errors: list[BaseException] = []
 
     def one(movie: int) -> None:
         try:
             with connect(dsn) as c:
-                c.execute("SELECT set_config('movrec.online_update', %s, false)", (mode,))
                 barrier.wait()
                 with c.transaction():
                     rate(c, user, movie, 5.0 if movie % 2 else 1.0)

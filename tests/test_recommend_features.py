@@ -29,9 +29,8 @@ def dsn(new_database: Callable[[str], str]) -> str:
         schema.install(conn)
         load_demo(conn, n_users=200, seed=5)
         conn.execute("SELECT * FROM movrec.tokenize()")
-        conn.execute(
-            "SET movrec.train_threads = 4"
-        )  # all cores (the default) thrash on a shared CPU
+        # all cores (the default) thrash on a shared CPU
+        conn.execute("UPDATE movrec.settings SET train_threads = 4")
         conn.execute("""SELECT movrec.train('hybrid', '{"epochs": 5}')""")
     return dsn
 
@@ -327,7 +326,6 @@ def test_new_movie_gets_a_vector_and_is_recommended(db: psycopg.Connection) -> N
 def test_cache_follows_deploys(db: psycopg.Connection) -> None:
     hybrid = db.execute("SELECT model_id FROM model.champion").fetchone()[0]
     before = rows(db, "SELECT movie_id FROM recommend(4, 10)")
-    db.execute("SET movrec.train_threads = 4")
     mf = db.execute("""SELECT movrec.train('mf', '{"epochs": 5}', deploy => false)""").fetchone()[0]
     db.execute("SELECT movrec.deploy(%s)", (mf,))
     with_mf = rows(db, "SELECT movie_id, source FROM recommend(4, 10000)")

@@ -40,15 +40,23 @@ def threads() -> int:
 
 
 def train_threads() -> int:
-    """Threads for training: movrec.train_threads, default all cores (a batch job)."""
-    value = setting("movrec.train_threads")
+    """Threads for training: movrec.settings.train_threads, default all cores (a batch job)."""
+    value = settings()["train_threads"]
     return int(value) if value else (os.cpu_count() or 1)
 
 
-def setting(name: str, default: str | None = None) -> str | None:
-    rows = plpy.execute(f"SELECT current_setting('{name}', true) AS v")
-    value = rows[0]["v"]
-    return value if value not in (None, "") else default
+def settings() -> dict[str, Any]:
+    """The row of movrec.settings.  Privileged code reads what steers it from there, never
+    from a session's SET: a session could point code that runs as the owner anywhere."""
+    return dict(execute("SELECT * FROM movrec.settings")[0])
+
+
+def installed_venv() -> str | None:
+    """The venv pinned in movrec.installs (what movrec._activate() loaded)."""
+    rows = execute(
+        "SELECT venv FROM movrec.installs WHERE venv IS NOT NULL ORDER BY install_id DESC LIMIT 1"
+    )
+    return rows[0]["venv"] if rows else None
 
 
 def plan(sql: str, types: Sequence[str] = ()) -> Any:

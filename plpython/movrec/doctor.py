@@ -11,13 +11,13 @@ Row = tuple[str, bool, str, str | None]
 
 
 def _venv() -> Row:
-    venv = backend.setting("movrec.venv")
+    venv = backend.installed_venv()
     if not venv:
         return (
             "venv",
             False,
-            "movrec.venv is not set",
-            "movrec install (sets it), or ALTER DATABASE ... SET movrec.venv = '/path/.venv'",
+            "no venv is pinned in movrec.installs",
+            "movrec install (pins it), or as a superuser SELECT movrec.pin_venv('/path/.venv')",
         )
     readable = os.access(venv, os.R_OK | os.X_OK)
     return (
@@ -38,8 +38,9 @@ def _threads() -> Row:
     return (
         "threads",
         ok,
-        f"movrec.threads={backend.threads()} " + " ".join(f"{k}={v}" for k, v in env.items()),
-        None if ok else "SET movrec.threads before the first movrec call in a backend",
+        f"movrec.settings.threads={backend.threads()} "
+        + " ".join(f"{k}={v}" for k, v in env.items()),
+        None if ok else "UPDATE movrec.settings SET threads = ...; new backends use it",
     )
 
 
@@ -50,7 +51,7 @@ def _torch() -> list[Row]:
         return [
             ("torch", False, f"cannot import torch: {e}", "pip install torch==2.13.0 into the venv")
         ]
-    requested = backend.setting("movrec.device", "auto")
+    requested = backend.settings()["device"]
     cuda = torch.cuda.is_available()
     device = "cuda" if (requested == "cuda" or (requested == "auto" and cuda)) else "cpu"
     rows: list[Row] = [
@@ -61,8 +62,8 @@ def _torch() -> list[Row]:
         (
             "device",
             not (requested == "cuda" and not cuda),
-            f"movrec.device={requested} -> {device} ({detail})",
-            "SET movrec.device = 'cpu', or run on a host with a GPU"
+            f"movrec.settings.device={requested} -> {device} ({detail})",
+            "UPDATE movrec.settings SET device = 'auto', or run on a host with a GPU"
             if requested == "cuda" and not cuda
             else None,
         )

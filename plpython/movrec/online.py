@@ -25,7 +25,7 @@ DEFAULT_REFIT_REG = 10.0  # bench online (ml-latest-small): best RMSE of 0.3, 1,
 # each): no Python float per element.
 HISTORY_SQL = """
 SELECT r.global_mean, r.default_embedding, r.default_bias, h.n, h.ratings, h.bias, h.vectors,
-       current_setting('movrec.refit_reg', true) AS reg
+       (SELECT s.refit_reg FROM movrec.settings s) AS reg
 FROM model.registry r
 CROSS JOIN LATERAL (
     SELECT count(*) AS n, array_agg(w.rating ORDER BY w.movie_id) AS ratings,

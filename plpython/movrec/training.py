@@ -443,9 +443,12 @@ def train_from_sql(kind: str, options: str | None, deploy: bool) -> int:
     from movrec import registry
 
     try:
-        opts = TrainOptions.parse(json.loads(options) if options else {}, kind)
+        raw = json.loads(options) if options else {}
     except json.JSONDecodeError as e:
         raise InvalidArgument(f"options is not valid JSON: {e}") from None
+    if isinstance(raw, dict) and "device" not in raw:  # the database's default device
+        raw = {**raw, "device": backend.settings()["device"]}
+    opts = TrainOptions.parse(raw, kind)
     torch.set_num_threads(backend.train_threads())
     started = time.perf_counter()
     data, snapshot = read_ratings()

@@ -1,0 +1,57 @@
+-- Settings that steer privileged code: one row, typed and range-checked, changed only by
+-- movrec_admin (UPDATE movrec.settings SET ...).  SECURITY DEFINER functions and the rating
+-- trigger read them from here and never from a session's SET: anything a session can SET,
+-- an application could use to steer code that runs as the owner.
+-- movrec.min_predicted_rating stays a session setting: it only shapes the caller's own read.
+
+CREATE TABLE IF NOT EXISTS movrec.settings (
+    singleton        boolean PRIMARY KEY DEFAULT true CONSTRAINT settings_has_one_row CHECK (singleton),
+    threads          integer NOT NULL DEFAULT 1
+        CONSTRAINT threads_is_1_to_64 CHECK (threads BETWEEN 1 AND 64),
+    train_threads    integer
+        CONSTRAINT train_threads_is_1_to_256 CHECK (train_threads BETWEEN 1 AND 256),
+    device           text NOT NULL DEFAULT 'auto'
+        CONSTRAINT device_is_auto_cpu_or_cuda CHECK (device IN ('auto', 'cpu', 'cuda')),
+    online_update    text NOT NULL DEFAULT 'sgd'
+        CONSTRAINT online_update_is_sgd_or_refit CHECK (online_update IN ('sgd', 'refit')),
+    -- float8 NaN sorts above every number and 'Infinity' is a number: both fail these ranges
+    online_lr        float8 NOT NULL DEFAULT 0.05
+        CONSTRAINT online_lr_is_above_0_up_to_1 CHECK (online_lr > 0 AND online_lr <= 1),
+    online_reg       float8 NOT NULL DEFAULT 0.02
+        CONSTRAINT online_reg_is_0_to_10 CHECK (online_reg >= 0 AND online_reg <= 10),
+    refit_reg        float8 NOT NULL DEFAULT 10
+        CONSTRAINT refit_reg_is_above_0_up_to_1e6 CHECK (refit_reg > 0 AND refit_reg <= 1e6),
+    backup_retention integer NOT NULL DEFAULT 20
+        CONSTRAINT backup_retention_is_0_to_10000 CHECK (backup_retention BETWEEN 0 AND 10000),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    updated_by       text NOT NULL DEFAULT session_user
+);
+INSERT INTO movrec.settings DEFAULT VALUES ON CONFLICT (singleton) DO NOTHING;
+COMMENT ON TABLE movrec.settings IS
+    'What privileged code reads (one row): UPDATE movrec.settings SET online_lr = 0.1 as movrec_admin. '
+    'Session settings of the same names are ignored';
+COMMENT ON COLUMN movrec.settings.threads IS
+    'BLAS threads per backend, fixed when movrec first loads in a backend (more threads ran 7x slower under concurrency)';
+COMMENT ON COLUMN movrec.settings.train_threads IS 'torch threads for training in a backend; NULL: all cores';
+COMMENT ON COLUMN movrec.settings.device IS
+    'Default training device (auto: CUDA when torch sees one); a train option "device" overrides it';
+COMMENT ON COLUMN movrec.settings.online_update IS
+    'The rating trigger''s update: sgd = one gradient step in SQL; refit = ridge fold-in over the user''s history';
+COMMENT ON COLUMN movrec.settings.online_lr IS 'sgd''s learning rate; the step is capped at 0.5 / (|m|^2 + 1)';
+COMMENT ON COLUMN movrec.settings.online_reg IS 'sgd''s L2 weight on the user vector and bias';
+COMMENT ON COLUMN movrec.settings.refit_reg IS 'refit''s ridge weight, shrinking toward the champion''s default vector';
+COMMENT ON COLUMN movrec.settings.backup_retention IS
+    'Archived vectors kept per user in model.user_latent_attributes_backups (0: all)';
+
+-- Who changed what, whoever updates the row.
+CREATE OR REPLACE FUNCTION movrec._settings_stamp() RETURNS trigger
+LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+BEGIN
+    NEW.updated_at := now();
+    NEW.updated_by := session_user;
+    RETURN NEW;
+END $$;
+COMMENT ON FUNCTION movrec._settings_stamp() IS 'Trigger: stamps movrec.settings.updated_at and updated_by';
+CREATE OR REPLACE TRIGGER movrec_settings_stamp
+    BEFORE UPDATE ON movrec.settings FOR EACH ROW EXECUTE FUNCTION movrec._settings_stamp();
+COMMENT ON TRIGGER movrec_settings_stamp ON movrec.settings IS 'Records who changed the settings, and when';

@@ -12,14 +12,21 @@ PG_CONFIG ?= $(shell ls -d /usr/lib/postgresql/*/bin/pg_config 2>/dev/null | sor
 VENV = .venv
 PY = $(VENV)/bin/python
 
-.PHONY: all setup demo test lint extension
+.PHONY: all setup demo test lint extension FORCE
 all: extension
 
-# The extension script is the ordered sql/ files, built, never edited by hand.
+# The extension script is the ordered sql/ files, built, never edited by hand.  It pins the
+# venv that backends load movrec from (MOVREC_VENV, default this checkout's .venv): a file in
+# the server's share directory is something only root could change.
+MOVREC_VENV ?= $(realpath $(VENV))
 extension: $(DATA_built)
-$(SCRIPT): sql/*.sql
-	printf -- '-- Generated from sql/*.sql by `make extension`; do not edit.\n\\echo Use "CREATE EXTENSION movrec CASCADE" to load this file. \\quit\n' > $@
-	for f in sql/*.sql; do printf '\n-- %s\n' "$$f"; cat $$f; done >> $@
+$(SCRIPT): sql/*.sql pyproject.toml FORCE
+	@case '$(MOVREC_VENV)' in *"'"*) echo "MOVREC_VENV must not contain a quote" >&2; exit 1;; esac
+	printf -- '-- Generated from sql/*.sql by `make extension`; do not edit.\n\\echo Use "CREATE EXTENSION movrec CASCADE" to load this file. \\quit\n' > $@.tmp
+	for f in sql/*.sql; do printf '\n-- %s\n' "$$f"; cat $$f; done >> $@.tmp
+	printf "\n-- The venv backends load movrec from, pinned when this file was built.\nINSERT INTO movrec.installs (version, sql_sha256, venv) VALUES ('$(EXTVERSION)', 'extension', nullif('$(MOVREC_VENV)', ''));\n" >> $@.tmp
+	mv $@.tmp $@
+FORCE:
 $(CONTROL): $(CONTROL).in pyproject.toml
 	sed 's/@VERSION@/$(EXTVERSION)/' $< > $@
 

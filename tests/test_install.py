@@ -37,7 +37,10 @@ def test_install_twice_is_a_noop(installed: str) -> None:
 def test_install_records_version_and_settings(installed: str) -> None:
     with connect(installed) as conn:
         assert schema.installed_version(conn) == __version__
-        assert conn.execute("SHOW movrec.venv").fetchone()[0] == schema.default_venv()
+        pinned = conn.execute(
+            "SELECT venv FROM movrec.installs ORDER BY install_id DESC LIMIT 1"
+        ).fetchone()[0]
+        assert pinned == schema.default_venv()
         assert "movrec" in conn.execute("SHOW search_path").fetchone()[0]
         # unqualified, as a psql user types it
         assert conn.execute("SELECT count(*) FROM recommend(1)").fetchone()[0] == 0
@@ -122,7 +125,6 @@ def test_create_extension_cascade(new_database: Callable[[str], str]) -> None:
             pytest.skip("extension files not installed (make install)")
         assert available[0] == __version__
         conn.execute("CREATE EXTENSION movrec CASCADE")
-        conn.execute(f"SET movrec.venv = '{schema.default_venv()}'")
         assert conn.execute("SELECT count(*) FROM movrec.recommend(1)").fetchone()[0] == 0
         assert schema.installed_version(conn) == f"{__version__} (extension)"
         with pytest.raises(CliError, match="ALTER EXTENSION movrec UPDATE"):

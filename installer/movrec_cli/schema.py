@@ -70,12 +70,7 @@ def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:
         conn.execute("SET LOCAL client_min_messages = warning")  # no 'already exists' noise
         last = _last_install(conn)
         search_path = _db_setting(conn, "search_path")
-        if (
-            last == (__version__, sha, venv)
-            and _db_setting(conn, "movrec.venv") == venv
-            and search_path
-            and "movrec" in search_path
-        ):
+        if last == (__version__, sha, venv) and search_path and "movrec" in search_path:
             return InstallResult(
                 __version__, False, f"movrec {__version__} is installed; nothing to do"
             )
@@ -91,9 +86,10 @@ def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:
                 ) from None
         conn.execute(script)
         db = sql.Identifier(conn.info.dbname)
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} SET movrec.venv = {}").format(db, sql.Literal(venv))
-        )
+        # Releases before 0.2 kept the venv in a database setting; backends now read the
+        # row below (a setting is not dumped by pg_dump, and sessions could override it).
+        if _db_setting(conn, "movrec.venv") is not None:
+            conn.execute(sql.SQL("ALTER DATABASE {} RESET movrec.venv").format(db))
         if not search_path or "movrec" not in search_path:
             new_path = f"{search_path}, movrec" if search_path else '"$user", public, movrec'
             conn.execute(
@@ -101,10 +97,7 @@ def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:
             )
             search_path = new_path
         # ALTER DATABASE reaches new sessions only; this one gets the same now.
-        conn.execute(
-            "SELECT set_config('movrec.venv', %s, false), set_config('search_path', %s, false)",
-            (venv, search_path),
-        )
+        conn.execute("SELECT set_config('search_path', %s, false)", (search_path,))
         conn.execute(
             "INSERT INTO movrec.installs (version, sql_sha256, venv) VALUES (%s, %s, %s)",
             (__version__, sha, venv),
@@ -118,11 +111,6 @@ def uninstall(conn: psycopg.Connection, drop_data: bool = False) -> str:
         conn.execute("SET LOCAL client_min_messages = warning")
         if drop_data:
             conn.execute("DROP SCHEMA IF EXISTS movrec, model, staging, etl CASCADE")
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} RESET movrec.venv").format(
-                    sql.Identifier(conn.info.dbname)
-                )
-            )
             return "movrec removed with its data (schemas movrec, model, staging and etl dropped)"
         functions = conn.execute(
             """SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
@@ -130,9 +118,6 @@ def uninstall(conn: psycopg.Connection, drop_data: bool = False) -> str:
         ).fetchall()
         for (signature,) in functions:  # triggers go with their function (CASCADE)
             conn.execute(sql.SQL("DROP ROUTINE IF EXISTS {} CASCADE").format(sql.SQL(signature)))
-        conn.execute(
-            sql.SQL("ALTER DATABASE {} RESET movrec.venv").format(sql.Identifier(conn.info.dbname))
-        )
         if _last_install(conn) is not None:
             conn.execute(
                 "INSERT INTO movrec.installs (version, sql_sha256) VALUES ('-', 'uninstalled')"

@@ -53,6 +53,17 @@ COMMENT ON TABLE movrec.watch_events IS
     'Ratings, one row per user and movie (a re-rating updates the row: use movrec.rate() or INSERT .. ON CONFLICT). '
     'Each insert or re-rating updates the user''s vector through the trigger movrec_online_update.';
 CREATE INDEX IF NOT EXISTS watch_events_movie_id_idx ON movrec.watch_events (movie_id);
+-- A rating from the future would outlive every time-based split; a few minutes of clock skew
+-- between an application and the server is allowed.  NOT VALID: rows already stored are not
+-- rechecked (an upgrade never fails on old data), every new or changed row is.
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'movrec.watch_events'::regclass
+                   AND conname = 'rated_at_is_not_in_the_future') THEN
+        ALTER TABLE movrec.watch_events ADD CONSTRAINT rated_at_is_not_in_the_future
+            CHECK (rated_at <= now() + interval '5 minutes') NOT VALID;
+    END IF;
+END $$;
 
 -- What `movrec install` deployed; CREATE EXTENSION keeps its own record in pg_extension.
 CREATE TABLE IF NOT EXISTS movrec.installs (
@@ -61,6 +72,10 @@ CREATE TABLE IF NOT EXISTS movrec.installs (
     sql_sha256   text NOT NULL,
     venv         text,
     installed_at timestamptz NOT NULL DEFAULT now(),
-    installed_by text NOT NULL DEFAULT current_user
+    installed_by text NOT NULL DEFAULT session_user
 );
-COMMENT ON TABLE movrec.installs IS 'History of `movrec install`: version and checksum of the SQL applied';
+COMMENT ON TABLE movrec.installs IS
+    'History of `movrec install`: version and checksum of the SQL applied, and the venv backends load movrec from '
+    '(the newest row''s; only the owner may write here)';
+-- session_user, not current_user: inside SECURITY DEFINER code current_user is the owner.
+ALTER TABLE movrec.installs ALTER COLUMN installed_by SET DEFAULT session_user;

@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS model.registry (
     default_bias      real NOT NULL,
     duration_s        real,
     trained_at        timestamptz NOT NULL DEFAULT now(),
-    trained_by        text NOT NULL DEFAULT current_user
+    trained_by        text NOT NULL DEFAULT session_user
 );
 COMMENT ON TABLE model.registry IS 'Every trained model: kind, hyper-parameters, data snapshot, metrics and checkpoint';
 COMMENT ON COLUMN model.registry.checkpoint IS 'torch.save() bytes of the state_dict; loaded with weights_only=True';
@@ -28,7 +28,7 @@ CREATE TABLE IF NOT EXISTS model.deployments (
     deployment_id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     model_id      bigint REFERENCES model.registry (model_id),
     deployed_at   timestamptz NOT NULL DEFAULT clock_timestamp(),
-    deployed_by   text NOT NULL DEFAULT current_user,
+    deployed_by   text NOT NULL DEFAULT session_user,
     reason        text NOT NULL DEFAULT 'deploy'
 );
 COMMENT ON TABLE model.deployments IS
@@ -38,6 +38,12 @@ CREATE OR REPLACE VIEW model.champion AS
     SELECT d.model_id, r.kind, r.dim, r.metrics, d.deployed_at, d.deployment_id
     FROM (SELECT * FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) d
     JOIN model.registry r USING (model_id);
+-- Who asked, not the owner that SECURITY DEFINER code runs as.
+ALTER TABLE model.registry ALTER COLUMN trained_by SET DEFAULT session_user;
+ALTER TABLE model.deployments ALTER COLUMN deployed_by SET DEFAULT session_user;
+COMMENT ON COLUMN model.registry.trained_by IS 'The session user who trained it (session_user)';
+COMMENT ON COLUMN model.deployments.deployed_by IS 'The session user who deployed it (session_user)';
+
 COMMENT ON VIEW model.champion IS 'The model that recommend(), predict() and the rating trigger use';
 
 CREATE TABLE IF NOT EXISTS model.movie_latent_attributes (

@@ -131,7 +131,7 @@ COMMENT ON FUNCTION movrec._etl_drop(text) IS 'Drops an ETL work table if it exi
 -- Stage 1: clean links.  Drops rows without a movieId or tmdbId, duplicate
 -- movieIds, and a tmdbId claimed by two movies (the lower movieId keeps it).
 CREATE OR REPLACE PROCEDURE movrec.etl_clean_links(INOUT run bigint DEFAULT NULL)
-LANGUAGE plpgsql SET search_path = movrec, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
     n_in bigint; n_null bigint; n_dup_movie bigint; n_dup_tmdb bigint; n_out bigint;
@@ -158,7 +158,7 @@ COMMENT ON PROCEDURE movrec.etl_clean_links(bigint) IS
 -- Stage 2: cross-filter.  Every rating's movie exists in movies, links and
 -- TMDB (when TMDB data is loaded, or require_tmdb says so); every movie has ratings.
 CREATE OR REPLACE PROCEDURE movrec.etl_cross_filter(INOUT run bigint DEFAULT NULL, require_tmdb boolean DEFAULT NULL)
-LANGUAGE plpgsql SET search_path = movrec, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
     n_in bigint; n_dup bigint; n_no_movie bigint; n_no_link bigint; n_no_tmdb bigint; n_out bigint;
@@ -234,7 +234,7 @@ COMMENT ON PROCEDURE movrec.etl_cross_filter(bigint, boolean) IS
 -- Stage 3: prune rare movies, then tiny profiles; assign compact ids.
 CREATE OR REPLACE PROCEDURE movrec.etl_prune_remap(
     INOUT run bigint DEFAULT NULL, min_movie_ratings integer DEFAULT 5, min_user_ratings integer DEFAULT 5)
-LANGUAGE plpgsql SET search_path = movrec, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
     n_in bigint; n_rare bigint; n_tiny bigint; n_out bigint; m_in bigint; m_out bigint;
@@ -302,7 +302,7 @@ COMMENT ON PROCEDURE movrec.etl_prune_remap(bigint, integer, integer) IS
 
 -- Stage 4: drop super-raters and the movie columns no model uses.
 CREATE OR REPLACE PROCEDURE movrec.etl_drop_super_raters(INOUT run bigint DEFAULT NULL, max_user_ratings integer DEFAULT 600)
-LANGUAGE plpgsql SET search_path = movrec, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
     n_in bigint; n_out bigint; n_users bigint;
@@ -336,7 +336,7 @@ COMMENT ON PROCEDURE movrec.etl_drop_super_raters(bigint, integer) IS
 -- Publish: swap etl.movies4 / etl.ratings4 into movies / watch_events in the
 -- caller's transaction, so readers see the old data or the new, never a mix.
 CREATE OR REPLACE PROCEDURE movrec.etl_publish(INOUT run bigint DEFAULT NULL)
-LANGUAGE plpgsql SET search_path = movrec, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
     first_run boolean := NOT EXISTS (SELECT FROM movrec.watch_events WHERE etl_run IS NOT NULL)
@@ -401,7 +401,7 @@ COMMENT ON PROCEDURE movrec.etl_publish(bigint) IS
 CREATE OR REPLACE PROCEDURE movrec.etl(
     INOUT run bigint DEFAULT NULL, min_movie_ratings integer DEFAULT 5, min_user_ratings integer DEFAULT 5,
     max_user_ratings integer DEFAULT 600, require_tmdb boolean DEFAULT NULL)
-LANGUAGE plpgsql SET search_path = movrec, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 BEGIN
     run := coalesce(run, nextval('movrec.etl_run_seq'));
     CALL movrec.etl_clean_links(run);

@@ -52,47 +52,31 @@ CREATE OR REPLACE FUNCTION movrec.cf_on_ratings_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
 DECLARE
     n_changed bigint := 0;
+    users integer[];
+    dn integer[];
+    ds float8[];
+    dss float8[];
 BEGIN
-    -- Each branch: per-user deltas (+ for ratings added, - for ratings removed) ->
-    -- upsert of the statistics -> the users, once each, into the queue (the queue CTE
-    -- runs after the statistics are written and locked).  A statement can name only
-    -- the transition tables its trigger declares, hence three copies.
+    IF TG_RELID <> 'movrec.watch_events'::regclass
+       AND NOT (TG_TABLE_SCHEMA = 'movrec' AND TG_TABLE_NAME ~ '^watch_events_[0-9]+$') THEN
+        RAISE EXCEPTION 'movrec.cf_on_ratings_changed() runs only as a trigger of movrec.watch_events, not on %.%',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    -- Each event gives per-user deltas (+ for ratings added, - for ratings removed), in user
+    -- order; one statement below applies them.  A statement can name only the transition
+    -- tables its trigger declares, so the deltas are gathered per event.
     IF TG_OP = 'INSERT' THEN
-        WITH per_user AS (
-            SELECT user_id, count(*)::integer AS dn, sum(rating::float8) AS ds, sum(rating::float8 ^ 2) AS dss
-            FROM movrec_cf_new GROUP BY user_id
-        ), stats AS (
-            INSERT INTO model.user_rating_stats AS s
-                (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
-            SELECT user_id, dn, ds, dss, 1, pg_current_xact_id(), now() FROM per_user ORDER BY user_id
-            ON CONFLICT (user_id) DO UPDATE
-            SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
-                sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
-                changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
-            RETURNING s.user_id
-        ), queued AS (
-            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
-            ON CONFLICT (user_id) DO NOTHING
-        )
-        SELECT count(*) INTO n_changed FROM stats;
+        SELECT array_agg(user_id ORDER BY user_id), array_agg(n ORDER BY user_id), array_agg(s1 ORDER BY user_id),
+               array_agg(s2 ORDER BY user_id)
+        INTO users, dn, ds, dss
+        FROM (SELECT user_id, count(*)::integer AS n, sum(rating::float8) AS s1, sum(rating::float8 ^ 2) AS s2
+              FROM movrec_cf_new GROUP BY user_id) per_user;
     ELSIF TG_OP = 'DELETE' THEN
-        WITH per_user AS (
-            SELECT user_id, -count(*)::integer AS dn, -sum(rating::float8) AS ds, -sum(rating::float8 ^ 2) AS dss
-            FROM movrec_cf_old GROUP BY user_id
-        ), stats AS (
-            INSERT INTO model.user_rating_stats AS s
-                (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
-            SELECT user_id, dn, ds, dss, 1, pg_current_xact_id(), now() FROM per_user ORDER BY user_id
-            ON CONFLICT (user_id) DO UPDATE
-            SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
-                sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
-                changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
-            RETURNING s.user_id
-        ), queued AS (
-            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
-            ON CONFLICT (user_id) DO NOTHING
-        )
-        SELECT count(*) INTO n_changed FROM stats;
+        SELECT array_agg(user_id ORDER BY user_id), array_agg(n ORDER BY user_id), array_agg(s1 ORDER BY user_id),
+               array_agg(s2 ORDER BY user_id)
+        INTO users, dn, ds, dss
+        FROM (SELECT user_id, -count(*)::integer AS n, -sum(rating::float8) AS s1, -sum(rating::float8 ^ 2) AS s2
+              FROM movrec_cf_old GROUP BY user_id) per_user;
     ELSIF TG_OP = 'UPDATE' THEN
         -- INSERT .. ON CONFLICT DO UPDATE fires this trigger even when it only inserted: an
         -- empty statement leaves before the set operations below are run
@@ -101,44 +85,45 @@ BEGIN
         END IF;
         -- only rows whose (user, movie, rating) changed: a re-rating with the same value
         -- (or a new rated_at) changes nothing here
-        WITH delta AS (
-            SELECT user_id, 1 AS sign, rating::float8 AS rating
-            FROM (SELECT user_id, movie_id, rating FROM movrec_cf_new
-                  EXCEPT ALL SELECT user_id, movie_id, rating FROM movrec_cf_old) added
-            UNION ALL
-            SELECT user_id, -1, rating::float8
-            FROM (SELECT user_id, movie_id, rating FROM movrec_cf_old
-                  EXCEPT ALL SELECT user_id, movie_id, rating FROM movrec_cf_new) removed
-        ), per_user AS (
-            SELECT user_id, sum(sign)::integer AS dn, sum(sign * rating) AS ds, sum(sign * rating ^ 2) AS dss
-            FROM delta GROUP BY user_id
-        ), stats AS (
-            INSERT INTO model.user_rating_stats AS s
-                (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
-            SELECT user_id, dn, ds, dss, 1, pg_current_xact_id(), now() FROM per_user ORDER BY user_id
-            ON CONFLICT (user_id) DO UPDATE
-            SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
-                sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
-                changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
-            RETURNING s.user_id
-        ), queued AS (
-            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
-            ON CONFLICT (user_id) DO NOTHING
-        )
-        SELECT count(*) INTO n_changed FROM stats;
+        SELECT array_agg(user_id ORDER BY user_id), array_agg(n ORDER BY user_id), array_agg(s1 ORDER BY user_id),
+               array_agg(s2 ORDER BY user_id)
+        INTO users, dn, ds, dss
+        FROM (SELECT user_id, sum(sign)::integer AS n, sum(sign * rating) AS s1, sum(sign * rating ^ 2) AS s2
+              FROM (SELECT user_id, 1 AS sign, rating::float8 AS rating
+                    FROM (SELECT user_id, movie_id, rating FROM movrec_cf_new
+                          EXCEPT ALL SELECT user_id, movie_id, rating FROM movrec_cf_old) added
+                    UNION ALL
+                    SELECT user_id, -1, rating::float8
+                    FROM (SELECT user_id, movie_id, rating FROM movrec_cf_old
+                          EXCEPT ALL SELECT user_id, movie_id, rating FROM movrec_cf_new) removed) delta
+              GROUP BY user_id) per_user;
     ELSIF TG_OP = 'TRUNCATE' THEN
-        WITH emptied AS (
-            UPDATE model.user_rating_stats
-            SET n_ratings = 0, sum_ratings = 0, sum_squares = 0, n_changes = n_changes + 1,
-                changed_xid = pg_current_xact_id(), updated_at = now()
-            WHERE n_ratings <> 0
-            RETURNING user_id
-        ), queued AS (
-            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM emptied ORDER BY user_id
-            ON CONFLICT (user_id) DO NOTHING
-        )
-        SELECT count(*) INTO n_changed FROM emptied;
+        -- every user who had ratings goes back to zero
+        SELECT array_agg(user_id ORDER BY user_id), array_agg(-n_ratings ORDER BY user_id),
+               array_agg(-sum_ratings ORDER BY user_id), array_agg(-sum_squares ORDER BY user_id)
+        INTO users, dn, ds, dss
+        FROM model.user_rating_stats WHERE n_ratings <> 0;
     END IF;
+    IF users IS NULL THEN
+        RETURN NULL;
+    END IF;
+    -- upsert of the statistics, then the users, once each, into the queue (the queue CTE runs
+    -- after the statistics are written and locked, in user order: see cf/queue.py)
+    WITH stats AS (
+        INSERT INTO model.user_rating_stats AS s
+            (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
+        SELECT d.user_id, d.dn, d.ds, d.dss, 1, pg_current_xact_id(), now()
+        FROM unnest(users, dn, ds, dss) AS d (user_id, dn, ds, dss) ORDER BY d.user_id
+        ON CONFLICT (user_id) DO UPDATE
+        SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
+            sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
+            changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
+        RETURNING s.user_id
+    ), queued AS (
+        INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
+        ON CONFLICT (user_id) DO NOTHING
+    )
+    SELECT count(*) INTO n_changed FROM stats;
     -- also when the user's job was already queued: a worker may have kept that job
     -- because this transaction was in flight, and should look again once it commits
     IF n_changed > 0 THEN
@@ -349,28 +334,3 @@ BEGIN
     RETURN cron.unschedule('movrec-cf-drain');
 END $$;
 COMMENT ON FUNCTION movrec.cf_unschedule() IS 'Removes the pg_cron job movrec-cf-drain; false when there was none';
-
--- Privileges (90_grants.sql runs after this file and creates the roles too; they are
--- created here as well so that this file works on its own on a fresh database).
-DO $$
-BEGIN
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'movrec_user') THEN
-        CREATE ROLE movrec_user NOLOGIN;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'movrec_admin') THEN
-        CREATE ROLE movrec_admin NOLOGIN IN ROLE movrec_user;
-    END IF;
-END $$;
-REVOKE ALL ON FUNCTION movrec.cf_on_ratings_changed(), movrec.cf_rebuild_stats(),
-    movrec._user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean),
-    movrec.user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean),
-    movrec.cf_drain(integer), movrec.cf_schedule(text, integer), movrec.cf_unschedule(), movrec.cf_cache_info()
-    FROM PUBLIC;
-REVOKE ALL ON model.user_rating_stats, model.cf_queue FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION movrec.cf_on_ratings_changed(),
-    movrec._user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean),
-    movrec.user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean)
-    TO movrec_user;
-GRANT EXECUTE ON FUNCTION movrec.cf_drain(integer), movrec.cf_rebuild_stats(), movrec.cf_schedule(text, integer),
-    movrec.cf_unschedule(), movrec.cf_cache_info() TO movrec_admin;
-GRANT SELECT ON model.user_rating_stats, model.cf_queue TO movrec_admin;

@@ -52,6 +52,10 @@ COMMENT ON FUNCTION movrec.refresh_movie_stats() IS
 CREATE OR REPLACE FUNCTION movrec.serving_on_deploy() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 BEGIN
+    IF TG_RELID <> 'model.deployments'::regclass THEN
+        RAISE EXCEPTION 'movrec.serving_on_deploy() runs only as the trigger of model.deployments, not on %.%',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
+    END IF;
     -- deploy republished model.movie_latent_attributes from the checkpoint: add back the
     -- movies embedded for this champion after it was trained (a rollback to it keeps them)
     INSERT INTO model.movie_latent_attributes (movie_id, embedding, bias, model_id)
@@ -182,6 +186,11 @@ CREATE INDEX IF NOT EXISTS refresh_queue_enqueued_at_idx ON model.refresh_queue 
 CREATE OR REPLACE FUNCTION movrec.refresh_on_ratings_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
 BEGIN
+    IF TG_RELID <> 'movrec.watch_events'::regclass
+       AND NOT (TG_TABLE_SCHEMA = 'movrec' AND TG_TABLE_NAME ~ '^watch_events_[0-9]+$') THEN
+        RAISE EXCEPTION 'movrec.refresh_on_ratings_changed() runs only as a trigger of movrec.watch_events, not on %.%',
+            TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
+    END IF;
     IF TG_OP = 'UPDATE' AND NOT EXISTS (SELECT FROM movrec_refresh_new) THEN
         RETURN NULL;  -- the update half of an INSERT .. ON CONFLICT that only inserted
     END IF;

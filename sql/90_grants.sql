@@ -1,5 +1,16 @@
--- Privileges: nothing for PUBLIC.  Grant movrec_user to applications that
--- recommend and rate, movrec_admin to those that train and deploy.
+-- Roles and privileges: the one place where they are created and granted.
+--
+--   movrec_user   the application: recommend, predict, similar_movies, explain, user_to_user,
+--                 rate (or INSERT a rating; UPDATE only its rating), read the catalogue
+--   movrec_admin  jobs: train, deploy, rollback, evaluate, ETL, tokenize, refresh, CF, settings
+--                 (a member of movrec_user)
+--   the owner     install and upgrade (a superuser: plpython3u is an untrusted language)
+--
+-- Nothing for PUBLIC.  Implementation functions (_recommend, _deploy, ...) and trigger
+-- functions are executable by nobody but the owner: the front doors call them as the owner,
+-- and a trigger fires whatever the rights of the role whose statement fired it.
+-- Roles are cluster-wide: a member of movrec_user is the application in every movrec
+-- database of the cluster that it may CONNECT to (README: Roles).
 DO $$
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'movrec_user') THEN
@@ -10,26 +21,53 @@ BEGIN
     END IF;
 END $$;
 
-REVOKE ALL ON ALL FUNCTIONS IN SCHEMA movrec FROM PUBLIC;
-REVOKE ALL ON ALL PROCEDURES IN SCHEMA movrec FROM PUBLIC;
+-- Start from nothing on every install and upgrade, so a privilege dropped here is dropped
+-- from databases installed before.
+REVOKE ALL ON ALL FUNCTIONS IN SCHEMA movrec, model FROM PUBLIC, movrec_user, movrec_admin;
+REVOKE ALL ON ALL PROCEDURES IN SCHEMA movrec, model FROM PUBLIC, movrec_user, movrec_admin;
+REVOKE ALL ON ALL TABLES IN SCHEMA movrec, model, staging, etl FROM PUBLIC, movrec_user, movrec_admin;
+REVOKE ALL ON ALL SEQUENCES IN SCHEMA movrec, model, staging, etl FROM PUBLIC, movrec_user, movrec_admin;
+REVOKE ALL ON SCHEMA movrec, model, staging, etl FROM PUBLIC;
+
+-- The application ---------------------------------------------------------------------
 GRANT USAGE ON SCHEMA movrec, model TO movrec_user;
-GRANT SELECT ON movrec.movies, model.champion, model.model_recommendation, model.user_recommendation TO movrec_user;
-GRANT SELECT, INSERT, UPDATE ON movrec.watch_events TO movrec_user;
-GRANT EXECUTE ON FUNCTION movrec._activate(), movrec.recommend(integer, integer, text[], integer, integer),
-    movrec._recommend(integer, integer, text[], integer, integer),
-    movrec.predict(integer, integer), movrec._predict(integer, integer),
-    movrec.rate(integer, integer, real), movrec.on_rating() TO movrec_user;
-GRANT EXECUTE ON FUNCTION movrec.train(text, jsonb, boolean), movrec.deploy(bigint), movrec._deploy(bigint), movrec.doctor(),
-    movrec.rollback(), movrec.deploy_best(text), movrec.evaluate(bigint, regclass) TO movrec_admin;
-GRANT EXECUTE ON FUNCTION movrec.predict(integer[], integer[]), movrec._predict_many(integer[], integer[]) TO movrec_user;
-GRANT SELECT ON ALL TABLES IN SCHEMA model TO movrec_admin;
-GRANT EXECUTE ON FUNCTION movrec.tokenize(jsonb), movrec.detokenize(integer, text) TO movrec_admin;
-GRANT EXECUTE ON PROCEDURE movrec.etl(bigint, integer, integer, integer, boolean), movrec.etl_clean_links(bigint),
+GRANT SELECT ON movrec.movies, model.champion, model.model_recommendation, model.user_recommendation
+    TO movrec_user;
+-- Ratings: an application writes who rated what and how, never the ETL bookkeeping or, on a
+-- re-rating, the ids (movrec.on_rerating stamps rated_at and makes the row live).
+GRANT SELECT, INSERT (user_id, movie_id, rating, rated_at), UPDATE (rating) ON movrec.watch_events TO movrec_user;
+GRANT EXECUTE ON FUNCTION
+    movrec.recommend(integer, integer, text[], integer, integer),
+    movrec.predict(integer, integer), movrec.predict(integer[], integer[]),
+    movrec.rate(integer, integer, real),
+    movrec.similar_movies(integer, integer), movrec.explain(integer, integer, integer),
+    movrec.user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean)
+    TO movrec_user;
+
+-- Jobs ----------------------------------------------------------------------------------
+GRANT USAGE ON SCHEMA staging, etl TO movrec_admin;
+GRANT EXECUTE ON FUNCTION
+    movrec.train(text, jsonb, boolean), movrec.deploy(bigint), movrec.rollback(), movrec.deploy_best(text),
+    movrec.evaluate(bigint, regclass), movrec.doctor(),
+    movrec.tokenize(jsonb), movrec.detokenize(integer, text),
+    movrec.refresh_recommendations(integer), movrec.refresh_recommendations_batch(integer[]),
+    movrec.serving_drain(integer), movrec.embed_new_movies(integer), movrec.refresh_movie_stats(),
+    movrec.cf_drain(integer), movrec.cf_rebuild_stats(), movrec.cf_schedule(text, integer),
+    movrec.cf_unschedule(), movrec.cf_cache_info()
+    TO movrec_admin;
+GRANT EXECUTE ON PROCEDURE
+    movrec.etl(bigint, integer, integer, integer, boolean), movrec.etl_clean_links(bigint),
     movrec.etl_cross_filter(bigint, boolean), movrec.etl_prune_remap(bigint, integer, integer),
-    movrec.etl_drop_super_raters(bigint, integer), movrec.etl_publish(bigint) TO movrec_admin;
--- serving (60_serving.sql)
-GRANT EXECUTE ON FUNCTION movrec.similar_movies(integer, integer), movrec.explain(integer, integer, integer),
-    movrec._explain(integer, integer, integer), movrec.refresh_on_ratings_changed() TO movrec_user;
-GRANT EXECUTE ON FUNCTION movrec.refresh_recommendations(integer), movrec.refresh_recommendations_batch(integer[]),
-    movrec.serving_drain(integer), movrec._serving_drain(integer), movrec.embed_new_movies(integer),
-    movrec.refresh_movie_stats(), movrec.serving_on_deploy() TO movrec_admin;
+    movrec.etl_drop_super_raters(bigint, integer), movrec.etl_publish(bigint)
+    TO movrec_admin;
+GRANT SELECT ON ALL TABLES IN SCHEMA model TO movrec_admin;
+GRANT SELECT ON movrec.vocab, movrec.movie_tokens, movrec.movie_ids, movrec.user_ids, movrec.etl_runs,
+    movrec.loads, movrec.quarantine, movrec.installs, movrec.settings, movrec.watch_events_archive
+    TO movrec_admin;
+-- File loads (`movrec load`) fill staging and record the load and its quarantined rows.
+GRANT SELECT, INSERT, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA staging TO movrec_admin;
+GRANT INSERT, DELETE ON movrec.loads, movrec.quarantine TO movrec_admin;
+GRANT USAGE ON ALL SEQUENCES IN SCHEMA movrec TO movrec_admin;
+-- Settings: the values, not the bookkeeping (movrec_settings_stamp writes that).
+GRANT UPDATE (threads, train_threads, device, online_update, online_lr, online_reg, refit_reg, backup_retention)
+    ON movrec.settings TO movrec_admin;

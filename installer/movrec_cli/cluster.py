@@ -44,6 +44,21 @@ logging_collector = off
 """
 
 
+# Local connections authenticate by peer: the server's OS user and root (who can read the
+# data directory anyway) are the superuser; every other role logs in with a password.
+# The socket directory is 0700, so no other OS user reaches the socket at all.
+HBA_CONF = """# movrec embedded cluster (rewritten by `movrec db up`)
+local   all   {superuser}   peer map=movrec
+local   all   all           scram-sha-256
+host    all   all   127.0.0.1/32   scram-sha-256
+host    all   all   ::1/128        scram-sha-256
+"""
+IDENT_CONF = """# movrec embedded cluster (rewritten by `movrec db up`): OS user -> database user
+movrec   {server_user}   {superuser}
+movrec   root            {superuser}
+"""
+
+
 def bindir() -> Path:
     """Newest PostgreSQL server binaries (MOVREC_PG_BINDIR overrides)."""
     if env := os.environ.get("MOVREC_PG_BINDIR"):
@@ -146,7 +161,7 @@ class Cluster:
             "-E",
             "UTF8",
             "--locale=C.UTF-8",
-            "--auth-local=trust",
+            "--auth-local=peer",
             "--auth-host=scram-sha-256",
             capture=True,
         )
@@ -155,7 +170,26 @@ class Cluster:
         conf = SERVER_CONF.format(port=self.port, socket_dir=self.socket_dir, database=DATABASE)
         with open(self.data / "postgresql.auto.conf", "a", encoding="utf-8") as f:
             f.write(conf)
+        self.secure()
         return True
+
+    def secure(self) -> None:
+        """Peer authentication and a 0700 socket directory; also mends a cluster that an
+        older movrec made with trust for every local OS user."""
+        server_user = pwd.getpwuid(self.data.stat().st_uid).pw_name
+        files = {
+            "pg_hba.conf": HBA_CONF.format(superuser=SUPERUSER),
+            "pg_ident.conf": IDENT_CONF.format(server_user=server_user, superuser=SUPERUSER),
+        }
+        for name, text in files.items():
+            path = self.data / name
+            if not path.exists() or path.read_text(encoding="utf-8") != text:
+                path.write_text(text, encoding="utf-8")
+                self._chown(path)
+                path.chmod(0o600)
+        self.socket_dir.mkdir(parents=True, exist_ok=True)
+        self._chown(self.socket_dir)
+        self.socket_dir.chmod(0o700)
 
     def running(self) -> bool:
         if not self.initialized():
@@ -170,6 +204,7 @@ class Cluster:
     def start(self) -> None:
         if self.running():
             return
+        self.secure()
         if not self.logfile.exists():
             self.logfile.touch()
             self._chown(self.logfile)

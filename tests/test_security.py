@@ -11,6 +11,7 @@ import os
 import stat
 import subprocess
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -419,3 +420,26 @@ def test_roles_have_what_the_readme_says(trained: str) -> None:
                       OR has_function_privilege('movrec_admin', p.oid, 'EXECUTE'))"""
         ).fetchall()
         assert nobody == []
+
+
+def test_pg_cron_jobs_still_connect(cluster: Cluster) -> None:
+    """pg_cron runs a job through a libpq connection as the job's owner: peer, mapped."""
+    from movrec_cli import schema
+
+    with psycopg.connect(cluster.dsn("movrec"), autocommit=True) as conn:  # cron.database_name
+        schema.install(conn)
+        job = conn.execute("SELECT movrec.cf_schedule('* * * * *', 10)").fetchone()[0]
+        try:
+            deadline = time.monotonic() + 75  # the first run is at the next minute
+            status = None
+            while time.monotonic() < deadline and status is None:
+                time.sleep(1)
+                row = conn.execute(
+                    "SELECT status, return_message FROM cron.job_run_details WHERE jobid = %s "
+                    "AND status IN ('succeeded', 'failed') ORDER BY runid DESC LIMIT 1",
+                    (job,),
+                ).fetchone()
+                status = row and row[0]
+            assert row is not None and row[0] == "succeeded", row
+        finally:
+            conn.execute("SELECT movrec.cf_unschedule()")

@@ -3,10 +3,14 @@
 # PostgreSQL's share dir so that `CREATE EXTENSION movrec CASCADE` works.
 
 EXTENSION_NAME = movrec
-EXTVERSION = $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# The version lives in one place, the movrec package (pyproject.toml reads it from there too).
+EXTVERSION = $(shell sed -n 's/^__version__ = "\(.*\)"/\1/p' plpython/movrec/__init__.py)
 SCRIPT = extension/$(EXTENSION_NAME)--$(EXTVERSION).sql
 CONTROL = extension/$(EXTENSION_NAME).control
-DATA_built = $(CONTROL) $(SCRIPT)
+# One upgrade script per older release, from it straight to this one (sql/upgrade/ has the steps).
+OLD_VERSIONS = $(patsubst sql/upgrade/movrec--%.sql,%,$(wildcard sql/upgrade/movrec--*.sql))
+UPGRADES = $(foreach step,$(OLD_VERSIONS),extension/movrec--$(firstword $(subst --, ,$(step)))--$(EXTVERSION).sql)
+DATA_built = $(CONTROL) $(SCRIPT) $(UPGRADES)
 MODULEDIR = extension
 PG_CONFIG ?= $(shell ls -d /usr/lib/postgresql/*/bin/pg_config 2>/dev/null | sort -V | tail -1)
 VENV = .venv
@@ -15,19 +19,16 @@ PY = $(VENV)/bin/python
 .PHONY: all setup demo test lint extension FORCE
 all: extension
 
-# The extension script is the ordered sql/ files, built, never edited by hand.  It pins the
-# venv that backends load movrec from (MOVREC_VENV, default this checkout's .venv): a file in
-# the server's share directory is something only root could change.
+# The extension scripts are built from sql/, never edited by hand
+# (installer/movrec_cli/sqlfiles.py: the same text `movrec install` runs).  They pin the venv
+# that backends load movrec from (MOVREC_VENV, default this checkout's .venv): a file in the
+# server's share directory is something only root could change.
 MOVREC_VENV ?= $(realpath $(VENV))
 extension: $(DATA_built)
-$(SCRIPT): sql/*.sql pyproject.toml FORCE
-	@case '$(MOVREC_VENV)' in *"'"*) echo "MOVREC_VENV must not contain a quote" >&2; exit 1;; esac
-	printf -- '-- Generated from sql/*.sql by `make extension`; do not edit.\n\\echo Use "CREATE EXTENSION movrec CASCADE" to load this file. \\quit\n' > $@.tmp
-	for f in sql/*.sql; do printf '\n-- %s\n' "$$f"; cat $$f; done >> $@.tmp
-	printf "\n-- The venv backends load movrec from, pinned when this file was built.\nINSERT INTO movrec.installs (version, sql_sha256, venv) VALUES ('$(EXTVERSION)', 'extension', nullif('$(MOVREC_VENV)', ''));\n" >> $@.tmp
-	mv $@.tmp $@
+$(SCRIPT) $(UPGRADES) &: sql/*.sql sql/upgrade/*.sql installer/movrec_cli/sqlfiles.py FORCE
+	python3 installer/movrec_cli/sqlfiles.py extension $(EXTVERSION) '$(MOVREC_VENV)' . >/dev/null
 FORCE:
-$(CONTROL): $(CONTROL).in pyproject.toml
+$(CONTROL): $(CONTROL).in plpython/movrec/__init__.py
 	sed 's/@VERSION@/$(EXTVERSION)/' $< > $@
 
 setup:

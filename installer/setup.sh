@@ -100,6 +100,6 @@ fi
 chmod -R a+rX "$VENV" 2>/dev/null || true
 
 # 4. The extension files, so that a DBA can also CREATE EXTENSION movrec CASCADE.
-step "extension: make install (movrec.control, movrec--$(sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml).sql)"
+step "extension: make install (movrec.control, movrec--$(sed -n 's/^__version__ = "\(.*\)"/\1/p' plpython/movrec/__init__.py).sql and its upgrade scripts)"
 $SUDO make -s install PG_CONFIG="$PG_CONFIG" >/dev/null
 step "setup done: $("$VENV/bin/python" -c 'import torch, numpy; print(f"torch {torch.__version__}, numpy {numpy.__version__}")')"

@@ -77,5 +77,3 @@ CREATE TABLE IF NOT EXISTS movrec.installs (
 COMMENT ON TABLE movrec.installs IS
     'History of `movrec install`: version and checksum of the SQL applied, and the venv backends load movrec from '
     '(the newest row''s; only the owner may write here)';
--- session_user, not current_user: inside SECURITY DEFINER code current_user is the owner.
-ALTER TABLE movrec.installs ALTER COLUMN installed_by SET DEFAULT session_user;

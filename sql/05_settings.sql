@@ -26,7 +26,7 @@ CREATE TABLE IF NOT EXISTS movrec.settings (
     updated_at       timestamptz NOT NULL DEFAULT now(),
     updated_by       text NOT NULL DEFAULT session_user
 );
-INSERT INTO movrec.settings DEFAULT VALUES ON CONFLICT (singleton) DO NOTHING;
+INSERT INTO movrec.settings SELECT WHERE NOT EXISTS (SELECT FROM movrec.settings);
 COMMENT ON TABLE movrec.settings IS
     'What privileged code reads (one row): UPDATE movrec.settings SET online_lr = 0.1 as movrec_admin. '
     'Session settings of the same names are ignored';
@@ -45,8 +45,13 @@ COMMENT ON COLUMN movrec.settings.backup_retention IS
 
 -- Who changed what, whoever updates the row.
 CREATE OR REPLACE FUNCTION movrec._settings_stamp() RETURNS trigger
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
+LANGUAGE plpgsql SET search_path = movrec, pg_temp AS $$
 BEGIN
+    IF current_setting('application_name') = 'pg_restore' THEN
+        IF movrec._restoring() THEN
+            RETURN NEW;  -- a restore keeps who changed them, and when
+        END IF;
+    END IF;
     NEW.updated_at := now();
     NEW.updated_by := session_user;
     RETURN NEW;
@@ -55,3 +60,38 @@ COMMENT ON FUNCTION movrec._settings_stamp() IS 'Trigger: stamps movrec.settings
 CREATE OR REPLACE TRIGGER movrec_settings_stamp
     BEFORE UPDATE ON movrec.settings FOR EACH ROW EXECUTE FUNCTION movrec._settings_stamp();
 COMMENT ON TRIGGER movrec_settings_stamp ON movrec.settings IS 'Records who changed the settings, and when';
+
+-- The one row is there from the install on, so a restore (pg_restore into a database where
+-- CREATE EXTENSION already made it) or any other INSERT becomes an update of that row.
+CREATE OR REPLACE FUNCTION movrec._settings_merge() RETURNS trigger
+LANGUAGE plpgsql SET search_path = movrec, pg_temp AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM movrec.settings) THEN
+        RETURN NEW;
+    END IF;
+    UPDATE movrec.settings
+    SET threads = NEW.threads, train_threads = NEW.train_threads, device = NEW.device,
+        online_update = NEW.online_update, online_lr = NEW.online_lr, online_reg = NEW.online_reg,
+        refit_reg = NEW.refit_reg, backup_retention = NEW.backup_retention,
+        updated_at = NEW.updated_at, updated_by = NEW.updated_by;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION movrec._settings_merge() IS
+    'Trigger: an INSERT into movrec.settings (a restore) updates the one row instead';
+CREATE OR REPLACE TRIGGER movrec_settings_merge
+    BEFORE INSERT ON movrec.settings FOR EACH ROW EXECUTE FUNCTION movrec._settings_merge();
+COMMENT ON TRIGGER movrec_settings_merge ON movrec.settings IS
+    'A second row (a restore over the installed one) merges into the first';
+-- also under session_replication_role = replica, which a restore may use
+ALTER TABLE movrec.settings ENABLE ALWAYS TRIGGER movrec_settings_merge;
+
+-- A superuser's pg_restore replays rows whose effects the dump already holds (vectors moved,
+-- statistics counted, users queued): the triggers on movrec's tables skip such a session.
+-- Only a superuser counts, so an application cannot rate unseen by naming itself pg_restore.
+CREATE OR REPLACE FUNCTION movrec._restoring() RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
+    SELECT current_setting('application_name') = 'pg_restore'
+           AND coalesce((SELECT rolsuper FROM pg_roles WHERE rolname = session_user), false)
+$$;
+COMMENT ON FUNCTION movrec._restoring() IS
+    'True in a superuser''s pg_restore session: triggers skip rows the restore replays';

@@ -11,6 +11,7 @@ CREATE TABLE IF NOT EXISTS model.registry (
     checkpoint        bytea NOT NULL,
     serving_movie_ids bytea NOT NULL,
     serving_matrix    bytea NOT NULL,
+    serving_ranking   bytea,
     default_embedding real[] NOT NULL,
     default_bias      real NOT NULL,
     duration_s        real,
@@ -38,9 +39,6 @@ CREATE OR REPLACE VIEW model.champion AS
     SELECT d.model_id, r.kind, r.dim, r.metrics, d.deployed_at, d.deployment_id
     FROM (SELECT * FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) d
     JOIN model.registry r USING (model_id);
--- Who asked, not the owner that SECURITY DEFINER code runs as.
-ALTER TABLE model.registry ALTER COLUMN trained_by SET DEFAULT session_user;
-ALTER TABLE model.deployments ALTER COLUMN deployed_by SET DEFAULT session_user;
 COMMENT ON COLUMN model.registry.trained_by IS 'The session user who trained it (session_user)';
 COMMENT ON COLUMN model.deployments.deployed_by IS 'The session user who deployed it (session_user)';
 
@@ -55,11 +53,13 @@ CREATE TABLE IF NOT EXISTS model.movie_latent_attributes (
 COMMENT ON TABLE model.movie_latent_attributes IS 'The champion''s movie vectors and biases, published at deploy';
 
 CREATE TABLE IF NOT EXISTS model.user_latent_attributes (
-    user_id    integer PRIMARY KEY,
-    embedding  vector(100) NOT NULL,
-    bias       real NOT NULL,
-    model_id   bigint NOT NULL REFERENCES model.registry (model_id),
-    updated_at timestamptz NOT NULL DEFAULT now()
+    user_id     integer PRIMARY KEY,
+    embedding   vector(100) NOT NULL,
+    bias        real NOT NULL,
+    model_id    bigint NOT NULL REFERENCES model.registry (model_id),
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    n_updates   bigint NOT NULL DEFAULT 0,
+    backup_ring integer
 );
 COMMENT ON TABLE model.user_latent_attributes IS
     'Live user vectors: written at deploy, moved by every rating (online update), default for new users';
@@ -77,33 +77,10 @@ CREATE TABLE IF NOT EXISTS model.user_latent_attributes_backups (
     archived_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     PRIMARY KEY (user_id, slot)
 );
-ALTER TABLE model.user_latent_attributes ADD COLUMN IF NOT EXISTS n_updates bigint NOT NULL DEFAULT 0;
 COMMENT ON COLUMN model.user_latent_attributes.n_updates IS
     'Online updates of this user so far; the next archive is update n_updates + 1';
-ALTER TABLE model.user_latent_attributes ADD COLUMN IF NOT EXISTS backup_ring integer;
 COMMENT ON COLUMN model.user_latent_attributes.backup_ring IS
     'movrec.backup_retention the user''s archive is laid out for (NULL: not yet); a change renumbers it once';
--- Upgrade from the first layout (a global backup_id, one row per update): number each user's
--- rows in order, keep them all (slot = update_seq), carry the count over.
-DO $$
-BEGIN
-    IF EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'model.user_latent_attributes_backups'::regclass
-               AND attname = 'backup_id' AND NOT attisdropped) THEN
-        ALTER TABLE model.user_latent_attributes_backups
-            ADD COLUMN slot bigint, ADD COLUMN update_seq bigint;
-        UPDATE model.user_latent_attributes_backups b SET slot = n.seq, update_seq = n.seq
-        FROM (SELECT backup_id, row_number() OVER (PARTITION BY user_id ORDER BY backup_id) AS seq
-              FROM model.user_latent_attributes_backups) n
-        WHERE n.backup_id = b.backup_id;
-        ALTER TABLE model.user_latent_attributes_backups
-            DROP COLUMN backup_id,
-            ALTER COLUMN slot SET NOT NULL, ALTER COLUMN update_seq SET NOT NULL,
-            ADD PRIMARY KEY (user_id, slot);
-        UPDATE model.user_latent_attributes u SET n_updates = b.n
-        FROM (SELECT user_id, max(update_seq) AS n FROM model.user_latent_attributes_backups GROUP BY user_id) b
-        WHERE b.user_id = u.user_id;
-    END IF;
-END $$;
 -- Every rating rewrites a user's row and a ring slot; free room on each page keeps those
 -- updates HOT (no new index entries).  Applies to pages written from now on.
 ALTER TABLE model.user_latent_attributes SET (fillfactor = 80);
@@ -138,7 +115,5 @@ CREATE TABLE IF NOT EXISTS model.user_recommendation (
 );
 COMMENT ON TABLE model.user_recommendation IS 'User-to-user Pearson CF recommendations, at most 150 per user';
 
--- 0.1.0 additions (ADD COLUMN IF NOT EXISTS keeps reinstalls and upgrades idempotent)
-ALTER TABLE model.registry ADD COLUMN IF NOT EXISTS serving_ranking bytea;
 COMMENT ON COLUMN model.registry.serving_ranking IS
     'float32 [ranking vector | prior] per movie (n_movies x dim+1), rows as serving_matrix; NULL: rank by predicted rating';

@@ -2,11 +2,6 @@
 
 -- recommend() and predict() are plpgsql front doors: they check arguments and
 -- raise plain errors (no Python traceback), then call the numpy implementation.
--- recommend() had two arguments before 0.2; drop that signature (and its implementation)
--- so that the five-argument one below does not make calls ambiguous.
-DROP FUNCTION IF EXISTS movrec.recommend(integer, integer);
-DROP FUNCTION IF EXISTS movrec._recommend(integer, integer);
-
 CREATE OR REPLACE FUNCTION movrec._recommend(user_id integer, k integer, genres text[], min_year integer,
                                              max_year integer)
 RETURNS TABLE (movie_id integer, title text, score real, predicted_rating real, source text)

@@ -60,6 +60,11 @@ BEGIN
         RAISE EXCEPTION 'movrec.on_rating() runs only as the trigger of movrec.watch_events, not on %.%',
             TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
     END IF;
+    IF current_setting('application_name') = 'pg_restore' THEN
+        IF movrec._restoring() THEN
+            RETURN NULL;  -- a restore replays rows whose effects the dump holds
+        END IF;
+    END IF;
     IF TG_OP = 'UPDATE' AND NEW.rating = OLD.rating THEN
         RETURN NULL;  -- the same rating again: nothing to learn
     END IF;

@@ -62,6 +62,11 @@ BEGIN
         RAISE EXCEPTION 'movrec.cf_on_ratings_changed() runs only as a trigger of movrec.watch_events, not on %.%',
             TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
     END IF;
+    IF current_setting('application_name') = 'pg_restore' THEN
+        IF movrec._restoring() THEN
+            RETURN NULL;  -- a restore replays rows whose effects the dump holds
+        END IF;
+    END IF;
     -- Each event gives per-user deltas (+ for ratings added, - for ratings removed), in user
     -- order; one statement below applies them.  A statement can name only the transition
     -- tables its trigger declares, so the deltas are gathered per event.

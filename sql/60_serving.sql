@@ -56,6 +56,11 @@ BEGIN
         RAISE EXCEPTION 'movrec.serving_on_deploy() runs only as the trigger of model.deployments, not on %.%',
             TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
     END IF;
+    IF current_setting('application_name') = 'pg_restore' THEN
+        IF movrec._restoring() THEN
+            RETURN NULL;  -- a restore replays rows whose effects the dump holds
+        END IF;
+    END IF;
     -- deploy republished model.movie_latent_attributes from the checkpoint: add back the
     -- movies embedded for this champion after it was trained (a rollback to it keeps them)
     INSERT INTO model.movie_latent_attributes (movie_id, embedding, bias, model_id)
@@ -190,6 +195,11 @@ BEGIN
        AND NOT (TG_TABLE_SCHEMA = 'movrec' AND TG_TABLE_NAME ~ '^watch_events_[0-9]+$') THEN
         RAISE EXCEPTION 'movrec.refresh_on_ratings_changed() runs only as a trigger of movrec.watch_events, not on %.%',
             TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    IF current_setting('application_name') = 'pg_restore' THEN
+        IF movrec._restoring() THEN
+            RETURN NULL;  -- a restore replays rows whose effects the dump holds
+        END IF;
     END IF;
     IF TG_OP = 'UPDATE' AND NOT EXISTS (SELECT FROM movrec_refresh_new) THEN
         RETURN NULL;  -- the update half of an INSERT .. ON CONFLICT that only inserted

@@ -150,7 +150,7 @@ def test_upgrade_numbers_the_old_backups_per_user(new_database: Callable[[str], 
             INSERT INTO model.user_latent_attributes_backups (user_id, embedding, bias, model_id)
             SELECT u, array_fill(0, ARRAY[100])::vector, b, 1
             FROM (VALUES (1, 0.1), (2, 0.2), (1, 0.3), (1, 0.4)) v (u, b);
-            DELETE FROM movrec.installs;""")
+            UPDATE movrec.installs SET version = '0.1.0';""")
         schema.install(conn)
         rows = conn.execute("""SELECT user_id, slot, update_seq, round(bias::numeric, 1)::float
                                FROM model.user_latent_attributes_backups ORDER BY 1, 3""").fetchall()

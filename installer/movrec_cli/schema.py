@@ -9,23 +9,22 @@ from __future__ import annotations
 import hashlib
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 
 import psycopg
 from movrec import __version__
 from psycopg import sql
 
+from movrec_cli import sqlfiles
 from movrec_cli.errors import CliError
 
 
 def sql_script() -> str:
-    """The ordered sql/*.sql files (installer/movrec_cli/sql links to sql/)."""
-    folder = resources.files("movrec_cli").joinpath("sql")
-    files = sorted((f for f in folder.iterdir() if f.name.endswith(".sql")), key=lambda f: f.name)
-    if not files:
-        raise CliError("movrec's SQL files are missing from this installation")
-    return "\n".join(f.read_text(encoding="utf-8") for f in files)
+    """The current full install (sql/*.sql in order)."""
+    try:
+        return sqlfiles.full_script()
+    except sqlfiles.SqlFilesError as e:
+        raise CliError(str(e)) from None
 
 
 def default_venv() -> str:
@@ -48,6 +47,35 @@ def _last_install(conn: psycopg.Connection) -> tuple[str, str, str] | None:
     ).fetchone()
 
 
+def _release(conn: psycopg.Connection) -> str | None:
+    """The movrec release whose SQL the database holds (None: never installed here)."""
+    if conn.execute("SELECT to_regclass('movrec.installs')").fetchone()[0] is None:
+        return None
+    row = conn.execute(
+        "SELECT version FROM movrec.installs WHERE version <> '-' ORDER BY install_id DESC LIMIT 1"
+    ).fetchone()
+    return row[0] if row else None
+
+
+def _version_key(version: str) -> tuple[int, ...]:
+    return tuple(int(x) for x in version.split(".") if x.isdigit())
+
+
+def _script_for(release: str | None) -> str:
+    """The full install, preceded by the upgrade steps from an older release."""
+    if release is None or release == __version__:
+        return sql_script()
+    if _version_key(release) > _version_key(__version__):
+        raise CliError(
+            f"this database holds movrec {release}, newer than this movrec ({__version__}): "
+            "install the newer movrec to manage it"
+        )
+    try:
+        return sqlfiles.upgrade_script(release, __version__)
+    except sqlfiles.SqlFilesError as e:
+        raise CliError(str(e)) from None
+
+
 def _db_setting(conn: psycopg.Connection, name: str) -> str | None:
     rows = conn.execute(
         """SELECT split_part(s, '=', 1), substr(s, strpos(s, '=') + 1)
@@ -59,8 +87,6 @@ def _db_setting(conn: psycopg.Connection, name: str) -> str | None:
 
 def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:
     venv = venv or default_venv()
-    script = sql_script()
-    sha = hashlib.sha256(script.encode()).hexdigest()
     if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'movrec'").fetchone():
         raise CliError(
             "movrec is managed by CREATE EXTENSION in this database: "
@@ -69,6 +95,9 @@ def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")  # no 'already exists' noise
         last = _last_install(conn)
+        release = _release(conn)
+        script = _script_for(release)
+        sha = hashlib.sha256(script.encode()).hexdigest()
         search_path = _db_setting(conn, "search_path")
         if last == (__version__, sha, venv) and search_path and "movrec" in search_path:
             return InstallResult(
@@ -102,7 +131,7 @@ def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:
             "INSERT INTO movrec.installs (version, sql_sha256, venv) VALUES (%s, %s, %s)",
             (__version__, sha, venv),
         )
-    verb = "upgraded" if last and last[0] != "-" else "installed"
+    verb = f"upgraded from {release}" if release and release != __version__ else "installed"
     return InstallResult(__version__, True, f"movrec {__version__} {verb} (venv {venv})")
 
 

@@ -45,9 +45,16 @@ def train_threads() -> int:
     return int(value) if value else (os.cpu_count() or 1)
 
 
+# What a database whose SQL predates movrec.settings (0.1.0, until `movrec install` or
+# ALTER EXTENSION movrec UPDATE has run) trains with: the column defaults of that table.
+SETTINGS_BEFORE_0_2: dict[str, Any] = {"threads": 1, "train_threads": None, "device": "auto"}
+
+
 def settings() -> dict[str, Any]:
     """The row of movrec.settings.  Privileged code reads what steers it from there, never
     from a session's SET: a session could point code that runs as the owner anywhere."""
+    if not execute("SELECT to_regclass('movrec.settings') IS NOT NULL AS ok")[0]["ok"]:
+        return dict(SETTINGS_BEFORE_0_2)
     return dict(execute("SELECT * FROM movrec.settings")[0])
 
 

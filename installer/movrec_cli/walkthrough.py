@@ -11,7 +11,7 @@ from movrec_cli import schema
 from movrec_cli.cluster import Cluster
 from movrec_cli.connection import connect
 from movrec_cli.demo_data import load_demo
-from movrec_cli.main import table
+from movrec_cli.output import table
 
 DEMO_USER = 7
 

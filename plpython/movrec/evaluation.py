@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from movrec.metrics import ranking_metrics, rating_metrics
+from movrec.metrics import ranking_metrics, rating_metrics, split
 
 
 def _positions(known: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -128,8 +128,8 @@ def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, 
         source = test_table
     else:
         params = json.loads(rows[0]["params"])
-        train_rows, val_rows = training.split(
-            len(data), params.get("seed", 42), params.get("val_fraction", 0.05)
+        train_rows, val_rows = split(
+            len(data), params.get("seed", 42), 1 - params.get("val_fraction", 0.05)
         )
         test = (
             data.users[val_rows],

@@ -1,9 +1,14 @@
 """PyTorch models.  Importing this package imports torch: training and deploy only."""
 
-from movrec.models.hybrid import FunctionalModel, HybridModel, MLPModel
+from movrec.models.base import Model
+from movrec.models.functional import FunctionalModel
+from movrec.models.hybrid import HybridModel
 from movrec.models.mf import MatrixFactorization
+from movrec.models.mlp import MLPModel
 
-MODELS = {m.kind: m for m in (MatrixFactorization, HybridModel, FunctionalModel, MLPModel)}
+MODELS: dict[str, type[Model]] = {
+    m.kind: m for m in (MatrixFactorization, HybridModel, FunctionalModel, MLPModel)
+}
 CONTENT_MODELS = {"hybrid", "functional", "mlp"}
 
 __all__ = [
@@ -13,4 +18,5 @@ __all__ = [
     "HybridModel",
     "MLPModel",
     "MatrixFactorization",
+    "Model",
 ]

@@ -5,8 +5,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from movrec.models.base import UserEmbeddings
 
-class MatrixFactorization(nn.Module):
+
+class MatrixFactorization(UserEmbeddings):
     """rating ~ global_mean + b_u + b_m + <u, m>.
 
     The index->id maps are buffers, so a checkpoint (the state_dict) is
@@ -67,14 +69,6 @@ class MatrixFactorization(nn.Module):
         )
         model.load_state_dict(state)
         return model
-
-    def user_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(user ids, vectors, biases) to publish into model.user_latent_attributes."""
-        return (
-            self.user_ids,
-            self.user_embedding.weight.detach(),
-            self.user_bias.weight.detach().squeeze(-1),
-        )
 
     def movie_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(movie ids, vectors, biases): the movie representation serving multiplies with."""

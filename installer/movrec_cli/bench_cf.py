@@ -13,6 +13,7 @@ import numpy as np
 import psycopg
 
 from movrec_cli import cf_naive
+from movrec_cli.connection import one
 from movrec_cli.errors import CliError
 from movrec_cli.output import percentiles, table
 
@@ -76,7 +77,7 @@ def bench_cf(
     the database's own data: there it must also return the same recommendations,
     and the largest score difference is printed.  Works on any loaded database.
     """
-    n_ratings = conn.execute("SELECT count(*) FROM movrec.watch_events").fetchone()[0]
+    n_ratings = one(conn.execute("SELECT count(*) FROM movrec.watch_events"))[0]
     all_users = [
         r[0]
         for r in conn.execute(
@@ -132,8 +133,8 @@ def bench_cf(
         )
         if raw is None:
             raise CliError(f"no ratings.csv in {data_dir} (nor in {data_dir / 'ml-latest-small'})")
-        has_map = conn.execute("SELECT to_regclass('movrec.user_ids') IS NOT NULL").fetchone()[0]
-        mapping = (
+        has_map = one(conn.execute("SELECT to_regclass('movrec.user_ids') IS NOT NULL"))[0]
+        mapping: dict[int, int] = (
             dict(
                 conn.execute(
                     "SELECT user_id, ml_user_id FROM movrec.user_ids WHERE user_id = ANY(%s)",

@@ -18,6 +18,7 @@ import psycopg
 from movrec.metrics import ndcg
 
 from movrec_cli.bench_serving import load_average
+from movrec_cli.connection import one
 from movrec_cli.output import note
 
 ONLINE_DB = "movrec_online"
@@ -59,17 +60,19 @@ def _copy_ratings(
         ) as c:
             for row in zip(u.tolist(), m.tolist(), r.tolist(), ts.tolist(), strict=True):
                 c.write_row((row[0], row[1], row[2], datetime.fromtimestamp(row[3], UTC)))
-        if conn.execute("SELECT to_regprocedure('movrec.cf_rebuild_stats()')").fetchone()[0]:
+        if one(conn.execute("SELECT to_regprocedure('movrec.cf_rebuild_stats()')"))[0]:
             conn.execute("SELECT movrec.cf_rebuild_stats()")
 
 
 def _model(
     conn: psycopg.Connection,
 ) -> tuple[float, np.ndarray, float, dict[int, tuple[np.ndarray, float]]]:
-    mu, default, default_bias = conn.execute(
-        """SELECT r.global_mean, r.default_embedding, r.default_bias
+    mu, default, default_bias = one(
+        conn.execute(
+            """SELECT r.global_mean, r.default_embedding, r.default_bias
            FROM model.registry r JOIN model.champion c USING (model_id)"""
-    ).fetchone()
+        )
+    )
     side = {
         mid: (np.asarray(e, dtype=np.float64), b)
         for mid, e, b in conn.execute(

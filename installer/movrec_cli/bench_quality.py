@@ -16,6 +16,7 @@ import pandas as pd
 from movrec.metrics import split
 
 from movrec_cli.baselines import COLUMNS, MODELS, run_baselines
+from movrec_cli.connection import one
 
 
 def load_split(ratings_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -140,10 +141,12 @@ def movrec_rows(
     rows = []
     for kind in kinds:
         t = time.perf_counter()
-        model_id = conn.execute(
-            "SELECT movrec.train(%s, %s::jsonb, deploy => false)",
-            (kind, json.dumps(options.get(kind, {}))),
-        ).fetchone()[0]
+        model_id = one(
+            conn.execute(
+                "SELECT movrec.train(%s, %s::jsonb, deploy => false)",
+                (kind, json.dumps(options.get(kind, {}))),
+            )
+        )[0]
         seconds = time.perf_counter() - t
         (blob,) = conn.execute(
             "SELECT checkpoint FROM model.registry WHERE model_id = %s", (model_id,)

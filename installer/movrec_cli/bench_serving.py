@@ -16,11 +16,13 @@ import subprocess
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import numpy as np
 import psycopg
 
+from movrec_cli.connection import one
 from movrec_cli.errors import CliError
 from movrec_cli.output import note
 
@@ -53,7 +55,7 @@ def load_average() -> str:
 
 
 def _conninfo(dsn: str) -> dict[str, str]:
-    return psycopg.conninfo.conninfo_to_dict(dsn)
+    return {k: str(v) for k, v in psycopg.conninfo.conninfo_to_dict(dsn).items() if v is not None}
 
 
 def _resolve(dsn: str | None, database: str) -> str:
@@ -77,7 +79,7 @@ def pgbench(
     seconds: int,
     clients: int = 2,
     options: str = "",
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """tps and latency percentiles (ms) of one pgbench run, from its per-transaction log."""
     info = _conninfo(dsn)
     workdir = Path(tempfile.mkdtemp(prefix="movrec-pgbench-"))
@@ -152,7 +154,7 @@ def first_call(dsn: str, n_users: int, tries: int = 5) -> dict[str, float]:
         t = time.perf_counter()
         with psycopg.connect(dsn, autocommit=True) as conn:
             connects.append((time.perf_counter() - t) * 1000)
-            pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+            pid = one(conn.execute("SELECT pg_backend_pid()"))[0]
             base = backend_memory(pid)
             uid = int(rng.integers(1, n_users + 1))
             t = time.perf_counter()
@@ -182,8 +184,8 @@ def first_call(dsn: str, n_users: int, tries: int = 5) -> dict[str, float]:
 
 
 def _sizes(conn: psycopg.Connection) -> tuple[int, int]:
-    n_users = conn.execute("SELECT max(user_id) FROM movrec.watch_events").fetchone()[0]
-    n_movies = conn.execute("SELECT max(movie_id) FROM movrec.movies").fetchone()[0]
+    n_users = one(conn.execute("SELECT max(user_id) FROM movrec.watch_events"))[0]
+    n_movies = one(conn.execute("SELECT max(movie_id) FROM movrec.movies"))[0]
     return int(n_users), int(n_movies)
 
 
@@ -197,7 +199,7 @@ def _set_triggers(dsn: str, which: str) -> None:
             conn.execute("ALTER TABLE movrec.watch_events ENABLE TRIGGER movrec_online_update")
 
 
-def _row(name: str, r: dict[str, float]) -> str:
+def _row(name: str, r: dict[str, Any]) -> str:
     return (
         f"{name:<38} {r['tps']:>9,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
         f"{r['n']:>8}   {r['load']}"
@@ -219,7 +221,7 @@ def run_serving(dsn: str | None, seconds: int, clients: int, rounds: int, skip_r
                         REFERENCES movrec.movies (movie_id)""")
     note(f"{n_users:,} users, {n_movies:,} movies; {clients} clients, {seconds} s each")
     v = {"n_users": n_users, "n_movies": n_movies}
-    results: dict[str, dict] = {}
+    results: dict[str, dict[str, Any]] = {}
     results["first_call"] = first_call(dsn, n_users)
     fc = results["first_call"]
     note(
@@ -248,7 +250,11 @@ def run_serving(dsn: str | None, seconds: int, clients: int, rounds: int, skip_r
     # Inserts into a 20M-row table are bound by WAL full-page writes of index pages, which
     # fall as pages get touched after a checkpoint: a warm-up, then the variants in rounds.
     runs = [("recommend(user, 10)", "recommend.sql", "", "all")]
-    runs += [(f"{name} #{i + 1}", *rest) for i in range(rounds) for name, *rest in inserts]
+    runs += [
+        (f"{name} #{i + 1}", script, options, triggers)
+        for i in range(rounds)
+        for name, script, options, triggers in inserts
+    ]
     note(f"{'':<38} {'tps':>9} {'p50 ms':>8} {'p99 ms':>8} {'n':>8}   load avg before")
     try:
         _set_triggers(dsn, "none")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 import psycopg
 
@@ -34,3 +36,11 @@ def connect(dsn: str | None, *, autocommit: bool = True) -> psycopg.Connection:
         raise CliError(f"cannot connect to {resolved!r}: {str(e).strip()}") from None
     conn.add_notice_handler(print_notice)
     return conn
+
+
+def one(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    """The row a statement that always returns one (an aggregate, a function call) returned."""
+    row = cursor.fetchone()
+    if row is None:
+        raise CliError("the database returned no row where a statement always returns one")
+    return row

@@ -19,6 +19,8 @@ import numpy as np
 import psycopg
 from movrec.demo.synth import GENRES, genre_matrix
 
+from movrec_cli.connection import one
+
 DATABASE = "movrec_20m"
 # MovieLens 20M: 138,493 users, 26,744 movies, 20,000,263 ratings.
 ML20M = (138_493, 26_744, 20_000_263)
@@ -225,7 +227,7 @@ def load(conn: psycopg.Connection, plan: Plan, echo: Callable[[str], None]) -> d
         timings["indexes"] = time.perf_counter() - t
         echo(f"indexes: {timings['indexes']:.1f} s")
     t = time.perf_counter()
-    if conn.execute("SELECT to_regprocedure('movrec.cf_rebuild_stats()')").fetchone()[0]:
+    if one(conn.execute("SELECT to_regprocedure('movrec.cf_rebuild_stats()')"))[0]:
         conn.execute("SELECT movrec.cf_rebuild_stats()")  # the triggers were skipped
     conn.execute("VACUUM (ANALYZE) movrec.watch_events")
     conn.execute("ANALYZE movrec.movies")
@@ -243,11 +245,11 @@ def load_and_train(
     timings = load(conn, plan, echo)
     if train_options is not None:
         t = time.perf_counter()
-        model_id = conn.execute("SELECT movrec.train('mf', %s)", (train_options,)).fetchone()[0]
+        model_id = one(conn.execute("SELECT movrec.train('mf', %s)", (train_options,)))[0]
         timings["train_deploy"] = time.perf_counter() - t
-        metrics = conn.execute(
-            "SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,)
-        ).fetchone()[0]
+        metrics = one(
+            conn.execute("SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,))
+        )[0]
         echo(
             f"train + deploy mf (model {model_id}): {timings['train_deploy']:.1f} s; "
             f"val_rmse {metrics.get('val_rmse')}"

@@ -11,7 +11,7 @@ import math
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -20,6 +20,9 @@ from movrec.content import MovieContent
 from movrec.content import empty as empty_content
 from movrec.errors import InvalidArgument, NotEnoughData
 from movrec.metrics import ranking_metrics, rating_metrics, split
+
+if TYPE_CHECKING:
+    from movrec.models import Model
 
 MIN_RATINGS = 10
 BLENDS = (0.25, 0.5, 1.0)  # candidate weights of the predicted rating in the ranking score
@@ -140,15 +143,15 @@ def build_model(
     mean: float,
     opts: TrainOptions,
     content: MovieContent | None,
-) -> Any:
+) -> Model:
     import torch
 
-    from movrec.models import CONTENT_MODELS, MODELS
+    from movrec.models import CONTENT_MODELS, MatrixFactorization
 
     users, movies = torch.from_numpy(user_ids), torch.from_numpy(movie_ids)
     if kind not in CONTENT_MODELS:
-        return MODELS[kind](users, movies, dim=opts.dim, global_mean=mean)
-    return MODELS[kind](
+        return MatrixFactorization(users, movies, dim=opts.dim, global_mean=mean)
+    return CONTENT_MODELS[kind](
         users,
         movies,
         content if content is not None else empty_content(movie_ids),
@@ -388,7 +391,7 @@ def fit(
     opts: TrainOptions | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
     content: MovieContent | None = None,
-) -> tuple[Any, dict[str, Any]]:
+) -> tuple[Model, dict[str, Any]]:
     """Train on the seeded split; returns (model on CPU, metrics).
 
     Early stopping watches validation RMSE, or validation NDCG@10 when the

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from movrec_cli.connection import connect
+from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
 from movrec_cli.options import cf_options, dsn_option
 from movrec_cli.output import percentiles, progress, table
@@ -59,9 +59,7 @@ def cf_refresh(dsn: str | None, user_ids: tuple[int, ...], all_users: bool, **op
         with progress(users, "cf refresh") as bar:
             for user in bar:
                 t = time.perf_counter()
-                n = conn.execute(
-                    USER_TO_USER_SQL, {"user": user, "store": True, **opts}
-                ).fetchone()[0]
+                n = one(conn.execute(USER_TO_USER_SQL, {"user": user, "store": True, **opts}))[0]
                 timings.append((time.perf_counter() - t) * 1000)
                 with_recs += n > 0
                 rows += n
@@ -84,16 +82,20 @@ def cf_refresh(dsn: str | None, user_ids: tuple[int, ...], all_users: bool, **op
 def cf_status(dsn: str | None) -> None:
     """The queue, failing jobs, and the statistics table."""
     with connect(dsn) as conn:
-        q = conn.execute(
-            """SELECT count(*), count(*) FILTER (WHERE not_before <= now()),
+        q = one(
+            conn.execute(
+                """SELECT count(*), count(*) FILTER (WHERE not_before <= now()),
                       count(*) FILTER (WHERE attempts > 0), min(enqueued_at)
                FROM model.cf_queue"""
-        ).fetchone()
-        s = conn.execute(
-            """SELECT count(*) FILTER (WHERE n_ratings > 0), coalesce(sum(n_ratings), 0),
+            )
+        )
+        s = one(
+            conn.execute(
+                """SELECT count(*) FILTER (WHERE n_ratings > 0), coalesce(sum(n_ratings), 0),
                       (SELECT count(DISTINCT user_id) FROM model.user_recommendation)
                FROM model.user_rating_stats"""
-        ).fetchone()
+            )
+        )
         click.echo(
             f"queue: {q[0]} jobs, {q[1]} due, {q[2]} failed at least once; oldest {q[3] or '-'}"
         )
@@ -117,12 +119,12 @@ def cf_schedule(dsn: str | None, schedule: str, max_jobs: int, remove: bool) -> 
     """Drain the queue from pg_cron (movrec.cf_schedule), where pg_cron is available."""
     with connect(dsn) as conn:
         if remove:
-            gone = conn.execute("SELECT movrec.cf_unschedule()").fetchone()[0]
+            gone = one(conn.execute("SELECT movrec.cf_unschedule()"))[0]
             click.echo(
                 "pg_cron job movrec-cf-drain removed" if gone else "there was no pg_cron job"
             )
             return
-        job = conn.execute("SELECT movrec.cf_schedule(%s, %s)", (schedule, max_jobs)).fetchone()[0]
+        job = one(conn.execute("SELECT movrec.cf_schedule(%s, %s)", (schedule, max_jobs)))[0]
     if job is None:
         raise CliError("pg_cron is not available in this database: run `movrec worker` instead")
     click.echo(

@@ -6,7 +6,7 @@ import click
 import psycopg
 
 from movrec_cli import schema
-from movrec_cli.connection import connect
+from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
 from movrec_cli.options import dsn_option
 
@@ -47,14 +47,16 @@ def status(dsn: str | None) -> None:
     with connect(dsn) as conn:
         version = schema.installed_version(conn)
         click.echo(f"installed: {version or 'no'}")
-        if conn.execute("SELECT to_regclass('movrec.watch_events')").fetchone()[0] is None:
+        if one(conn.execute("SELECT to_regclass('movrec.watch_events')"))[0] is None:
             return
-        counts = conn.execute(
-            """SELECT (SELECT count(*) FROM movrec.movies), (SELECT count(*) FROM movrec.watch_events),
+        counts = one(
+            conn.execute(
+                """SELECT (SELECT count(*) FROM movrec.movies), (SELECT count(*) FROM movrec.watch_events),
                       (SELECT count(DISTINCT user_id) FROM movrec.watch_events),
                       (SELECT count(*) FROM model.user_latent_attributes),
                       (SELECT count(*) FROM model.registry)"""
-        ).fetchone()
+            )
+        )
         click.echo(
             "movies: {}  ratings: {}  users: {}  user vectors: {}  registered models: {}".format(
                 *counts

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from movrec_cli.connection import connect
+from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
 from movrec_cli.options import dsn_option
 from movrec_cli.output import table
@@ -40,12 +40,14 @@ def train(dsn: str | None, kind: str, no_deploy: bool, **options: Any) -> None:
     """Train a model in the database (SELECT movrec.train(...)); progress on stderr."""
     opts = {k: v for k, v in options.items() if v is not None}
     with connect(dsn) as conn:
-        model_id = conn.execute(
-            "SELECT movrec.train(%s, %s::jsonb, %s)", (kind, json.dumps(opts), not no_deploy)
-        ).fetchone()[0]
-        metrics = conn.execute(
-            "SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,)
-        ).fetchone()[0]
+        model_id = one(
+            conn.execute(
+                "SELECT movrec.train(%s, %s::jsonb, %s)", (kind, json.dumps(opts), not no_deploy)
+            )
+        )[0]
+        metrics = one(
+            conn.execute("SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,))
+        )[0]
     click.echo(
         f"model {model_id}: val RMSE {metrics['val_rmse']:.4f}, MAE {metrics['val_mae']:.4f} "
         f"(global mean RMSE {metrics['baseline_val_rmse']:.4f})"
@@ -75,9 +77,9 @@ def deploy(dsn: str | None, model_id: int | None, best_metric: str | None, rollb
         raise CliError("give exactly one of MODEL_ID, --best [METRIC], --rollback")
     with connect(dsn) as conn:
         if rollback:
-            model_id = conn.execute("SELECT movrec.rollback()").fetchone()[0]
+            model_id = one(conn.execute("SELECT movrec.rollback()"))[0]
         elif best_metric:
-            model_id = conn.execute("SELECT movrec.deploy_best(%s)", (best_metric,)).fetchone()[0]
+            model_id = one(conn.execute("SELECT movrec.deploy_best(%s)", (best_metric,)))[0]
         else:
             conn.execute("SELECT movrec.deploy(%s)", (model_id,))
     click.echo(f"model {model_id} deployed")

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import click
 import psycopg
 
-from movrec_cli.connection import connect
+from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
 from movrec_cli.options import dsn_option
 from movrec_cli.output import note, progress
@@ -54,14 +54,14 @@ def refresh(
     if batch_size < 1:
         raise CliError("--batch-size must be at least 1")
     with connect(dsn) as conn:
-        if conn.execute("SELECT count(*) FROM model.champion").fetchone()[0] == 0:
+        if one(conn.execute("SELECT count(*) FROM model.champion"))[0] == 0:
             raise CliError("no model is deployed: train one first (`movrec train`)")
         if drain:
             total, started = 0, time.perf_counter()
-            while n := conn.execute("SELECT movrec.serving_drain(%s)", (batch_size,)).fetchone()[0]:
+            while n := one(conn.execute("SELECT movrec.serving_drain(%s)", (batch_size,)))[0]:
                 total += n
                 note(f"drained {total} jobs")
-            left = conn.execute("SELECT count(*) FROM model.refresh_queue").fetchone()[0]
+            left = one(conn.execute("SELECT count(*) FROM model.refresh_queue"))[0]
             click.echo(
                 f"{total} queued users refreshed in {time.perf_counter() - started:.1f} s; "
                 f"{left} jobs left (failed ones wait for their backoff)"
@@ -69,12 +69,12 @@ def refresh(
             return
         if not skip_embed:
             try:
-                n = conn.execute("SELECT movrec.embed_new_movies()").fetchone()[0]
+                n = one(conn.execute("SELECT movrec.embed_new_movies()"))[0]
                 note(f"embedded {n} new movie(s)")
             except psycopg.Error as e:  # e.g. a checkpoint this code cannot load: refresh anyway
                 note(f"warning: new movies not embedded: {e.diag.message_primary}")
         if not skip_stats:
-            n = conn.execute("SELECT movrec.refresh_movie_stats()").fetchone()[0]
+            n = one(conn.execute("SELECT movrec.refresh_movie_stats()"))[0]
             note(f"popularity statistics for {n} movies")
         users = list(user_ids) or [r[0] for r in conn.execute(ALL_USERS_SQL)]
         rows, started = 0, time.perf_counter()
@@ -84,9 +84,11 @@ def refresh(
             item_show_func=lambda b: f"users {b[0]}..{b[-1]}" if b else "",
         ) as bar:
             for batch in bar:
-                rows += conn.execute(
-                    "SELECT movrec.refresh_recommendations_batch(%s::int4[])", (batch,)
-                ).fetchone()[0]
+                rows += one(
+                    conn.execute(
+                        "SELECT movrec.refresh_recommendations_batch(%s::int4[])", (batch,)
+                    )
+                )[0]
     elapsed = time.perf_counter() - started
     click.echo(
         f"{len(users)} users in {elapsed:.1f} s ({len(users) / max(elapsed, 1e-9):.0f} users/s); "

@@ -11,7 +11,7 @@ from typing import Any
 import click
 import psycopg
 
-from movrec_cli.connection import connect
+from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
 from movrec_cli.options import dsn_option
 from movrec_cli.output import note
@@ -107,7 +107,7 @@ def _work(dsn: str | None, batch: int, once: bool, poll: float, progress: _Progr
             pid = conn.info.backend_pid
             note(f"worker: listening on movrec_cf (backend pid {pid})")
         while True:
-            n = conn.execute("SELECT movrec.cf_drain(%s)", (batch,)).fetchone()[0]
+            n = one(conn.execute("SELECT movrec.cf_drain(%s)", (batch,)))[0]
             progress.add(n)
             if n >= batch:
                 continue  # more may be due

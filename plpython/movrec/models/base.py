@@ -8,7 +8,7 @@ ranking matrix ``[ranking vector | prior]`` that recommend() orders by.
 
 from __future__ import annotations
 
-from typing import Any, ClassVar, Protocol
+from typing import Any, ClassVar, Protocol, Self
 
 import torch
 from torch import nn
@@ -22,6 +22,10 @@ class Model(Protocol):
     config: dict[str, Any]  # hyperparameters kept in the registry row
     user_ids: torch.Tensor
     movie_ids: torch.Tensor
+    global_mean: torch.Tensor  # a 0-d buffer
+
+    @classmethod
+    def from_state_dict(cls, state: dict[str, torch.Tensor], config: dict[str, Any]) -> Self: ...
 
     def __call__(self, users: torch.Tensor, movies: torch.Tensor) -> torch.Tensor: ...
 

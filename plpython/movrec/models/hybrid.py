@@ -17,7 +17,7 @@ The experimental baselines built on it live in functional.py and mlp.py.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -51,9 +51,16 @@ class ContentEncoder(nn.Module):
 
 
 class HybridModel(UserEmbeddings):
-    kind = "hybrid"
-    deployable = True
-    uses_id_embedding = True
+    kind: ClassVar[str] = "hybrid"
+    deployable: ClassVar[bool] = True
+    uses_id_embedding: ClassVar[bool] = True
+    config: dict[str, Any]
+    global_mean: torch.Tensor
+    movie_ids: torch.Tensor
+    numeric: torch.Tensor
+    numeric_mean: torch.Tensor
+    numeric_std: torch.Tensor
+    train_counts: torch.Tensor
 
     def __init__(
         self,
@@ -104,7 +111,7 @@ class HybridModel(UserEmbeddings):
             self.movie_bias = nn.Embedding(len(movie_ids), 1)
             nn.init.normal_(self.movie_embedding.weight, std=0.05)
             nn.init.zeros_(self.movie_bias.weight)
-        self.ranking_head = nn.Linear(hidden, dim + 1) if ranking else None
+        self.ranking_head: nn.Linear | None = nn.Linear(hidden, dim + 1) if ranking else None
         if ranking and self.uses_id_embedding:
             # what a movie's content cannot say about who watches it: free per-movie terms
             self.ranking_embedding = nn.Embedding(len(movie_ids), dim + 1)
@@ -129,6 +136,7 @@ class HybridModel(UserEmbeddings):
         return vec, bias, rank
 
     def _ranking(self, h: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
+        assert self.ranking_head is not None  # movie_repr asks only a model with the head
         rank = self.ranking_head(h)
         if self.uses_id_embedding:
             rank = rank + self.ranking_embedding(movies)

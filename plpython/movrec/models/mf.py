@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
@@ -15,8 +17,11 @@ class MatrixFactorization(UserEmbeddings):
     self-contained: deploy needs nothing else to publish the vectors.
     """
 
-    kind = "mf"
-    deployable = True
+    kind: ClassVar[str] = "mf"
+    deployable: ClassVar[bool] = True
+    config: dict[str, Any]
+    global_mean: torch.Tensor
+    movie_ids: torch.Tensor
 
     def __init__(
         self,
@@ -61,7 +66,7 @@ class MatrixFactorization(UserEmbeddings):
 
     @classmethod
     def from_state_dict(
-        cls, state: dict[str, torch.Tensor], config: dict | None = None
+        cls, state: dict[str, torch.Tensor], config: dict[str, Any] | None = None
     ) -> MatrixFactorization:
         dim = state["user_embedding.weight"].shape[1]
         model = cls(

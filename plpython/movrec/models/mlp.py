@@ -5,7 +5,7 @@ Not a factorisation, so it is registered and evaluated but cannot be deployed.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -16,9 +16,9 @@ from movrec.models.hybrid import HybridModel
 class MLPModel(HybridModel):
     """rating = MLP([user vector, movie content features]): not a factorisation, not deployable."""
 
-    kind = "mlp"
-    deployable = False
-    uses_id_embedding = True
+    kind: ClassVar[str] = "mlp"
+    deployable: ClassVar[bool] = False
+    uses_id_embedding: ClassVar[bool] = True
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         kwargs["ranking"] = False

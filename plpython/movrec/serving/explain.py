@@ -56,7 +56,7 @@ def explain(
     the global mean, (sum + 5 * mu) / (n + 5).  Rated movies the model does not know
     are left out.
     """
-    check_user(user_id)
+    user_id = check_user(user_id)
     if movie_id is None:
         raise NullArgument("movie_id must not be NULL")
     if k is None or k < 1:

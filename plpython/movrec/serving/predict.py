@@ -20,7 +20,7 @@ def _vector_or_default(state: UserState) -> tuple[np.ndarray, float]:
 
 @backend.sql_entry
 def predict(user_id: int | None, movie_id: int | None) -> float:
-    check_user(user_id)
+    user_id = check_user(user_id)
     if movie_id is None:
         raise NullArgument("movie_id must not be NULL")
     state = user_state(user_id)

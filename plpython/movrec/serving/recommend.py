@@ -130,7 +130,7 @@ def recommend(
     min_year: int | None = None,
     max_year: int | None = None,
 ) -> list[Row]:
-    check_user(user_id)
+    user_id = check_user(user_id)
     if k is None or k < 1:
         raise InvalidArgument(f"k must be a positive number of movies, got {k}")
     if genres is not None and (not genres or any(g is None for g in genres)):

@@ -58,7 +58,7 @@ def top_for_users(
             else u @ champ.ranking[:, :-1].T + champ.ranking[:, -1]
         )
         for i in range(len(u)):
-            pos = champ.positions(seen[start + i])
+            pos = champ.positions(list(seen[start + i]))
             exclude = np.concatenate([pos[pos >= 0], np.flatnonzero(predicted[i] < min_predicted)])
             best = top_k(scores[i], k, exclude=exclude)
             out.append((best, scores[i][best], predicted[i][best]))

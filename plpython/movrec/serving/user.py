@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -58,6 +57,8 @@ def user_state(user_id: int) -> UserState:
     return UserState(champ, own, bias, seen, min_predicted, r["max_movie"])
 
 
-def check_user(user_id: Any) -> None:
+def check_user(user_id: int | None) -> int:
+    """The user id of a call; NULL is refused."""
     if user_id is None:
         raise NullArgument("user_id must not be NULL")
+    return user_id

@@ -80,7 +80,7 @@ def pearson(
 
 
 def neighbours(ratings: Ratings, user: int, opt: Options) -> dict[int, tuple[float, int]]:
-    """Neighbour -> (correlation, overlap) for the design's thresholds."""
+    """Neighbour -> (correlation, overlap) of the users who pass opt's thresholds."""
     mine = ratings.get(user, {})
     found: dict[int, tuple[float, int]] = {}
     for other, theirs in ratings.items():
@@ -167,5 +167,5 @@ def recommend(
 def naive_user_to_user(
     ratings_csv: Path, user: int, opt: Options | None = None
 ) -> list[tuple[int, float, int]]:
-    """The whole naive path, as the issue measured it: read the file, then compute."""
+    """The whole naive path, as `movrec bench cf` times it: read the file, then compute."""
     return recommend(read_ratings(ratings_csv), user, opt)

@@ -20,7 +20,7 @@ STAGES = (
     ("publish", "CALL movrec.etl_publish(%(run)s)"),
 )
 
-# What --export writes per stage, like the design's cpdata1..4 folders.
+# What --export writes per stage: one folder of CSV files per stage (stage1 .. stage4).
 BUNDLES: dict[str, dict[str, str]] = {
     "stage1": {"links": "SELECT movie_id, imdb_id, tmdb_id FROM etl.links1 ORDER BY movie_id"},
     "stage2": {

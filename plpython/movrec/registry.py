@@ -194,7 +194,7 @@ def deploy_model(model_id: int, reason: str = "deploy") -> int:
 
     try:
         serving.current_champion()
-    except Exception as e:  # noqa: BLE001 - never fail a deploy over a cache
+    except Exception as e:  # any failure: never fail a deploy over a cache
         backend.notice(f"movrec deploy: serving cache not prepared ({e}); the first request will")
     return model_id
 

@@ -19,33 +19,19 @@ dsn_option = click.option(
 
 # The knobs of movrec.user_to_user(), with the defaults of movrec.cf.Options.
 _CF = Options()
+_CF_HELP = {
+    "min_corr": "neighbour: correlation at least",
+    "min_overlap": "neighbour: co-rated movies at least",
+    "min_raters": "candidate: rated by neighbours at least",
+    "shrinkage": "weight corr * n / (n + SHRINKAGE)",
+    "damping": "divide by sum |weight| + DAMPING",
+}
 CF_OPTIONS = (
-    click.option(
-        "--min-corr",
-        default=_CF.min_corr,
-        show_default=True,
-        help="neighbour: correlation at least",
-    ),
-    click.option(
-        "--min-overlap",
-        default=_CF.min_overlap,
-        show_default=True,
-        help="neighbour: co-rated movies at least",
-    ),
-    click.option(
-        "--min-raters",
-        default=_CF.min_raters,
-        show_default=True,
-        help="candidate: rated by neighbours at least",
-    ),
-    click.option(
-        "--shrinkage",
-        default=_CF.shrinkage,
-        show_default=True,
-        help="weight corr * n / (n + SHRINKAGE)",
-    ),
-    click.option(
-        "--damping", default=_CF.damping, show_default=True, help="divide by sum |weight| + DAMPING"
+    *(
+        click.option(
+            f"--{name.replace('_', '-')}", default=getattr(_CF, name), show_default=True, help=text
+        )
+        for name, text in _CF_HELP.items()
     ),
     click.option(
         "--baseline", is_flag=True, help="centre on baseline estimates instead of user means"

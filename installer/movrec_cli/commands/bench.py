@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import click
 
@@ -83,14 +84,12 @@ def bench_quality(dsn: str | None, data_dir: Path, models: str, peers: str, opti
 @click.option(
     "--skip-refit", is_flag=True, help="do not measure inserts with movrec.online_update = refit"
 )
-def bench_serving(
-    dsn: str | None, seconds: int, clients: int, rounds: int, skip_refit: bool
-) -> None:
+def bench_serving(**options: Any) -> None:
     """recommend tps/p50/p99, rating tps with the online update vs a plain insert,
     first recommend on a new connection, memory per backend (pgbench, 2 clients)."""
     from movrec_cli.bench_serving import run_serving
 
-    run_serving(dsn, seconds, clients, rounds, skip_refit)
+    run_serving(**options)
 
 
 @bench.command("online")
@@ -116,18 +115,11 @@ def bench_serving(
     help="movrec.refit_reg for the refit rows [default: its default]",
 )
 @click.option("--seed", default=42, show_default=True)
-def bench_online(
-    data_dir: Path,
-    dsn: str | None,
-    holdout: float,
-    train_options: str,
-    refit_reg: float | None,
-    seed: int,
-) -> None:
+def bench_online(**options: Any) -> None:
     """Online learning quality: default vector, sgd, refit and full retrain after 5/10/20 ratings."""
     from movrec_cli.bench_online import run_online
 
-    run_online(data_dir, dsn, holdout, train_options, refit_reg, seed)
+    run_online(**options)
 
 
 @bench.command("cf")

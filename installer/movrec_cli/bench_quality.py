@@ -17,6 +17,7 @@ from movrec.metrics import split
 
 from movrec_cli.baselines import COLUMNS, MODELS, run_baselines
 from movrec_cli.connection import one
+from movrec_cli.output import note
 
 
 def load_split(ratings_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -50,15 +51,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 1:
-        print(
-            f"usage: python -m movrec_cli.bench_quality DIR_OR_RATINGS_CSV [{','.join(MODELS)}]",
-            file=sys.stderr,
-        )
+        note(f"usage: python -m movrec_cli.bench_quality DIR_OR_RATINGS_CSV [{','.join(MODELS)}]")
         return 2
     path = Path(argv[0])
     csv = path / "ratings.csv" if path.is_dir() else path
     which = tuple(argv[1].split(",")) if len(argv) > 1 else MODELS
-    rows = peer_table(csv, which=which, progress=lambda msg: print(msg, file=sys.stderr))
+    rows = peer_table(csv, which=which, progress=note)
     print(format_table(rows))
     return 0
 

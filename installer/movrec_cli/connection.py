@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-import click
 import psycopg
 
 from movrec_cli.cluster import Cluster
 from movrec_cli.errors import CliError
+from movrec_cli.output import note
 
 
 def resolve_dsn(dsn: str | None) -> str:
@@ -25,7 +25,7 @@ def resolve_dsn(dsn: str | None) -> str:
 
 def print_notice(diag: psycopg.errors.Diagnostic) -> None:
     """Server NOTICEs (training progress) go to stderr as they arrive."""
-    click.echo(diag.message_primary, err=True)
+    note(diag.message_primary or "")
 
 
 def connect(dsn: str | None, *, autocommit: bool = True) -> psycopg.Connection:

@@ -40,9 +40,11 @@ demo: setup
 test: setup
 	$(PY) -m pytest -q tests
 
+# ruff (lint and format) on all Python; mypy on plpython/ and installer/ (pyproject's [tool.mypy]).
 lint:
 	$(VENV)/bin/ruff check plpython installer tests
 	$(VENV)/bin/ruff format --check plpython installer tests
+	$(VENV)/bin/mypy
 
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)

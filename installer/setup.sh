@@ -87,7 +87,7 @@ stamp="$VENV/.movrec-deps"
 want=$(sha1sum pyproject.toml | cut -c1-40)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     step "venv: installing torch==2.13.0 (CPU), numpy, psycopg, pgvector, pandas, click"
-    quiet "$VENV/bin/pip" install "torch==2.13.0" numpy "psycopg[binary]" pgvector pandas click pytest ruff
+    quiet "$VENV/bin/pip" install "torch==2.13.0" numpy "psycopg[binary]" pgvector pandas click pytest ruff mypy
     echo "$want" > "$stamp"
 fi
 if [ "$EDITABLE" = 1 ]; then

@@ -22,8 +22,9 @@ import pytest
 from click.testing import CliRunner
 from movrec import cf
 from movrec_cli import cf_naive, schema
-from movrec_cli.cf_commands import bench_cf, worker
+from movrec_cli.bench_cf import bench_cf
 from movrec_cli.cluster import Cluster, bindir
+from movrec_cli.commands.worker import worker
 
 from tests.conftest import connect
 
@@ -515,7 +516,7 @@ def test_ctrl_c_rolls_the_worker_batch_back(db: str, some_users: list[int]) -> N
         blocker.execute(
             "SELECT pg_advisory_lock(hashtext('movrec.user_recommendation'), %s)", (user,)
         )
-        code = "import sys; from movrec_cli.cf_commands import worker; worker(sys.argv[1:])"
+        code = "import sys; from movrec_cli.commands.worker import worker; worker(sys.argv[1:])"
         proc = subprocess.Popen(
             [sys.executable, "-c", code, "--dsn", db], stderr=subprocess.PIPE, text=True
         )

@@ -1,4 +1,4 @@
-"""Online learning (issue 5): sgd in SQL, refit (fold-in), retention, concurrency."""
+"""Online learning: sgd in SQL, refit (fold-in), retention, concurrency."""
 
 from __future__ import annotations
 
@@ -194,7 +194,7 @@ def _parallel_ratings(dsn: str, user: int, movies: list[int], mode: str) -> None
                 with c.transaction():
                     rate(c, user, movie, 5.0 if movie % 2 else 1.0)
                     c.execute("SELECT pg_sleep(0.02)")  # hold the row lock: the others queue
-        except BaseException as e:  # noqa: BLE001 - reported below
+        except BaseException as e:  # any failure: reported below
             errors.append(e)
 
     threads = [threading.Thread(target=one, args=(m,)) for m in movies]

@@ -12,8 +12,8 @@ import psycopg
 import pytest
 from click.testing import CliRunner
 from movrec_cli import schema
+from movrec_cli.commands.refresh import refresh
 from movrec_cli.demo_data import load_demo
-from movrec_cli.refresh import refresh
 
 from tests.conftest import connect
 

@@ -16,6 +16,8 @@ import pandas as pd
 from movrec.metrics import split
 
 from movrec_cli.baselines import COLUMNS, MODELS, run_baselines
+from movrec_cli.connection import one
+from movrec_cli.output import note
 
 
 def load_split(ratings_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -49,15 +51,12 @@ def format_table(rows: list[dict[str, Any]]) -> str:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 1:
-        print(
-            f"usage: python -m movrec_cli.bench_quality DIR_OR_RATINGS_CSV [{','.join(MODELS)}]",
-            file=sys.stderr,
-        )
+        note(f"usage: python -m movrec_cli.bench_quality DIR_OR_RATINGS_CSV [{','.join(MODELS)}]")
         return 2
     path = Path(argv[0])
     csv = path / "ratings.csv" if path.is_dir() else path
     which = tuple(argv[1].split(",")) if len(argv) > 1 else MODELS
-    rows = peer_table(csv, which=which, progress=lambda msg: print(msg, file=sys.stderr))
+    rows = peer_table(csv, which=which, progress=note)
     print(format_table(rows))
     return 0
 
@@ -140,10 +139,12 @@ def movrec_rows(
     rows = []
     for kind in kinds:
         t = time.perf_counter()
-        model_id = conn.execute(
-            "SELECT movrec.train(%s, %s::jsonb, deploy => false)",
-            (kind, json.dumps(options.get(kind, {}))),
-        ).fetchone()[0]
+        model_id = one(
+            conn.execute(
+                "SELECT movrec.train(%s, %s::jsonb, deploy => false)",
+                (kind, json.dumps(options.get(kind, {}))),
+            )
+        )[0]
         seconds = time.perf_counter() - t
         (blob,) = conn.execute(
             "SELECT checkpoint FROM model.registry WHERE model_id = %s", (model_id,)

@@ -1,6 +1,6 @@
 """User-to-user Pearson CF in plain Python: the naive baseline and the tests' reference.
 
-This is the design of issue 6 written the obvious way, with no numpy and no
+These are movrec.cf's definitions written the obvious way, with no numpy and no
 cache: every call reads ``ratings.csv`` into per-user dicts, correlates the
 target with every other user, and scores the movies the neighbours rated.
 ``movrec bench cf`` times it against the database version, and the tests check
@@ -28,32 +28,23 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 
-# Shared with movrec.cf: a correlation within CORR_EPS of min_corr counts as
-# reaching it, and scores equal to SCORE_DECIMALS decimals are ties (broken by
-# movie_id), so that two correct implementations that round differently in the
-# last bit still agree on neighbours and order.
-CORR_EPS = 1e-12
-SCORE_DECIMALS = 9
-BASELINE_REG_MOVIE = 25.0
-BASELINE_REG_USER = 10.0
+# The definitions' constants and options are movrec.cf's own (one definition): a
+# correlation within CORR_EPS of min_corr counts as reaching it, and scores equal to
+# SCORE_DECIMALS decimals are ties (broken by movie_id), so that two correct
+# implementations that round differently in the last bit still agree.
+from movrec.cf.options import (
+    BASELINE_REG_MOVIE,
+    BASELINE_REG_USER,
+    CORR_EPS,
+    SCORE_DECIMALS,
+    Options,
+)
 
 Ratings = Mapping[int, Mapping[int, float]]  # user -> movie -> rating
 
-
-@dataclass(frozen=True)
-class Options:
-    """The knobs of movrec.user_to_user(), with the same defaults."""
-
-    min_corr: float = 0.65
-    min_overlap: int = 14
-    min_raters: int = 1
-    shrinkage: float = 0.0
-    damping: float = 0.0
-    baseline: bool = False
-    k: int = 150
+__all__ = ["Options", "naive_user_to_user", "neighbours", "predict_all", "recommend"]
 
 
 def read_ratings(path: Path) -> dict[int, dict[int, float]]:
@@ -89,7 +80,7 @@ def pearson(
 
 
 def neighbours(ratings: Ratings, user: int, opt: Options) -> dict[int, tuple[float, int]]:
-    """Neighbour -> (correlation, overlap) for the design's thresholds."""
+    """Neighbour -> (correlation, overlap) of the users who pass opt's thresholds."""
     mine = ratings.get(user, {})
     found: dict[int, tuple[float, int]] = {}
     for other, theirs in ratings.items():
@@ -176,5 +167,5 @@ def recommend(
 def naive_user_to_user(
     ratings_csv: Path, user: int, opt: Options | None = None
 ) -> list[tuple[int, float, int]]:
-    """The whole naive path, as the issue measured it: read the file, then compute."""
+    """The whole naive path, as `movrec bench cf` times it: read the file, then compute."""
     return recommend(read_ratings(ratings_csv), user, opt)

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-import click
+from typing import Any
+
 import psycopg
 
 from movrec_cli.cluster import Cluster
 from movrec_cli.errors import CliError
+from movrec_cli.output import note
 
 
 def resolve_dsn(dsn: str | None) -> str:
@@ -23,7 +25,7 @@ def resolve_dsn(dsn: str | None) -> str:
 
 def print_notice(diag: psycopg.errors.Diagnostic) -> None:
     """Server NOTICEs (training progress) go to stderr as they arrive."""
-    click.echo(diag.message_primary, err=True)
+    note(diag.message_primary or "")
 
 
 def connect(dsn: str | None, *, autocommit: bool = True) -> psycopg.Connection:
@@ -34,3 +36,11 @@ def connect(dsn: str | None, *, autocommit: bool = True) -> psycopg.Connection:
         raise CliError(f"cannot connect to {resolved!r}: {str(e).strip()}") from None
     conn.add_notice_handler(print_notice)
     return conn
+
+
+def one(cursor: psycopg.Cursor[Any]) -> tuple[Any, ...]:
+    """The row a statement that always returns one (an aggregate, a function call) returned."""
+    row = cursor.fetchone()
+    if row is None:
+        raise CliError("the database returned no row where a statement always returns one")
+    return row

@@ -15,10 +15,11 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-import click
 import numpy as np
 import psycopg
 from movrec.demo.synth import GENRES, genre_matrix
+
+from movrec_cli.connection import one
 
 DATABASE = "movrec_20m"
 # MovieLens 20M: 138,493 users, 26,744 movies, 20,000,263 ratings.
@@ -226,7 +227,7 @@ def load(conn: psycopg.Connection, plan: Plan, echo: Callable[[str], None]) -> d
         timings["indexes"] = time.perf_counter() - t
         echo(f"indexes: {timings['indexes']:.1f} s")
     t = time.perf_counter()
-    if conn.execute("SELECT to_regprocedure('movrec.cf_rebuild_stats()')").fetchone()[0]:
+    if one(conn.execute("SELECT to_regprocedure('movrec.cf_rebuild_stats()')"))[0]:
         conn.execute("SELECT movrec.cf_rebuild_stats()")  # the triggers were skipped
     conn.execute("VACUUM (ANALYZE) movrec.watch_events")
     conn.execute("ANALYZE movrec.movies")
@@ -244,70 +245,13 @@ def load_and_train(
     timings = load(conn, plan, echo)
     if train_options is not None:
         t = time.perf_counter()
-        model_id = conn.execute("SELECT movrec.train('mf', %s)", (train_options,)).fetchone()[0]
+        model_id = one(conn.execute("SELECT movrec.train('mf', %s)", (train_options,)))[0]
         timings["train_deploy"] = time.perf_counter() - t
-        metrics = conn.execute(
-            "SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,)
-        ).fetchone()[0]
+        metrics = one(
+            conn.execute("SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,))
+        )[0]
         echo(
             f"train + deploy mf (model {model_id}): {timings['train_deploy']:.1f} s; "
             f"val_rmse {metrics.get('val_rmse')}"
         )
     return timings
-
-
-@click.command("generate")
-@click.option(
-    "--dsn",
-    envvar="MOVREC_GENERATE_DSN",
-    metavar="DSN",
-    help=f"target database (emptied: movrec is uninstalled with its data) [default: "
-    f"the embedded cluster's {DATABASE}, created if missing, emptied]",
-)
-@click.option("--users", default=ML20M[0], show_default=True)
-@click.option("--movies", default=ML20M[1], show_default=True)
-@click.option(
-    "--ratings", default=ML20M[2], show_default=True, help="target (about; every user rates >= 20)"
-)
-@click.option("--seed", default=42, show_default=True)
-@click.option(
-    "--train/--no-train", default=True, show_default=True, help="train and deploy MF afterwards"
-)
-@click.option("--train-options", default=TRAIN_OPTIONS, show_default=True)
-def generate(
-    dsn: str | None,
-    users: int,
-    movies: int,
-    ratings: int,
-    seed: int,
-    train: bool,
-    train_options: str,
-) -> None:
-    """A synthetic MovieLens-20M-sized dataset: power-law popularity, planted tastes.
-
-    Loaded with binary COPY (triggers and FK checks off, indexes rebuilt after),
-    then `movrec.train('mf', ...)`; prints the time of each step.
-    """
-    from movrec_cli import schema
-    from movrec_cli.cluster import Cluster
-    from movrec_cli.connection import print_notice
-
-    echo = lambda m: click.echo(m, err=True)  # noqa: E731
-    t0 = time.perf_counter()
-    if dsn is None:
-        cluster = Cluster.default()
-        if not cluster.running():
-            raise click.ClickException("the embedded cluster is not running: `movrec db up`")
-        cluster.ensure_database(DATABASE)
-        dsn = cluster.dsn(DATABASE)
-        echo(f"database {DATABASE}: {dsn}")
-    plan = Plan(users, movies, ratings, seed)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.add_notice_handler(print_notice)
-        t = time.perf_counter()
-        schema.uninstall(conn, drop_data=True)
-        schema.install(conn)
-        echo(f"install: {time.perf_counter() - t:.1f} s")
-        load_and_train(conn, plan, train_options if train else None, echo)
-    echo(f"total: {time.perf_counter() - t0:.1f} s")
-    click.echo(dsn)

@@ -22,6 +22,7 @@ from typing import Any
 import psycopg
 from movrec.content import GENRES
 
+from movrec_cli.connection import one
 from movrec_cli.errors import CliError
 
 Progress = Callable[[int], None]  # called with bytes consumed
@@ -453,10 +454,12 @@ def _load(
             "(SELECT load_id FROM movrec.loads WHERE source = %s)",
             (source,),
         )
-        load_id = conn.execute(
-            "INSERT INTO movrec.loads (source, layout, path, checksum) VALUES (%s, %s, %s, %s) RETURNING load_id",
-            (source, layout, str(files[0][0].parent.resolve()), total),
-        ).fetchone()[0]
+        load_id = one(
+            conn.execute(
+                "INSERT INTO movrec.loads (source, layout, path, checksum) VALUES (%s, %s, %s, %s) RETURNING load_id",
+                (source, layout, str(files[0][0].parent.resolve()), total),
+            )
+        )[0]
         with conn.cursor() as cur:
             for path, spec in files:
                 n = 0

@@ -10,6 +10,8 @@ from typing import Any
 
 import psycopg
 
+from movrec_cli.connection import one
+
 STAGES = (
     ("1 clean links", "CALL movrec.etl_clean_links(%(run)s)"),
     ("2 cross-filter", "CALL movrec.etl_cross_filter(%(run)s, %(require_tmdb)s)"),
@@ -18,7 +20,7 @@ STAGES = (
     ("publish", "CALL movrec.etl_publish(%(run)s)"),
 )
 
-# What --export writes per stage, like the design's cpdata1..4 folders.
+# What --export writes per stage: one folder of CSV files per stage (stage1 .. stage4).
 BUNDLES: dict[str, dict[str, str]] = {
     "stage1": {"links": "SELECT movie_id, imdb_id, tmdb_id FROM etl.links1 ORDER BY movie_id"},
     "stage2": {
@@ -49,7 +51,7 @@ def run_etl(
     echo: Callable[[str], None],
 ) -> int:
     """Each stage in its own transaction; publish is the atomic swap. Returns the run id."""
-    run = conn.execute("SELECT nextval('movrec.etl_run_seq')").fetchone()[0]
+    run = one(conn.execute("SELECT nextval('movrec.etl_run_seq')"))[0]
     params = {
         "run": run,
         "require_tmdb": require_tmdb,

@@ -13,12 +13,14 @@ from pathlib import Path
 import numpy as np
 import psycopg
 
+from movrec_cli.connection import one
+
 W, H, PAD = 560, 260, 40
 COLORS = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f")
 
 
 def _scale(
-    values: Sequence[float], lo: float, hi: float, out_lo: float, out_hi: float
+    values: Sequence[float] | np.ndarray, lo: float, hi: float, out_lo: float, out_hi: float
 ) -> list[float]:
     span = (hi - lo) or 1.0
     return [out_lo + (v - lo) / span * (out_hi - out_lo) for v in values]
@@ -109,19 +111,21 @@ def write_report(conn: psycopg.Connection, path: Path) -> Path:
         }
         parts.append(bar_chart(f"{metric} across registry models", bars))
     if champion:
-        blob, ranking, ids = conn.execute(
-            "SELECT serving_matrix, serving_ranking, serving_movie_ids FROM model.registry WHERE model_id = %s",
-            champion,
-        ).fetchone()
+        blob, ranking, ids = one(
+            conn.execute(
+                "SELECT serving_matrix, serving_ranking, serving_movie_ids FROM model.registry WHERE model_id = %s",
+                champion,
+            )
+        )
         n = len(np.frombuffer(ids, dtype=np.int32))
         matrix = np.frombuffer(blob, dtype=np.float32).reshape(n, -1)
         users = conn.execute(
             "SELECT embedding::real[], bias FROM model.user_latent_attributes "
             "ORDER BY user_id LIMIT 200"
         ).fetchall()
-        mean = conn.execute(
-            "SELECT global_mean FROM model.registry WHERE model_id = %s", champion
-        ).fetchone()[0]
+        mean = one(
+            conn.execute("SELECT global_mean FROM model.registry WHERE model_id = %s", champion)
+        )[0]
         if users:
             u = np.array([r[0] for r in users], dtype=np.float32)
             b = np.array([r[1] for r in users], dtype=np.float32)

@@ -40,7 +40,7 @@ class InstallResult:
 
 
 def _last_install(conn: psycopg.Connection) -> tuple[str, str, str] | None:
-    if conn.execute("SELECT to_regclass('movrec.installs')").fetchone()[0] is None:
+    if conn.execute("SELECT to_regclass('movrec.installs')").fetchone()[0] is None:  # type: ignore[index]
         return None
     return conn.execute(
         "SELECT version, sql_sha256, venv FROM movrec.installs ORDER BY install_id DESC LIMIT 1"
@@ -82,7 +82,7 @@ def _db_setting(conn: psycopg.Connection, name: str) -> str | None:
            FROM pg_db_role_setting d, unnest(d.setconfig) s, pg_database db
            WHERE d.setdatabase = db.oid AND d.setrole = 0 AND db.datname = current_database()"""
     ).fetchall()
-    return dict(rows).get(name)
+    return dict(rows).get(name)  # type: ignore[call-overload]
 
 
 def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:

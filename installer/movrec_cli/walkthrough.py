@@ -9,9 +9,9 @@ import numpy as np
 
 from movrec_cli import schema
 from movrec_cli.cluster import Cluster
-from movrec_cli.connection import connect
+from movrec_cli.connection import connect, one
 from movrec_cli.demo_data import load_demo
-from movrec_cli.main import table
+from movrec_cli.output import table
 
 DEMO_USER = 7
 
@@ -40,19 +40,17 @@ def run(dsn: str | None) -> None:
 
         t = step(3, "demo data: hand-typed catalogue + synthetic users with planted tastes")
         movies, ratings = load_demo(conn)
-        n = conn.execute(
-            "SELECT count(*), count(DISTINCT user_id) FROM movrec.watch_events"
-        ).fetchone()
+        n = one(conn.execute("SELECT count(*), count(DISTINCT user_id) FROM movrec.watch_events"))
         click.echo(f"{movies} movies, {n[0]} ratings by {n[1]} users ({ratings} new)")
         done(t)
 
         t = step(
             4, "train the base matrix factorisation in the database: SELECT movrec.train('mf')"
         )
-        model_id = conn.execute("SELECT movrec.train('mf')").fetchone()[0]
-        m = conn.execute(
-            "SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,)
-        ).fetchone()[0]
+        model_id = one(conn.execute("SELECT movrec.train('mf')"))[0]
+        m = one(
+            conn.execute("SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,))
+        )[0]
         click.echo(
             f"model {model_id} deployed: validation RMSE {m['val_rmse']:.4f}, MAE {m['val_mae']:.4f} "
             f"(predicting the global mean: RMSE {m['baseline_val_rmse']:.4f})"
@@ -69,16 +67,18 @@ def run(dsn: str | None) -> None:
             6, f"user {DEMO_USER} rates '{top_title}' 0.5 stars: the trigger moves their vector"
         )
         vec = "SELECT embedding::real[] FROM model.user_latent_attributes WHERE user_id = %s"
-        u0 = np.array(conn.execute(vec, (DEMO_USER,)).fetchone()[0])
+        u0 = np.array(one(conn.execute(vec, (DEMO_USER,)))[0])
         conn.execute(
             "INSERT INTO movrec.watch_events (user_id, movie_id, rating) VALUES (%s, %s, 0.5)",
             (DEMO_USER, top_id),
         )
-        u1 = np.array(conn.execute(vec, (DEMO_USER,)).fetchone()[0])
-        archived = conn.execute(
-            "SELECT count(*) FROM model.user_latent_attributes_backups WHERE user_id = %s",
-            (DEMO_USER,),
-        ).fetchone()[0]
+        u1 = np.array(one(conn.execute(vec, (DEMO_USER,)))[0])
+        archived = one(
+            conn.execute(
+                "SELECT count(*) FROM model.user_latent_attributes_backups WHERE user_id = %s",
+                (DEMO_USER,),
+            )
+        )[0]
         click.echo(
             f"vector[:5] before {np.round(u0[:5], 4)}\n          after  {np.round(u1[:5], 4)}"
             f"\n|change| = {np.linalg.norm(u1 - u0):.4f}; {archived} old vector(s) archived"

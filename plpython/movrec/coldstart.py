@@ -25,13 +25,16 @@ the checkpoint's vocabulary sizes map to UNK.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from movrec import backend
 from movrec.content import NUMERIC, MovieContent
 from movrec.tokenizer import FIELDS, UNK, Vocabulary, tokens
+
+if TYPE_CHECKING:
+    from movrec.models import HybridModel
 
 CONTENT_KINDS = ("hybrid", "functional")
 
@@ -81,7 +84,7 @@ def encode(
 
 
 def sub_network(
-    model: Any, content: MovieContent
+    model: HybridModel, content: MovieContent
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(rating vectors, biases, [ranking vector | prior] or None) from content alone."""
     import torch
@@ -116,12 +119,15 @@ def embed_new_movies(limit: int | None = None) -> int:
             "has no content sub-network: they wait for the next training"
         )
         return 0
+    from movrec.models import HybridModel
     from movrec.registry import load_checkpoint
 
     blob = backend.execute(
         "SELECT checkpoint FROM model.registry WHERE model_id = $1", ["int8"], [model_id]
     )[0]["checkpoint"]
     model = load_checkpoint(kind, blob, model_id)
+    if not isinstance(model, HybridModel):  # only content models reach here (checked above)
+        raise TypeError(f"model {model_id} of kind {kind!r} has no content sub-network")
     vocabs: dict[str, dict[str, int]] = {}
     for r in backend.execute("SELECT field, token, token_id FROM movrec.vocab"):
         vocabs.setdefault(r["field"], {})[r["token"]] = r["token_id"]

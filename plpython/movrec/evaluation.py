@@ -14,11 +14,14 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from movrec.metrics import ranking_metrics, rating_metrics
+from movrec.metrics import ranking_metrics, rating_metrics, split
+
+if TYPE_CHECKING:
+    from movrec.models import Model
 
 
 def _positions(known: np.ndarray, ids: np.ndarray) -> np.ndarray:
@@ -27,7 +30,7 @@ def _positions(known: np.ndarray, ids: np.ndarray) -> np.ndarray:
 
 
 def evaluate_model(
-    model: Any,
+    model: Model,
     train: tuple[np.ndarray, np.ndarray],
     test: tuple[np.ndarray, np.ndarray, np.ndarray],
     movie_space: np.ndarray | None = None,
@@ -36,8 +39,8 @@ def evaluate_model(
     """train = (user ids, movie ids); test = (user ids, movie ids, ratings)."""
     user_ids, users, user_bias = (t.numpy() for t in model.user_side())
     movie_ids, movies, movie_bias = (t.numpy() for t in model.movie_side())
-    ranking = model.ranking_side()
-    ranking = ranking.numpy() if ranking is not None else None
+    ranking_side = model.ranking_side()
+    ranking = ranking_side.numpy() if ranking_side is not None else None
     mean = float(model.global_mean)
     default_u, default_b = users.mean(axis=0), float(user_bias.mean())
 
@@ -81,7 +84,7 @@ def evaluate_model(
         full[:, in_model >= 0] = rank[:, in_model[in_model >= 0]]
         return full
 
-    def index(users_: np.ndarray, movies_: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def index(users_: np.ndarray, movies_: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         m = _positions(space, movies_)
         keep = m >= 0
         return np.array([u_of[u] for u in users_[keep]], dtype=np.int64), m[keep], keep
@@ -128,8 +131,8 @@ def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, 
         source = test_table
     else:
         params = json.loads(rows[0]["params"])
-        train_rows, val_rows = training.split(
-            len(data), params.get("seed", 42), params.get("val_fraction", 0.05)
+        train_rows, val_rows = split(
+            len(data), params.get("seed", 42), 1 - params.get("val_fraction", 0.05)
         )
         test = (
             data.users[val_rows],

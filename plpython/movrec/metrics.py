@@ -64,6 +64,20 @@ def discounts(k: int) -> np.ndarray:
     return 1.0 / np.log2(np.arange(2, k + 2, dtype=np.float64))
 
 
+def ndcg(hits: np.ndarray, n_relevant: np.ndarray | int, k: int) -> np.ndarray:
+    """NDCG@k with binary gains, per row: the module docstring's definition.
+
+    ``hits[i, r]`` says whether the item at rank r + 1 of list i is relevant (lists may be
+    shorter than k); ``n_relevant[i] >= 1`` is how many relevant items list i could hold.
+    """
+    hits = np.atleast_2d(np.asarray(hits, dtype=bool))[:, :k]
+    n_rel = np.broadcast_to(np.asarray(n_relevant, dtype=np.int64), (hits.shape[0],))
+    disc = discounts(k)
+    dcg = (hits * disc[: hits.shape[1]]).sum(axis=1)
+    idcg = np.cumsum(disc)[np.minimum(n_rel, k) - 1]
+    return dcg / idcg
+
+
 def top_k_indices(scores: np.ndarray, k: int) -> np.ndarray:
     """Column indices of each row's k largest scores, best first (``argpartition`` + sort)."""
     n = scores.shape[1]
@@ -137,7 +151,6 @@ def ranking_metrics(
     rel_ptr, rel_cols = _csr(test_users[relevant], test_items[relevant], n_users)
     n_rel = np.diff(rel_ptr)
     users = np.flatnonzero(n_rel > 0)
-    disc = discounts(k_max)
     sums = {f"{name}@{k}": 0.0 for k in ks for name in ("precision", "recall", "ndcg")}
 
     for start in range(0, len(users), batch):
@@ -156,11 +169,9 @@ def ranking_metrics(
         for k in ks:
             h = hits[:, :k]
             n_hits = h.sum(axis=1)
-            dcg = (h * disc[: h.shape[1]]).sum(axis=1)
-            idcg = np.cumsum(disc[:k])[np.minimum(n_rel[u], k) - 1]
             sums[f"precision@{k}"] += float((n_hits / k).sum())
             sums[f"recall@{k}"] += float((n_hits / nr).sum())
-            sums[f"ndcg@{k}"] += float((dcg / idcg).sum())
+            sums[f"ndcg@{k}"] += float(ndcg(h, n_rel[u], k).sum())
 
     n = len(users)
     out = {key: (value / n if n else float("nan")) for key, value in sums.items()}

@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import io
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from movrec import backend
 from movrec.errors import CorruptCheckpoint, InvalidArgument, NotFound, NullArgument
 from movrec.online import vector_literal
+
+if TYPE_CHECKING:
+    from movrec.models import Model
 
 PUBLISHED_DIM = 100  # model.*_latent_attributes.embedding is vector(100)
 
@@ -28,7 +31,7 @@ RETURNING model_id
 """
 
 
-def checkpoint_bytes(model: Any) -> bytes:
+def checkpoint_bytes(model: Model) -> bytes:
     """torch.save of {kind, config, state}: plain tensors and numbers, so weights_only=True loads it."""
     import torch
 
@@ -37,7 +40,7 @@ def checkpoint_bytes(model: Any) -> bytes:
     return buf.getvalue()
 
 
-def load_checkpoint(kind: str, blob: bytes, model_id: int | None = None) -> Any:
+def load_checkpoint(kind: str, blob: bytes, model_id: int | None = None) -> Model:
     """Rebuild a model from its checkpoint; anything wrong is a CorruptCheckpoint."""
     import torch
 
@@ -60,7 +63,7 @@ def load_checkpoint(kind: str, blob: bytes, model_id: int | None = None) -> Any:
         ) from None
 
 
-def serving_blobs(model: Any) -> tuple[bytes, bytes, list[float], float]:
+def serving_blobs(model: Model) -> tuple[bytes, bytes, list[float], float]:
     """What backends cache: movie ids, [vector | bias] matrix, default user vector and bias."""
     ids, vectors, bias = model.movie_side()
     _, user_vectors, user_bias = model.user_side()
@@ -74,7 +77,7 @@ def serving_blobs(model: Any) -> tuple[bytes, bytes, list[float], float]:
 
 
 def register(
-    model: Any,
+    model: Model,
     kind: str,
     params: dict[str, Any],
     snapshot: dict[str, Any],
@@ -191,7 +194,7 @@ def deploy_model(model_id: int, reason: str = "deploy") -> int:
 
     try:
         serving.current_champion()
-    except Exception as e:  # noqa: BLE001 - never fail a deploy over a cache
+    except Exception as e:  # any failure: never fail a deploy over a cache
         backend.notice(f"movrec deploy: serving cache not prepared ({e}); the first request will")
     return model_id
 

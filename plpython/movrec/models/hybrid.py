@@ -1,4 +1,4 @@
-"""The hybrid model (the design's FinalModel) and the experimental baselines.
+"""The hybrid model: a content sub-network for movies, factorised with user vectors.
 
 HybridModel: a movie sub-network turns content (pooled token embeddings of
 title, overview, cast, genres, keywords, companies, countries; normalised
@@ -12,21 +12,19 @@ recommend() orders by <user, ranking vector> + prior; predicted ratings keep
 coming from the rating head.  Both heads share the one user vector, so the
 online update moves both.
 
-FunctionalModel: the same sub-network without the movie-id embedding, so a
-movie is a pure function of its content (a content-only baseline).
-MLPModel: user and movie embeddings and content through an MLP; not a
-factorisation, so it is registered and evaluated but cannot be deployed.
+The experimental baselines built on it live in functional.py and mlp.py.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
 from torch import nn
 
 from movrec.content import NUMERIC, MovieContent
+from movrec.models.base import UserEmbeddings
 from movrec.tokenizer import FIELDS
 
 
@@ -52,10 +50,17 @@ class ContentEncoder(nn.Module):
         return self.mlp(torch.cat([*parts, numeric], dim=1))
 
 
-class HybridModel(nn.Module):
-    kind = "hybrid"
-    deployable = True
-    uses_id_embedding = True
+class HybridModel(UserEmbeddings):
+    kind: ClassVar[str] = "hybrid"
+    deployable: ClassVar[bool] = True
+    uses_id_embedding: ClassVar[bool] = True
+    config: dict[str, Any]
+    global_mean: torch.Tensor
+    movie_ids: torch.Tensor
+    numeric: torch.Tensor
+    numeric_mean: torch.Tensor
+    numeric_std: torch.Tensor
+    train_counts: torch.Tensor
 
     def __init__(
         self,
@@ -106,7 +111,7 @@ class HybridModel(nn.Module):
             self.movie_bias = nn.Embedding(len(movie_ids), 1)
             nn.init.normal_(self.movie_embedding.weight, std=0.05)
             nn.init.zeros_(self.movie_bias.weight)
-        self.ranking_head = nn.Linear(hidden, dim + 1) if ranking else None
+        self.ranking_head: nn.Linear | None = nn.Linear(hidden, dim + 1) if ranking else None
         if ranking and self.uses_id_embedding:
             # what a movie's content cannot say about who watches it: free per-movie terms
             self.ranking_embedding = nn.Embedding(len(movie_ids), dim + 1)
@@ -131,6 +136,7 @@ class HybridModel(nn.Module):
         return vec, bias, rank
 
     def _ranking(self, h: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
+        assert self.ranking_head is not None  # movie_repr asks only a model with the head
         rank = self.ranking_head(h)
         if self.uses_id_embedding:
             rank = rank + self.ranking_embedding(movies)
@@ -230,13 +236,6 @@ class HybridModel(nn.Module):
         self.train(was)
         return out
 
-    def user_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return (
-            self.user_ids,
-            self.user_embedding.weight.detach(),
-            self.user_bias.weight.detach().squeeze(-1),
-        )
-
     def movie_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         vec, bias, _ = self.all_movies()
         return self.movie_ids, vec, bias
@@ -313,31 +312,3 @@ class HybridModel(nn.Module):
         model.config["rank_blend"] = float(config.get("rank_blend", 0.0))
         model.config["rank_popularity"] = float(config.get("rank_popularity", 0.0))
         return model
-
-
-class FunctionalModel(HybridModel):
-    """Movies are a pure function of their content: no movie-id embedding."""
-
-    kind = "functional"
-    uses_id_embedding = False
-
-
-class MLPModel(HybridModel):
-    """rating = MLP([user vector, movie content features]): not a factorisation, not deployable."""
-
-    kind = "mlp"
-    deployable = False
-    uses_id_embedding = True
-
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        kwargs["ranking"] = False
-        super().__init__(*args, **kwargs)
-        dim, hidden = self.config["dim"], self.config["hidden"]
-        self.head = nn.Sequential(nn.Linear(2 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
-
-    def forward(self, users: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
-        vec, bias, _ = self.movie_repr(movies)
-        x = torch.cat([self.user_embedding(users), vec], dim=1)
-        return (
-            self.head(x).squeeze(-1) + bias + self.user_bias(users).squeeze(-1) + self.global_mean
-        )

@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
+from typing import Any, ClassVar
+
 import torch
 from torch import nn
 
+from movrec.models.base import UserEmbeddings
 
-class MatrixFactorization(nn.Module):
+
+class MatrixFactorization(UserEmbeddings):
     """rating ~ global_mean + b_u + b_m + <u, m>.
 
     The index->id maps are buffers, so a checkpoint (the state_dict) is
     self-contained: deploy needs nothing else to publish the vectors.
     """
 
-    kind = "mf"
-    deployable = True
+    kind: ClassVar[str] = "mf"
+    deployable: ClassVar[bool] = True
+    config: dict[str, Any]
+    global_mean: torch.Tensor
+    movie_ids: torch.Tensor
 
     def __init__(
         self,
@@ -59,7 +66,7 @@ class MatrixFactorization(nn.Module):
 
     @classmethod
     def from_state_dict(
-        cls, state: dict[str, torch.Tensor], config: dict | None = None
+        cls, state: dict[str, torch.Tensor], config: dict[str, Any] | None = None
     ) -> MatrixFactorization:
         dim = state["user_embedding.weight"].shape[1]
         model = cls(
@@ -67,14 +74,6 @@ class MatrixFactorization(nn.Module):
         )
         model.load_state_dict(state)
         return model
-
-    def user_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(user ids, vectors, biases) to publish into model.user_latent_attributes."""
-        return (
-            self.user_ids,
-            self.user_embedding.weight.detach(),
-            self.user_bias.weight.detach().squeeze(-1),
-        )
 
     def movie_side(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """(movie ids, vectors, biases): the movie representation serving multiplies with."""

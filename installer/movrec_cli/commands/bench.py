@@ -1,0 +1,148 @@
+"""`movrec bench`: quality against the peers, serving speed, online learning, CF latency."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from movrec_cli.cluster import Cluster
+from movrec_cli.connection import connect
+from movrec_cli.options import dsn_option
+from movrec_cli.output import note
+
+
+@click.group()
+def bench() -> None:
+    """Benchmarks: quality against the peers, serving speed, online learning, CF latency."""
+
+
+@bench.command("quality")
+@dsn_option
+@click.option(
+    "--data",
+    "data_dir",
+    required=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="folder with ml-latest-small/ (and tmdb-5000/), e.g. ../shared/data; read, never copied",
+)
+@click.option("--models", default="mf,hybrid", show_default=True, help="movrec models to train")
+@click.option(
+    "--peers",
+    default="popularity,svd,svdpp,knnbaseline,als,bpr",
+    show_default=True,
+    help="peers to run (needs movrec[bench]); '' for none",
+)
+@click.option(
+    "--options",
+    default="{}",
+    help='per-model training options, e.g. \'{"hybrid": {"epochs": 20}}\'',
+)
+def bench_quality(dsn: str | None, data_dir: Path, models: str, peers: str, options: str) -> None:
+    """movrec's models and the peers on one split, in one table.
+
+    \b
+    Protocol: ratings.csv shuffled with numpy.random.default_rng(42).permutation,
+    first 90 % train, the rest test. movrec trains in a scratch database
+    (movrec_bench) from the training 90 % loaded through the real loaders and ETL;
+    the peers train on the same rows. Relevant = test ratings >= 4; candidates =
+    every movie the user did not rate in training.
+    """
+    from movrec_cli import bench_quality as bq
+    from movrec_cli import schema as sch
+
+    echo = note
+    if dsn is None:
+        cluster = Cluster.default()
+        cluster.ensure_database(bq.BENCH_DB)
+        bench_dsn = cluster.dsn(bq.BENCH_DB)
+    else:
+        bench_dsn = dsn
+    rows = []
+    with connect(bench_dsn) as conn:
+        if dsn is None:
+            sch.uninstall(conn, drop_data=True)
+        sch.install(conn)
+        kinds = tuple(k for k in models.split(",") if k)
+        rows += bq.movrec_rows(conn, data_dir, kinds, json.loads(options), progress=echo)
+    ml = data_dir / "ml-latest-small" if (data_dir / "ml-latest-small").is_dir() else data_dir
+    which = tuple(p for p in peers.split(",") if p)
+    if which:
+        rows += bq.peer_table(ml / "ratings.csv", which=which, progress=echo)
+    click.echo(bq.format_table(rows))
+
+
+@bench.command("serving")
+@click.option(
+    "--dsn", metavar="DSN", help="a `movrec generate` database [default: the embedded movrec_20m]"
+)
+@click.option("-T", "seconds", default=15, show_default=True, help="seconds per pgbench run")
+@click.option("-c", "clients", default=2, show_default=True, help="pgbench clients (and threads)")
+@click.option("--rounds", default=2, show_default=True, help="rounds of the insert variants")
+@click.option(
+    "--skip-refit", is_flag=True, help="do not measure inserts with movrec.online_update = refit"
+)
+def bench_serving(**options: Any) -> None:
+    """recommend tps/p50/p99, rating tps with the online update vs a plain insert,
+    first recommend on a new connection, memory per backend (pgbench, 2 clients)."""
+    from movrec_cli.bench_serving import run_serving
+
+    run_serving(**options)
+
+
+@bench.command("online")
+@click.option(
+    "--data",
+    "data_dir",
+    default="/work/shared/data/ml-latest-small",
+    show_default=True,
+    type=click.Path(path_type=Path, exists=True),
+    help="ml-latest-small folder (read, never copied)",
+)
+@click.option(
+    "--dsn", metavar="DSN", help="scratch database, emptied [default: the embedded movrec_online]"
+)
+@click.option(
+    "--holdout", default=0.1, show_default=True, help="fraction of users held out of training"
+)
+@click.option("--train-options", default='{"epochs": 25}', show_default=True)
+@click.option(
+    "--refit-reg",
+    default=None,
+    type=float,
+    help="movrec.refit_reg for the refit rows [default: its default]",
+)
+@click.option("--seed", default=42, show_default=True)
+def bench_online(**options: Any) -> None:
+    """Online learning quality: default vector, sgd, refit and full retrain after 5/10/20 ratings."""
+    from movrec_cli.bench_online import run_online
+
+    run_online(**options)
+
+
+@bench.command("cf")
+@dsn_option
+@click.option(
+    "--data",
+    "data_dir",
+    type=click.Path(path_type=Path, exists=True, file_okay=False),
+    help="MovieLens directory whose ratings.csv the naive version reads (default: only an export of watch_events)",
+)
+@click.option("--users", default=50, show_default=True, help="users timed in the database")
+@click.option(
+    "--naive-users", default=10, show_default=True, help="users timed in the naive version"
+)
+@click.option("--seed", default=0, show_default=True)
+def bench_cf_command(
+    dsn: str | None, data_dir: Path | None, users: int, naive_users: int, seed: int
+) -> None:
+    """Per-user latency p50/p99: movrec.user_to_user() vs the naive scan-the-file version."""
+    with connect(dsn) as conn:
+        from movrec_cli.bench_cf import bench_cf
+
+        bench_cf(conn, data_dir, users, naive_users, seed)
+
+
+COMMANDS = [bench]

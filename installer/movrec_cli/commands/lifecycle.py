@@ -1,0 +1,89 @@
+"""`movrec install`, `uninstall`, `status`, `doctor`: movrec's SQL in a database, and its health."""
+
+from __future__ import annotations
+
+import click
+import psycopg
+
+from movrec_cli import schema
+from movrec_cli.connection import connect, one
+from movrec_cli.errors import CliError
+from movrec_cli.options import dsn_option
+
+
+@click.command()
+@dsn_option
+@click.option(
+    "--venv", metavar="PATH", help="venv the backends load movrec from [default: this CLI's]"
+)
+def install(dsn: str | None, venv: str | None) -> None:
+    """Install or upgrade movrec's SQL in one transaction; a rerun changes nothing.
+
+    Also sets, for the database, movrec.venv (where backends find the movrec
+    package) and a search_path that includes movrec.
+    """
+    with connect(dsn) as conn:
+        try:
+            click.echo(schema.install(conn, venv).message)
+        except psycopg.Error as e:
+            raise CliError(f"install failed, the database is unchanged: {str(e).strip()}") from None
+
+
+@click.command()
+@dsn_option
+@click.option(
+    "--drop-data", is_flag=True, help="also drop the movrec and model schemas with all data"
+)
+def uninstall(dsn: str | None, drop_data: bool) -> None:
+    """Remove movrec's functions and triggers; tables stay unless --drop-data."""
+    with connect(dsn) as conn:
+        click.echo(schema.uninstall(conn, drop_data))
+
+
+@click.command()
+@dsn_option
+def status(dsn: str | None) -> None:
+    """Installed version, row counts and the deployed model."""
+    with connect(dsn) as conn:
+        version = schema.installed_version(conn)
+        click.echo(f"installed: {version or 'no'}")
+        if one(conn.execute("SELECT to_regclass('movrec.watch_events')"))[0] is None:
+            return
+        counts = one(
+            conn.execute(
+                """SELECT (SELECT count(*) FROM movrec.movies), (SELECT count(*) FROM movrec.watch_events),
+                      (SELECT count(DISTINCT user_id) FROM movrec.watch_events),
+                      (SELECT count(*) FROM model.user_latent_attributes),
+                      (SELECT count(*) FROM model.registry)"""
+            )
+        )
+        click.echo(
+            "movies: {}  ratings: {}  users: {}  user vectors: {}  registered models: {}".format(
+                *counts
+            )
+        )
+        champ = conn.execute(
+            "SELECT model_id, kind, metrics->>'val_rmse', deployed_at FROM model.champion"
+        ).fetchone()
+        click.echo(
+            f"champion: model {champ[0]} ({champ[1]}), val RMSE {float(champ[2]):.4f}, deployed {champ[3]:%Y-%m-%d %H:%M}"
+            if champ
+            else "champion: none (movrec train)"
+        )
+
+
+@click.command()
+@dsn_option
+def doctor(dsn: str | None) -> None:
+    """Check the backend: Python, packages, torch/CUDA, pgvector, threads, venv."""
+    with connect(dsn) as conn:
+        rows = conn.execute("SELECT check_name, ok, detail, fix FROM movrec.doctor()").fetchall()
+    for name, ok, detail, fix in rows:
+        click.echo(
+            f"{'ok ' if ok else 'BAD'} {name:<9} {detail}" + (f"\n    fix: {fix}" if fix else "")
+        )
+    if not all(r[1] for r in rows):
+        raise SystemExit(1)
+
+
+COMMANDS = [install, uninstall, status, doctor]

@@ -1,0 +1,122 @@
+"""`movrec train`, `deploy`, `evaluate`, `report`: the model registry from the command line."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+
+from movrec_cli.connection import connect, one
+from movrec_cli.errors import CliError
+from movrec_cli.options import dsn_option
+from movrec_cli.output import table
+
+
+@click.command()
+@dsn_option
+@click.option(
+    "--model",
+    "kind",
+    default="hybrid",
+    show_default=True,
+    type=click.Choice(["hybrid", "mf", "functional", "mlp"]),
+    help="hybrid: content sub-network + ranking head; mf: matrix factorisation; "
+    "functional, mlp: experimental baselines",
+)
+@click.option("--epochs", type=int)
+@click.option("--dim", type=int)
+@click.option("--lr", type=float)
+@click.option("--seed", type=int)
+@click.option("--reg", type=float)
+@click.option("--batch-size", type=int)
+@click.option(
+    "--ranking", type=float, help="weight of the ranking loss (0: rank by predicted rating)"
+)
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
+@click.option("--no-deploy", is_flag=True, help="register the model without making it the champion")
+def train(dsn: str | None, kind: str, no_deploy: bool, **options: Any) -> None:
+    """Train a model in the database (SELECT movrec.train(...)); progress on stderr."""
+    opts = {k: v for k, v in options.items() if v is not None}
+    with connect(dsn) as conn:
+        model_id = one(
+            conn.execute(
+                "SELECT movrec.train(%s, %s::jsonb, %s)", (kind, json.dumps(opts), not no_deploy)
+            )
+        )[0]
+        metrics = one(
+            conn.execute("SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,))
+        )[0]
+    click.echo(
+        f"model {model_id}: val RMSE {metrics['val_rmse']:.4f}, MAE {metrics['val_mae']:.4f} "
+        f"(global mean RMSE {metrics['baseline_val_rmse']:.4f})"
+        + ("" if no_deploy else ", deployed")
+    )
+
+
+@click.command()
+@dsn_option
+@click.argument("model_id", type=int, required=False)
+@click.option(
+    "--best",
+    "best_metric",
+    is_flag=False,
+    flag_value="val_rmse",
+    default=None,
+    metavar="[METRIC]",
+    help="deploy the registered model with the best METRIC (default val_rmse; e.g. val_ndcg@10)",
+)
+@click.option("--rollback", is_flag=True, help="go back to the previous champion")
+def deploy(dsn: str | None, model_id: int | None, best_metric: str | None, rollback: bool) -> None:
+    """Make MODEL_ID the champion (atomic; serving sees it on its next call)."""
+    if (
+        sum(x is not None and x is not False for x in (model_id, best_metric, rollback or None))
+        != 1
+    ):
+        raise CliError("give exactly one of MODEL_ID, --best [METRIC], --rollback")
+    with connect(dsn) as conn:
+        if rollback:
+            model_id = one(conn.execute("SELECT movrec.rollback()"))[0]
+        elif best_metric:
+            model_id = one(conn.execute("SELECT movrec.deploy_best(%s)", (best_metric,)))[0]
+        else:
+            conn.execute("SELECT movrec.deploy(%s)", (model_id,))
+    click.echo(f"model {model_id} deployed")
+
+
+@click.command()
+@dsn_option
+@click.argument("model_id", type=int)
+@click.option(
+    "--test-table",
+    metavar="TABLE",
+    help="(user_id, movie_id, rating) rows [default: its validation split]",
+)
+def evaluate(dsn: str | None, model_id: int, test_table: str | None) -> None:
+    """RMSE, MAE, Precision@10, Recall@10/20, NDCG@10 of MODEL_ID (stored in the registry)."""
+    with connect(dsn) as conn:
+        rows = conn.execute(
+            "SELECT * FROM movrec.evaluate(%s, %s)", (model_id, test_table)
+        ).fetchall()
+    click.echo(table(rows, ["metric", "value"]))
+
+
+@click.command()
+@dsn_option
+@click.option(
+    "-o",
+    "--output",
+    type=click.Path(path_type=Path),
+    default=Path("reports/movrec.html"),
+    show_default=True,
+)
+def report(dsn: str | None, output: Path) -> None:
+    """Write an HTML page with plots: learning curves, metrics across models, score distribution."""
+    from movrec_cli.report import write_report
+
+    with connect(dsn) as conn:
+        click.echo(f"wrote {write_report(conn, output)}")
+
+
+COMMANDS = [train, deploy, evaluate, report]

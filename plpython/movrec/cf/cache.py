@@ -1,0 +1,138 @@
+"""This backend's RatingsIndex: loaded once, refreshed incrementally at every call.
+
+The matrix is loaded once per backend (one statement, ``array_send`` blobs read
+with ``np.frombuffer``) and then refreshed incrementally at the start of every
+call.  The rating triggers stamp ``model.user_rating_stats.changed_xid`` with the
+writing transaction's id.  Each refresh (one statement, one snapshot) records that
+snapshot's xmin as the watermark and reloads the users whose ``changed_xid`` is at
+or above the previous watermark: a change the previous snapshot could not see was
+made by a transaction at or above its xmin, so none is missed (some are re-read,
+which is harmless).  Users changed by the calling transaction itself are
+*tentative*: loaded, so the call sees its own writes, and reloaded by the next
+refresh whether the transaction commits or rolls back.  Reloaded users are overlaid
+on the base arrays (their base rows are masked); the overlay is merged into new base
+arrays when it grows past ``COMPACT_FRACTION`` of the ratings, and a refresh that
+finds more than ``RELOAD_FRACTION`` of the users changed (an ETL publish) reloads
+everything.  A bulk change that bypasses the triggers must run
+``movrec.cf_rebuild_stats()``, which stamps every user.  Any error while the cache
+is being changed drops it; the next call loads afresh.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from movrec import backend
+from movrec.cf.index import RatingsIndex
+
+# A refresh that finds more than this share of the users changed reloads everything.
+RELOAD_FRACTION = 0.05
+RELOAD_MIN_USERS = 1000
+
+_index: RatingsIndex | None = None
+_loads = 0  # full loads in this backend (a refresh that reloads everything counts)
+
+LOAD_SQL = """
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin,
+       (SELECT coalesce(array_agg(s.user_id), '{}') FROM model.user_rating_stats s
+         WHERE s.changed_xid = pg_current_xact_id_if_assigned()) AS tentative,
+       array_send(coalesce(array_agg(w.user_id), '{}')) AS users,
+       array_send(coalesce(array_agg(w.movie_id), '{}')) AS movies,
+       array_send(coalesce(array_agg((w.rating * 2)::int2), '{}')) AS halves
+FROM movrec.watch_events w
+"""
+
+# One statement, so the watermark and the rows come from one snapshot.  The rows
+# are fetched only when few enough users changed; otherwise the caller reloads all.
+REFRESH_SQL = """
+WITH changed AS MATERIALIZED (
+    SELECT s.user_id, s.changed_xid = pg_current_xact_id_if_assigned() AS own
+    FROM model.user_rating_stats s
+    WHERE s.changed_xid >= $1::xid8 OR s.user_id = ANY($2)
+)
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin,
+       (SELECT count(*) FROM changed) AS n_changed,
+       (SELECT coalesce(array_agg(user_id), '{}') FROM changed) AS changed,
+       (SELECT coalesce(array_agg(user_id), '{}') FROM changed WHERE own) AS tentative,
+       d.users, d.movies, d.halves
+FROM (SELECT array_send(coalesce(array_agg(w.user_id), '{}')) AS users,
+             array_send(coalesce(array_agg(w.movie_id), '{}')) AS movies,
+             array_send(coalesce(array_agg((w.rating * 2)::int2), '{}')) AS halves
+      FROM movrec.watch_events w
+      WHERE w.user_id IN (SELECT user_id FROM changed) AND (SELECT count(*) FROM changed) <= $3) d
+"""
+
+
+def unpack_array(blob: bytes, dtype: str) -> np.ndarray:
+    """A one-dimensional array_send() blob without NULLs as numpy (dtype big-endian, e.g. '>i4')."""
+    if int.from_bytes(blob[0:4], "big") == 0:  # no dimensions: empty
+        return np.zeros(0, dtype=np.dtype(dtype).newbyteorder("="))
+    n = int.from_bytes(blob[12:16], "big")
+    # header: ndim, has-nulls flag, element type, then length and lower bound of the dimension;
+    # each element: its byte length (int4) and the value
+    elements = np.frombuffer(
+        blob, dtype=np.dtype([("len", ">i4"), ("v", dtype)]), count=n, offset=20
+    )
+    return elements["v"].astype(np.dtype(dtype).newbyteorder("="))
+
+
+def _load_all() -> RatingsIndex:
+    global _loads
+    _loads += 1
+    r = backend.execute(LOAD_SQL)[0]
+    ix = RatingsIndex(
+        unpack_array(r["users"], ">i4"),
+        unpack_array(r["movies"], ">i4"),
+        unpack_array(r["halves"], ">i2").astype(np.int8),
+    )
+    ix.watermark, ix.tentative = r["xmin"], set(r["tentative"])
+    return ix
+
+
+def _refresh(ix: RatingsIndex) -> RatingsIndex:
+    """Bring the cache up to date (see the invalidation rule above); may reload it all."""
+    limit = max(RELOAD_MIN_USERS, int(RELOAD_FRACTION * ix.n_users))
+    r = backend.execute(
+        REFRESH_SQL, ["text", "int4[]", "int8"], [ix.watermark, sorted(ix.tentative), limit]
+    )[0]
+    if r["n_changed"] > limit:
+        return _load_all()
+    if r["n_changed"]:
+        ix.replace_users(
+            r["changed"],
+            unpack_array(r["users"], ">i4"),
+            unpack_array(r["movies"], ">i4"),
+            unpack_array(r["halves"], ">i2"),
+        )
+    ix.watermark, ix.tentative = r["xmin"], set(r["tentative"])
+    return ix
+
+
+def current_index() -> RatingsIndex:
+    """This backend's ratings, refreshed; loaded on first use."""
+    global _index
+    try:
+        _index = _load_all() if _index is None else _refresh(_index)
+    except BaseException:
+        _index = None  # half-changed: start again next time
+        raise
+    return _index
+
+
+def cache_info() -> dict[str, Any]:
+    """What this backend holds (for tests and `movrec cf status`)."""
+    if _index is None:
+        return {"loaded": False}
+    return {
+        "loaded": True,
+        "loads": _loads,
+        "users": _index.n_users,
+        "movies": _index.n_movies,
+        "ratings": _index.nnz,
+        "overlay_users": len(_index.overrides),
+        "overlay_ratings": _index.override_ratings,
+        "version": _index.version,
+        "watermark": _index.watermark,
+    }

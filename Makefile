@@ -16,7 +16,7 @@ PG_CONFIG ?= $(shell ls -d /usr/lib/postgresql/*/bin/pg_config 2>/dev/null | sor
 VENV = .venv
 PY = $(VENV)/bin/python
 
-.PHONY: all setup demo test lint extension FORCE
+.PHONY: all setup demo test lint extension regress-db FORCE
 all: extension
 
 # The extension scripts are built from sql/, never edited by hand
@@ -46,5 +46,39 @@ lint:
 	$(VENV)/bin/ruff format --check plpython installer tests
 	$(VENV)/bin/mypy
 
+# SQL regression suite (pg_regress): test/sql/NN_*.sql run in name order in one database,
+# their output compared with test/expected/NN_*.out.  `make installcheck` runs it against a
+# running server: PGHOST/PGPORT/PGUSER when set, else the embedded cluster (`movrec db up`).
+# It first recreates the database movrec_regress there (regress-db): `movrec install` and the
+# demo data (fixed users and seed, so the expected outputs hold).  tests/test_regress.py runs
+# the same target against the test harness's cluster, so `make test` runs the suite too.
+REGRESS = $(sort $(basename $(notdir $(wildcard test/sql/*.sql))))
+REGRESS_DB = movrec_regress
+REGRESS_OUTPUTDIR ?= test
+REGRESS_OPTS = --inputdir=test --outputdir=$(REGRESS_OUTPUTDIR) --use-existing
+REGRESS_PREP = regress-db
+EXTRA_CLEAN = test/results test/regression.diffs test/regression.out
+MOVREC = $(VENV)/bin/movrec
+PSQL = $(shell $(PG_CONFIG) --bindir)/psql
+
+ifeq ($(PGHOST),)
+ifneq ($(filter installcheck regress-db,$(MAKECMDGOALS)),)
+EMBEDDED_DSN := $(shell $(MOVREC) db dsn)
+export PGHOST := $(patsubst host=%,%,$(filter host=%,$(EMBEDDED_DSN)))
+export PGPORT := $(patsubst port=%,%,$(filter port=%,$(EMBEDDED_DSN)))
+export PGUSER := $(patsubst user=%,%,$(filter user=%,$(EMBEDDED_DSN)))
+endif
+endif
+
+regress-db:
+	@echo "regress-db: recreating $(REGRESS_DB) on $${PGHOST:-localhost}:$${PGPORT:-5432}"
+	$(PSQL) -X -q -v ON_ERROR_STOP=1 -d postgres -c 'SET client_min_messages = warning' \
+		-c 'DROP DATABASE IF EXISTS $(REGRESS_DB) WITH (FORCE)' -c 'CREATE DATABASE $(REGRESS_DB)'
+	$(MOVREC) install --dsn 'dbname=$(REGRESS_DB)'
+	$(MOVREC) load demo --dsn 'dbname=$(REGRESS_DB)' --users 300 --seed 7
+
 PGXS := $(shell $(PG_CONFIG) --pgxs)
 include $(PGXS)
+
+# (after PGXS, which sets the database pg_regress is pointed at)
+CONTRIB_TESTDB = $(REGRESS_DB)

@@ -28,7 +28,7 @@ PG_CONFIG=/usr/lib/postgresql/$PG_MAJOR/bin/pg_config
 
 # 1. Distro packages -------------------------------------------------------
 PKGS=(postgresql-$PG_MAJOR postgresql-plpython3-$PG_MAJOR postgresql-server-dev-$PG_MAJOR
-      postgresql-$PG_MAJOR-cron postgresql-$PG_MAJOR-pgtap python3-venv python3-dev make gcc)
+      postgresql-$PG_MAJOR-cron python3-venv python3-dev make gcc)
 missing=()
 for p in "${PKGS[@]}"; do have_pkg "$p" || missing+=("$p"); done
 if [ ${#missing[@]} -gt 0 ]; then
@@ -36,7 +36,7 @@ if [ ${#missing[@]} -gt 0 ]; then
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 else
-    step "apt: PostgreSQL $PG_MAJOR, PL/Python 3, pg_cron, pgTAP present"
+    step "apt: PostgreSQL $PG_MAJOR, PL/Python 3, pg_cron present"
 fi
 
 # 2. pgvector: the distro package when there is one, else Debian's source package.

@@ -1,7 +1,7 @@
 -- User-to-user Pearson collaborative filtering (issue 6): per-user rating
 -- statistics kept by statement-level triggers, a deduplicated job queue drained by
 -- `movrec worker` and pg_cron, and movrec.user_to_user() over an in-backend sparse
--- matrix (plpython/movrec/cf.py says how, and defines every number it returns).
+-- matrix (plpython/movrec/cf/ says how; cf/compute.py defines every number it returns).
 
 CREATE TABLE IF NOT EXISTS model.user_rating_stats (
     user_id     integer PRIMARY KEY,
@@ -47,7 +47,7 @@ CREATE INDEX IF NOT EXISTS cf_queue_enqueued_at_idx ON model.cf_queue (enqueued_
 -- The triggers: one statement-level trigger per event, because transition tables
 -- (all of a statement's rows at once) allow one event per trigger.  An ETL publish
 -- of millions of rows costs one aggregate, not a PL call per row.  Statistics are
--- updated before the queue row is written, in user order (see cf.py, Queue).
+-- updated before the queue row is written, in user order (see cf/queue.py).
 CREATE OR REPLACE FUNCTION movrec.cf_on_ratings_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
 DECLARE
@@ -269,7 +269,7 @@ COMMENT ON FUNCTION movrec.user_to_user(integer, double precision, integer, inte
     'best first (ties by movie_id), with the number of neighbours who rated each. store => true replaces the user''s '
     'rows of model.user_recommendation in this transaction. Options (0/false: the design): shrinkage (weights '
     'corr * n / (n + shrinkage)), damping (divide by sum |w| + damping), baseline (centre on mu + b_u + b_m). '
-    'Definitions: plpython/movrec/cf.py';
+    'Definitions: plpython/movrec/cf/compute.py';
 
 CREATE OR REPLACE FUNCTION movrec.cf_drain(max_jobs integer DEFAULT 100) RETURNS integer
 LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$

@@ -1,7 +1,7 @@
 -- Serving extras (issue 5): movies embedded after deploy, popularity statistics, the
 -- precomputed-recommendation refresh and its queue, similar_movies(), explain().
 -- Idempotent like every file here: `movrec install` reruns it.  Logic: plpython/movrec/
--- serving.py (recommend, explain, refresh, queue) and coldstart.py (new movies).
+-- serving/ (recommend, explain, refresh, queue) and coldstart.py (new movies).
 
 -- Movies embedded after deploy by the champion's movie sub-network (coldstart.py).
 CREATE TABLE IF NOT EXISTS model.movie_latent_extra (
@@ -38,7 +38,7 @@ DECLARE
     version timestamptz := clock_timestamp();
     n bigint;
 BEGIN
-    PERFORM pg_advisory_xact_lock(28022, 0);  -- one rewrite at a time
+    PERFORM pg_advisory_xact_lock(28022, 0);  -- one rewrite at a time (movrec.locks.REFRESH)
     DELETE FROM model.movie_rating_stats;
     INSERT INTO model.movie_rating_stats (movie_id, n_ratings, sum_ratings, refreshed_at)
     SELECT w.movie_id, count(*), sum(w.rating::float8), version FROM movrec.watch_events w GROUP BY w.movie_id;

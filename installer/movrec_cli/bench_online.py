@@ -173,9 +173,10 @@ def run_online(
 
         def stream_through_trigger(mode: str) -> dict[int, tuple[float, float]]:
             out = {}
-            conn.execute("SELECT set_config('movrec.online_update', %s, false)", (mode,))
+            # the trigger reads the database's settings (restored at the end), not a session's
+            conn.execute("UPDATE movrec.settings SET online_update = %s", (mode,))
             if refit_reg is not None:
-                conn.execute("SELECT set_config('movrec.refit_reg', %s, false)", (str(refit_reg),))
+                conn.execute("UPDATE movrec.settings SET refit_reg = %s", (refit_reg,))
             done = 0
             tm = time.perf_counter()
             for k in CHECKPOINTS:

@@ -199,6 +199,13 @@ def _set_triggers(dsn: str, which: str) -> None:
             conn.execute("ALTER TABLE movrec.watch_events ENABLE TRIGGER movrec_online_update")
 
 
+def _set_online_update(dsn: str, mode: str) -> None:
+    """The rating trigger's mode is the database's (movrec.settings), not a session's."""
+    if mode:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("UPDATE movrec.settings SET online_update = %s", (mode,))
+
+
 def _row(name: str, r: dict[str, Any]) -> str:
     return (
         f"{name:<38} {r['tps']:>9,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
@@ -235,10 +242,10 @@ def run_serving(dsn: str | None, seconds: int, clients: int, rounds: int, skip_r
         f"(RssAnon {fc['rss_anon_idle_kB'] / 1024:.1f} -> {fc['rss_anon_after_kB'] / 1024:.1f} MiB, "
         f"RssShmem {fc['rss_shmem_after_kB'] / 1024:.1f} MiB)"
     )
-    # (name, script, PGOPTIONS, triggers on watch_events: all / none / online only).  The
-    # inserts into watch_events pay for its 20M-row indexes (random btree inserts, full-page
-    # writes); "triggers off" on the same table isolates what the triggers cost.
-    sgd, refit = "-c movrec.online_update=sgd", "-c movrec.online_update=refit"
+    # (name, script, the trigger's online_update, triggers on watch_events: all / none /
+    # online only).  The inserts into watch_events pay for its 20M-row indexes (random btree
+    # inserts, full-page writes); "triggers off" on the same table isolates what the triggers cost.
+    sgd, refit = "sgd", "refit"
     inserts = [
         ("insert, small plain table", "rate_plain.sql", "", "all"),
         ("insert, watch_events, no triggers", "rate_online.sql", "", "none"),
@@ -256,12 +263,15 @@ def run_serving(dsn: str | None, seconds: int, clients: int, rounds: int, skip_r
         for name, script, options, triggers in inserts
     ]
     note(f"{'':<38} {'tps':>9} {'p50 ms':>8} {'p99 ms':>8} {'n':>8}   load avg before")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        mode_before = one(conn.execute("SELECT online_update FROM movrec.settings"))[0]
     try:
         _set_triggers(dsn, "none")
         pgbench(dsn, "rate_online.sql", v, max(5, seconds // 2), clients)  # warm-up
-        for name, script, options, triggers in runs:
+        for name, script, mode, triggers in runs:
             _set_triggers(dsn, triggers)
-            r = pgbench(dsn, script, v, seconds, clients, options)
+            _set_online_update(dsn, mode)
+            r = pgbench(dsn, script, v, seconds, clients)
             results[name] = r
             failed = (
                 "" if r["failed"].startswith("number of failed transactions: 0 ") else r["failed"]
@@ -269,6 +279,7 @@ def run_serving(dsn: str | None, seconds: int, clients: int, rounds: int, skip_r
             note(_row(name, r) + (f"  {failed}" if failed else ""))
     finally:
         _set_triggers(dsn, "all")
+        _set_online_update(dsn, mode_before)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_plain_ratings")
     click.echo(json.dumps(results, indent=1))

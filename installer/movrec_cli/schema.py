@@ -16,6 +16,7 @@ from movrec import __version__
 from psycopg import sql
 
 from movrec_cli import sqlfiles
+from movrec_cli.connection import one
 from movrec_cli.errors import CliError
 
 
@@ -39,8 +40,12 @@ class InstallResult:
     message: str
 
 
+def _has_installs(conn: psycopg.Connection) -> bool:
+    return one(conn.execute("SELECT to_regclass('movrec.installs') IS NOT NULL"))[0]
+
+
 def _last_install(conn: psycopg.Connection) -> tuple[str, str, str] | None:
-    if conn.execute("SELECT to_regclass('movrec.installs')").fetchone()[0] is None:  # type: ignore[index]
+    if not _has_installs(conn):
         return None
     return conn.execute(
         "SELECT version, sql_sha256, venv FROM movrec.installs ORDER BY install_id DESC LIMIT 1"
@@ -49,7 +54,7 @@ def _last_install(conn: psycopg.Connection) -> tuple[str, str, str] | None:
 
 def _release(conn: psycopg.Connection) -> str | None:
     """The movrec release whose SQL the database holds (None: never installed here)."""
-    if conn.execute("SELECT to_regclass('movrec.installs')").fetchone()[0] is None:
+    if not _has_installs(conn):
         return None
     row = conn.execute(
         "SELECT version FROM movrec.installs WHERE version <> '-' ORDER BY install_id DESC LIMIT 1"

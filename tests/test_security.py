@@ -374,7 +374,7 @@ def test_admin_grants_work_and_audit_names_the_session_user(
     roles: dict[str, str], owner: psycopg.Connection
 ) -> None:
     with as_role(roles["ops"]) as ops:
-        ops.execute("UPDATE movrec.settings SET train_threads = 2")
+        ops.execute("UPDATE movrec.settings SET train_threads = 2, device = 'cpu'")
         ops.execute("SELECT * FROM movrec.tokenize()")
         movie = ops.execute("SELECT movie_id FROM movrec.movie_tokens LIMIT 1").fetchone()[0]
         assert ops.execute("SELECT movrec.detokenize(%s, 'title')", (movie,)).fetchone()[0]
@@ -387,8 +387,9 @@ def test_admin_grants_work_and_audit_names_the_session_user(
         ops.execute("SELECT movrec.cf_drain(5)")
     try:
         assert owner.execute(
-            "SELECT trained_by FROM model.registry WHERE model_id = %s", (model,)
-        ).fetchone() == (OPS,)
+            "SELECT trained_by, params ->> 'device' FROM model.registry WHERE model_id = %s",
+            (model,),
+        ).fetchone() == (OPS, "cpu")  # the database's default device reached training
         assert owner.execute("SELECT model_id, deployed_by FROM model.champion JOIN model.deployments USING "
                              "(deployment_id, model_id)").fetchone() == (model, OPS)  # fmt: skip
     finally:

@@ -56,13 +56,14 @@ GRANT EXECUTE ON FUNCTION
     movrec.cf_unschedule(), movrec.cf_cache_info()
     TO movrec_admin;
 GRANT EXECUTE ON PROCEDURE
-    movrec.etl(bigint, integer, integer, integer, boolean), movrec.etl_clean_links(bigint),
+    movrec.etl(bigint, integer, integer, integer, boolean, boolean), movrec.etl_clean_links(bigint),
     movrec.etl_cross_filter(bigint, boolean), movrec.etl_prune_remap(bigint, integer, integer),
-    movrec.etl_drop_super_raters(bigint, integer), movrec.etl_publish(bigint)
+    movrec.etl_drop_super_raters(bigint, integer), movrec.etl_publish(bigint, boolean)
     TO movrec_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA model TO movrec_admin;
 GRANT SELECT ON movrec.vocab, movrec.movie_tokens, movrec.movie_ids, movrec.user_ids, movrec.etl_runs,
-    movrec.loads, movrec.quarantine, movrec.installs, movrec.settings, movrec.watch_events_archive
+    movrec.loads, movrec.quarantine, movrec.installs, movrec.settings, movrec.watch_events_archive,
+    movrec.movies_archive
     TO movrec_admin;
 -- File loads (`movrec load`) fill staging and record the load and its quarantined rows.
 GRANT SELECT, INSERT, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA staging TO movrec_admin;

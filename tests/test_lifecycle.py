@@ -1,0 +1,132 @@
+"""Data lifecycle: the ETL publish guard, forgetting a user, and which model may serve which catalogue."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from tests.conftest import connect, table_digest
+from tests.test_pipeline import fresh, load_all
+
+GUARDED = (
+    "movrec.movies",
+    "movrec.watch_events",
+    "movrec.watch_events_archive",
+    "movrec.movies_archive",
+    "model.deployments",
+)
+
+
+def digests(conn: psycopg.Connection, tables: tuple[str, ...] = GUARDED) -> dict[str, tuple[int, str]]:
+    return {t: table_digest(conn, t) for t in tables}
+
+
+def etl(conn: psycopg.Connection, force: bool | None = None) -> int:
+    if force is None:  # the call form from before force existed
+        return conn.execute("CALL movrec.etl(NULL, 2, 3, 5)").fetchone()[0]
+    return conn.execute("CALL movrec.etl(NULL, 2, 3, 5, NULL, %s)", (force,)).fetchone()[0]
+
+
+# --- the ETL publish guard ---------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def published(new_database: Callable[[str], str]) -> psycopg.Connection:
+    conn = fresh(new_database, "t_lifecycle_etl")
+    load_all(conn)
+    etl(conn)
+    return conn
+
+
+def test_empty_staging_is_refused_and_changes_nothing(published: psycopg.Connection) -> None:
+    published.execute("SELECT movrec.rate(1, 2, 4)")  # a live rating the empty publish would archive
+    before = digests(published)
+    with published.transaction():
+        saved = published.execute("SELECT count(*) FROM staging.ml_ratings").fetchone()[0]
+        published.execute("CREATE TEMP TABLE saved_ratings AS SELECT * FROM staging.ml_ratings")
+        published.execute("DELETE FROM staging.ml_ratings")
+    try:
+        with pytest.raises(psycopg.errors.DataException, match="would empty the catalogue") as e:
+            etl(published)
+        assert "force => true" in e.value.diag.message_hint
+        assert "movrec etl --force" in e.value.diag.message_hint
+        assert e.value.diag.sqlstate == "22000"
+        assert digests(published) == before
+    finally:
+        published.execute("INSERT INTO staging.ml_ratings SELECT * FROM saved_ratings")
+        published.execute("DROP TABLE saved_ratings")
+    assert published.execute("SELECT count(*) FROM staging.ml_ratings").fetchone()[0] == saved
+
+
+def test_removing_more_than_half_is_refused_then_forced(published: psycopg.Connection) -> None:
+    run = etl(published)
+    n_movies = published.execute("SELECT count(*) FROM movrec.movies").fetchone()[0]
+    n_ratings = published.execute("SELECT count(*) FROM movrec.watch_events").fetchone()[0]
+    # A result that keeps one movie and its ratings: most of the catalogue would go.
+    keep = published.execute("SELECT min(movie_id) FROM etl.movies4").fetchone()[0]
+    published.execute("DELETE FROM etl.movies4 WHERE movie_id <> %s", (keep,))
+    published.execute("DELETE FROM etl.ratings4 WHERE movie_id <> %s", (keep,))
+    before = digests(published)
+    with pytest.raises(psycopg.errors.DataException, match=r"would take out \d+ of \d+ movies") as e:
+        published.execute("CALL movrec.etl_publish(%s)", (run,))  # the old call form
+    assert f"CALL movrec.etl_publish({run}, force => true)" in e.value.diag.message_hint
+    assert digests(published) == before
+
+    archived_movies = published.execute("SELECT count(*) FROM movrec.movies_archive").fetchone()[0]
+    archived_ratings = published.execute(
+        "SELECT count(*) FROM movrec.watch_events_archive"
+    ).fetchone()[0]
+    published.execute("CALL movrec.etl_publish(%s, force => true)", (run,))
+    assert published.execute("SELECT array_agg(movie_id) FROM movrec.movies").fetchone()[0] == [keep]
+    # nothing lost: what left is archived, by this run, with a reason
+    gone = published.execute(
+        "SELECT count(*), min(reason), max(reason) FROM movrec.movies_archive WHERE archived_by = %s",
+        (run,),
+    ).fetchone()
+    assert gone == (n_movies - 1, "left the etl result", "left the etl result")
+    assert (
+        published.execute("SELECT count(*) FROM movrec.movies_archive").fetchone()[0]
+        == archived_movies + n_movies - 1
+    )
+    left = published.execute("SELECT count(*) FROM movrec.watch_events").fetchone()[0]
+    assert (
+        published.execute("SELECT count(*) FROM movrec.watch_events_archive").fetchone()[0]
+        == archived_ratings + n_ratings - left
+    )
+    row = published.execute(
+        "SELECT movie->>'title', title FROM movrec.movies_archive WHERE archived_by = %s LIMIT 1",
+        (run,),
+    ).fetchone()
+    assert row[0] == row[1]
+    etl(published, force=False)  # the full files again: the catalogue comes back
+    assert published.execute("SELECT count(*) FROM movrec.movies").fetchone()[0] == n_movies
+
+
+def test_force_publishes_an_empty_result_and_archives_it(new_database: Callable[[str], str]) -> None:
+    conn = fresh(new_database, "t_lifecycle_etl_empty")
+    load_all(conn)
+    etl(conn)
+    movies = conn.execute("SELECT count(*) FROM movrec.movies").fetchone()[0]
+    conn.execute("TRUNCATE staging.ml_ratings, staging.ml_movies")
+    run = etl(conn, force=True)
+    assert conn.execute("SELECT count(*) FROM movrec.movies").fetchone()[0] == 0
+    assert conn.execute("SELECT count(*) FROM movrec.watch_events").fetchone()[0] == 0
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM movrec.movies_archive WHERE archived_by = %s", (run,)
+        ).fetchone()[0]
+        == movies
+    )
+    assert conn.execute(
+        "SELECT params FROM movrec.etl_runs WHERE etl_run = %s AND output = 'movrec.movies'", (run,)
+    ).fetchone()[0] == {"force": True}
+
+
+def test_cli_etl_has_force() -> None:
+    from click.testing import CliRunner
+    from movrec_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["etl", "--help"])
+    assert result.exit_code == 0 and "--force" in result.output

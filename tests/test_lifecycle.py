@@ -130,3 +130,87 @@ def test_cli_etl_has_force() -> None:
 
     result = CliRunner().invoke(cli, ["etl", "--help"])
     assert result.exit_code == 0 and "--force" in result.output
+
+
+# --- forgetting a user -------------------------------------------------------------------
+
+PER_USER = (
+    "movrec.watch_events",
+    "movrec.watch_events_archive",
+    "model.user_latent_attributes",
+    "model.user_latent_attributes_backups",
+    "model.user_rating_stats",
+    "model.model_recommendation",
+    "model.user_recommendation",
+    "model.cf_queue",
+    "model.refresh_queue",
+    "movrec.user_ids",
+)
+
+
+def rows_of(conn: psycopg.Connection, user: int, others: bool = False) -> dict[str, tuple[int, str]]:
+    op = "<>" if others else "="
+    return {
+        t: table_digest(conn, f"(SELECT * FROM {t} WHERE user_id {op} {int(user)})") for t in PER_USER
+    }
+
+
+def test_forget_user_erases_one_user_everywhere(conn: psycopg.Connection) -> None:
+    user, ml_user = 7, 900007
+    unrated = [
+        m
+        for (m,) in conn.execute(
+            """SELECT movie_id FROM movrec.movies m WHERE NOT EXISTS
+                   (SELECT FROM movrec.watch_events w WHERE w.user_id = %s AND w.movie_id = m.movie_id)
+               ORDER BY movie_id LIMIT 3""",
+            (user,),
+        )
+    ]
+    for m in unrated:  # online updates: the vector moves, backups are written, queues filled
+        conn.execute("SELECT movrec.rate(%s, %s, 4.5)", (user, m))
+    conn.execute("SELECT movrec.refresh_recommendations(%s)", (user,))
+    conn.execute("SELECT count(*) FROM movrec.user_to_user(%s, 0.0, 2)", (user,))
+    conn.execute(
+        """INSERT INTO movrec.watch_events_archive (user_id, movie_id, rating, rated_at, archived_by, reason)
+           VALUES (%s, 1, 3, now(), 0, 'test')""",
+        (user,),
+    )
+    conn.execute(
+        "INSERT INTO movrec.user_ids (user_id, ml_user_id, etl_run) VALUES (%s, %s, 0) ON CONFLICT DO NOTHING",
+        (user, ml_user),
+    )
+    conn.execute("INSERT INTO staging.ml_ratings VALUES (%s, 1, 4, now())", (ml_user,))
+    before = rows_of(conn, user)
+    assert all(n > 0 for n, _ in before.values()), before
+    others = rows_of(conn, user, others=True)
+
+    counts = conn.execute("SELECT movrec.forget_user(%s)", (user,)).fetchone()[0]
+
+    assert rows_of(conn, user) == {t: (0, "") for t in PER_USER}
+    assert rows_of(conn, user, others=True) == others
+    assert conn.execute(
+        "SELECT count(*) FROM staging.ml_ratings WHERE user_id = %s", (ml_user,)
+    ).fetchone()[0] == 0
+    for t in PER_USER:  # the report names what was there
+        assert counts[t] == (before[t][0] if t != "model.user_rating_stats" else 1), (t, counts)
+    assert counts["staging.ml_ratings"] == 1
+    # a second request finds nothing, and says so
+    again = conn.execute("SELECT movrec.forget_user(%s)", (user,)).fetchone()[0]
+    assert set(again.values()) == {0}
+    # the user is a stranger now: recommend() serves them like any new user
+    assert conn.execute("SELECT count(*) FROM movrec.recommend(%s)", (user,)).fetchone()[0] > 0
+
+
+def test_forget_user_is_for_admins_only(conn: psycopg.Connection) -> None:
+    rights = conn.execute(
+        """SELECT has_function_privilege('movrec_admin', 'movrec.forget_user(integer)', 'EXECUTE'),
+                  has_function_privilege('movrec_user', 'movrec.forget_user(integer)', 'EXECUTE'),
+                  (SELECT proacl::text FROM pg_proc WHERE oid = 'movrec.forget_user(integer)'::regprocedure),
+                  (SELECT prosecdef FROM pg_proc WHERE oid = 'movrec.forget_user(integer)'::regprocedure),
+                  (SELECT proconfig FROM pg_proc WHERE oid = 'movrec.forget_user(integer)'::regprocedure)"""
+    ).fetchone()
+    assert rights[0] and not rights[1]
+    assert not any(entry.startswith("=") for entry in rights[2].strip("{}").split(","))  # no PUBLIC
+    assert rights[3] and any(c.startswith("search_path=") for c in rights[4])
+    with pytest.raises(psycopg.errors.NullValueNotAllowed):
+        conn.execute("SELECT movrec.forget_user(NULL)")

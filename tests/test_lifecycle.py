@@ -214,3 +214,104 @@ def test_forget_user_is_for_admins_only(conn: psycopg.Connection) -> None:
     assert rights[3] and any(c.startswith("search_path=") for c in rights[4])
     with pytest.raises(psycopg.errors.NullValueNotAllowed):
         conn.execute("SELECT movrec.forget_user(NULL)")
+
+
+# --- which model may serve -----------------------------------------------------------------
+
+TRAIN = """SELECT movrec.train('mf', '{"epochs": 2}', %s)"""
+
+
+def champion(conn: psycopg.Connection) -> int | None:
+    row = conn.execute("SELECT model_id FROM model.champion").fetchone()
+    return row[0] if row else None
+
+
+def test_rollback_walks_back_one_step_per_call(conn: psycopg.Connection) -> None:
+    first = champion(conn)
+    second = conn.execute(TRAIN, (True,)).fetchone()[0]
+    third = conn.execute(TRAIN, (True,)).fetchone()[0]
+    assert champion(conn) == third
+    assert conn.execute("SELECT movrec.rollback()").fetchone()[0] == second
+    assert champion(conn) == second
+    assert conn.execute("SELECT movrec.rollback()").fetchone()[0] == first  # not back to third
+    assert champion(conn) == first
+    # further back than the history this test wrote: whatever came before, then the bottom
+    while True:
+        try:
+            conn.execute("SELECT movrec.rollback()")
+        except psycopg.errors.NoDataFound as e:
+            assert "no earlier champion" in str(e)
+            break
+    bottom = champion(conn)
+    # a deploy after rollbacks pushes on top of where the history stands
+    conn.execute("SELECT movrec.deploy(%s)", (third,))
+    assert conn.execute("SELECT movrec.rollback()").fetchone()[0] == bottom
+    last = conn.execute(
+        "SELECT reason, rolled_back_from IS NOT NULL FROM model.deployments ORDER BY deployment_id DESC LIMIT 1"
+    ).fetchone()
+    assert last == (f"rollback from {third}", True)
+    conn.execute("SELECT movrec.deploy(%s)", (first,))
+
+
+def test_registry_records_the_catalogue(conn: psycopg.Connection) -> None:
+    snap = conn.execute(
+        "SELECT data_snapshot -> 'catalogue', length(serving_movie_ids) / 4 FROM model.registry "
+        "WHERE model_id = %s",
+        (champion(conn),),
+    ).fetchone()
+    catalogue, n = snap
+    assert catalogue["n_movies"] == n and len(catalogue["fingerprint"]) == 32
+    assert catalogue["etl_run"] is None  # the demo data came without an ETL run
+    ids = conn.execute(
+        "SELECT movrec._model_movie_ids(serving_movie_ids) = "
+        "(SELECT array_agg(movie_id ORDER BY movie_id) FROM model.movie_latent_attributes) "
+        "FROM model.registry WHERE model_id = %s",
+        (champion(conn),),
+    ).fetchone()[0]
+    assert ids
+
+
+def test_a_model_of_another_catalogue_never_serves(new_database: Callable[[str], str]) -> None:
+    from movrec_cli.demo_data import load_demo
+
+    conn = fresh(new_database, "t_lifecycle_catalogue")
+    load_demo(conn, n_users=30)
+    demo = conn.execute(TRAIN, (True,)).fetchone()[0]
+    demo_rmse = conn.execute(
+        "SELECT (metrics->>'val_rmse')::float8 FROM model.registry WHERE model_id = %s", (demo,)
+    ).fetchone()[0]
+    load_all(conn)
+    conn.execute("CALL movrec.etl(NULL, 2, 3, 5)")  # the first run: ids now mean MovieLens movies
+    assert champion(conn) is None
+    before = digests(conn, ("model.deployments", "model.movie_latent_attributes", "model.user_latent_attributes"))
+
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="another catalogue") as e:
+        conn.execute("SELECT movrec.rollback()")
+    assert "movrec.train()" in e.value.diag.message_hint
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="another catalogue"):
+        conn.execute("SELECT movrec.deploy_best()")
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match=f"model {demo} was trained"):
+        conn.execute("SELECT movrec.deploy(%s)", (demo,))
+    assert champion(conn) is None
+    assert digests(conn, tuple(before)) == before
+
+    # a model of the current data competes alone, even with a worse metric than the demo's
+    real = conn.execute(TRAIN, (False,)).fetchone()[0]
+    conn.execute(
+        "UPDATE model.registry SET metrics = metrics || jsonb_build_object('val_rmse', %s::float8) "
+        "WHERE model_id = %s",
+        (demo_rmse + 10, real),
+    )
+    assert conn.execute("SELECT movrec.deploy_best()").fetchone()[0] == real
+    assert champion(conn) == real
+    snap = conn.execute(
+        "SELECT data_snapshot -> 'catalogue' ->> 'etl_run' FROM model.registry WHERE model_id = %s", (real,)
+    ).fetchone()[0]
+    assert snap is not None
+    # rolling back past the retirement reaches only the demo model: refused, champion kept
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState):
+        conn.execute("SELECT movrec.rollback()")
+    assert champion(conn) == real
+    # an ETL rerun keeps the ids: the model still fits
+    conn.execute("CALL movrec.etl(NULL, 2, 3, 5)")
+    assert conn.execute("SELECT movrec.deploy(%s)", (real,)).fetchone()[0] == real

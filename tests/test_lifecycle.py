@@ -7,7 +7,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from tests.conftest import connect, table_digest
+from tests.conftest import table_digest
 from tests.test_pipeline import fresh, load_all
 
 GUARDED = (
@@ -19,7 +19,9 @@ GUARDED = (
 )
 
 
-def digests(conn: psycopg.Connection, tables: tuple[str, ...] = GUARDED) -> dict[str, tuple[int, str]]:
+def digests(
+    conn: psycopg.Connection, tables: tuple[str, ...] = GUARDED
+) -> dict[str, tuple[int, str]]:
     return {t: table_digest(conn, t) for t in tables}
 
 
@@ -41,7 +43,9 @@ def published(new_database: Callable[[str], str]) -> psycopg.Connection:
 
 
 def test_empty_staging_is_refused_and_changes_nothing(published: psycopg.Connection) -> None:
-    published.execute("SELECT movrec.rate(1, 2, 4)")  # a live rating the empty publish would archive
+    published.execute(
+        "SELECT movrec.rate(1, 2, 4)"
+    )  # a live rating the empty publish would archive
     before = digests(published)
     with published.transaction():
         saved = published.execute("SELECT count(*) FROM staging.ml_ratings").fetchone()[0]
@@ -69,7 +73,9 @@ def test_removing_more_than_half_is_refused_then_forced(published: psycopg.Conne
     published.execute("DELETE FROM etl.movies4 WHERE movie_id <> %s", (keep,))
     published.execute("DELETE FROM etl.ratings4 WHERE movie_id <> %s", (keep,))
     before = digests(published)
-    with pytest.raises(psycopg.errors.DataException, match=r"would take out \d+ of \d+ movies") as e:
+    with pytest.raises(
+        psycopg.errors.DataException, match=r"would take out \d+ of \d+ movies"
+    ) as e:
         published.execute("CALL movrec.etl_publish(%s)", (run,))  # the old call form
     assert f"CALL movrec.etl_publish({run}, force => true)" in e.value.diag.message_hint
     assert digests(published) == before
@@ -79,7 +85,9 @@ def test_removing_more_than_half_is_refused_then_forced(published: psycopg.Conne
         "SELECT count(*) FROM movrec.watch_events_archive"
     ).fetchone()[0]
     published.execute("CALL movrec.etl_publish(%s, force => true)", (run,))
-    assert published.execute("SELECT array_agg(movie_id) FROM movrec.movies").fetchone()[0] == [keep]
+    assert published.execute("SELECT array_agg(movie_id) FROM movrec.movies").fetchone()[0] == [
+        keep
+    ]
     # nothing lost: what left is archived, by this run, with a reason
     gone = published.execute(
         "SELECT count(*), min(reason), max(reason) FROM movrec.movies_archive WHERE archived_by = %s",
@@ -104,7 +112,9 @@ def test_removing_more_than_half_is_refused_then_forced(published: psycopg.Conne
     assert published.execute("SELECT count(*) FROM movrec.movies").fetchone()[0] == n_movies
 
 
-def test_force_publishes_an_empty_result_and_archives_it(new_database: Callable[[str], str]) -> None:
+def test_force_publishes_an_empty_result_and_archives_it(
+    new_database: Callable[[str], str],
+) -> None:
     conn = fresh(new_database, "t_lifecycle_etl_empty")
     load_all(conn)
     etl(conn)
@@ -148,10 +158,13 @@ PER_USER = (
 )
 
 
-def rows_of(conn: psycopg.Connection, user: int, others: bool = False) -> dict[str, tuple[int, str]]:
+def rows_of(
+    conn: psycopg.Connection, user: int, others: bool = False
+) -> dict[str, tuple[int, str]]:
     op = "<>" if others else "="
     return {
-        t: table_digest(conn, f"(SELECT * FROM {t} WHERE user_id {op} {int(user)})") for t in PER_USER
+        t: table_digest(conn, f"(SELECT * FROM {t} WHERE user_id {op} {int(user)})")
+        for t in PER_USER
     }
 
 
@@ -188,9 +201,12 @@ def test_forget_user_erases_one_user_everywhere(conn: psycopg.Connection) -> Non
 
     assert rows_of(conn, user) == {t: (0, "") for t in PER_USER}
     assert rows_of(conn, user, others=True) == others
-    assert conn.execute(
-        "SELECT count(*) FROM staging.ml_ratings WHERE user_id = %s", (ml_user,)
-    ).fetchone()[0] == 0
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM staging.ml_ratings WHERE user_id = %s", (ml_user,)
+        ).fetchone()[0]
+        == 0
+    )
     for t in PER_USER:  # the report names what was there
         assert counts[t] == (before[t][0] if t != "model.user_rating_stats" else 1), (t, counts)
     assert counts["staging.ml_ratings"] == 1
@@ -283,14 +299,18 @@ def test_a_model_of_another_catalogue_never_serves(new_database: Callable[[str],
     load_all(conn)
     conn.execute("CALL movrec.etl(NULL, 2, 3, 5)")  # the first run: ids now mean MovieLens movies
     assert champion(conn) is None
-    before = digests(conn, ("model.deployments", "model.movie_latent_attributes", "model.user_latent_attributes"))
+    before = digests(
+        conn, ("model.deployments", "model.movie_latent_attributes", "model.user_latent_attributes")
+    )
 
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="another catalogue") as e:
         conn.execute("SELECT movrec.rollback()")
     assert "movrec.train()" in e.value.diag.message_hint
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="another catalogue"):
         conn.execute("SELECT movrec.deploy_best()")
-    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match=f"model {demo} was trained"):
+    with pytest.raises(
+        psycopg.errors.ObjectNotInPrerequisiteState, match=f"model {demo} was trained"
+    ):
         conn.execute("SELECT movrec.deploy(%s)", (demo,))
     assert champion(conn) is None
     assert digests(conn, tuple(before)) == before
@@ -305,7 +325,8 @@ def test_a_model_of_another_catalogue_never_serves(new_database: Callable[[str],
     assert conn.execute("SELECT movrec.deploy_best()").fetchone()[0] == real
     assert champion(conn) == real
     snap = conn.execute(
-        "SELECT data_snapshot -> 'catalogue' ->> 'etl_run' FROM model.registry WHERE model_id = %s", (real,)
+        "SELECT data_snapshot -> 'catalogue' ->> 'etl_run' FROM model.registry WHERE model_id = %s",
+        (real,),
     ).fetchone()[0]
     assert snap is not None
     # rolling back past the retirement reaches only the demo model: refused, champion kept

@@ -310,7 +310,11 @@ def load_tmdb_cmd(dsn: str | None, movies_file: Path, credits: Path | None, forc
     help="also write each stage's tables as CSV bundles DIR/stage1 .. DIR/stage4",
 )
 @click.option("--report", is_flag=True, help="print the last run's report and exit")
-@click.option("--force", is_flag=True, help="publish even an empty result or one removing > 50 % of movies/ratings")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="publish even an empty result or one removing > 50 % of movies/ratings",
+)
 def etl(
     dsn: str | None,
     min_movie_ratings: int,

@@ -333,22 +333,95 @@ END $$;
 COMMENT ON PROCEDURE movrec.etl_drop_super_raters(bigint, integer) IS
     'ETL stage 4: drop users with more than max_user_ratings ratings, keep the movie columns models use';
 
--- Publish: swap etl.movies4 / etl.ratings4 into movies / watch_events in the
+-- Movies that a publish took out of the catalogue, kept like archived ratings.
+CREATE TABLE IF NOT EXISTS movrec.movies_archive (
+    movie_id    integer NOT NULL,
+    title       text NOT NULL,
+    ml_movie_id integer,
+    movie       jsonb NOT NULL,
+    archived_by bigint NOT NULL,
+    reason      text NOT NULL,
+    archived_at timestamptz NOT NULL DEFAULT now()
+);
+COMMENT ON TABLE movrec.movies_archive IS
+    'Movies an ETL publish took out of movrec.movies (they left the ETL result, or the first run replaced them): '
+    'the whole row as jsonb, the run (archived_by) and the reason';
+COMMENT ON COLUMN movrec.movies_archive.movie IS 'The movrec.movies row as it was (to_jsonb), every column';
+COMMENT ON COLUMN movrec.movies_archive.archived_by IS 'The ETL run whose publish removed it';
+CREATE INDEX IF NOT EXISTS movies_archive_movie_id_idx ON movrec.movies_archive (movie_id);
+
+-- Publish: swap etl.movies4 / etl.ratings4 into movies and watch_events in the
 -- caller's transaction, so readers see the old data or the new, never a mix.
-CREATE OR REPLACE PROCEDURE movrec.etl_publish(INOUT run bigint DEFAULT NULL)
+--
+-- The guard: a publish that would leave no movies or no ratings, or that would take out
+-- more than half of the current movies or of the current ratings, is refused (SQLSTATE
+-- 22000, data_exception) unless force => true.  A truncated file or a failed load looks
+-- exactly like that, and publishing it would retire vectors and recommendations built on
+-- the good data.  The first run into a database that holds data in another id space (the
+-- demo) replaces it all by design: only the "nothing to publish" half applies to it.
+-- Whatever leaves is archived, never deleted: movies in movrec.movies_archive, ratings in
+-- movrec.watch_events_archive.
+DO $$
+BEGIN
+    -- force is a new trailing parameter: the old signature goes, or a call would be ambiguous
+    IF to_regprocedure('movrec.etl_publish(bigint)') IS NOT NULL THEN
+        DROP PROCEDURE movrec.etl_publish(bigint);
+    END IF;
+    IF to_regprocedure('movrec.etl(bigint, integer, integer, integer, boolean)') IS NOT NULL THEN
+        DROP PROCEDURE movrec.etl(bigint, integer, integer, integer, boolean);
+    END IF;
+END $$;
+
+CREATE OR REPLACE PROCEDURE movrec.etl_publish(INOUT run bigint DEFAULT NULL, force boolean DEFAULT false)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
     first_run boolean := NOT EXISTS (SELECT FROM movrec.watch_events WHERE etl_run IS NOT NULL)
                          AND NOT EXISTS (SELECT FROM movrec.etl_runs WHERE stage = 'publish');
-    n_archived bigint; n_live bigint; n_out bigint; n_movies bigint;
+    max_removed_share constant float8 := 0.5;
+    n_archived bigint; n_live bigint; n_out bigint; n_movies bigint; n_movies_archived bigint;
+    n_dropped bigint;
+    new_movies bigint; new_ratings bigint; cur_movies bigint; cur_ratings bigint;
+    gone_movies bigint; gone_ratings bigint;
 BEGIN
     run := coalesce(run, currval('movrec.etl_run_seq'));
-    IF to_regclass('etl.ratings4') IS NULL THEN
+    force := coalesce(force, false);
+    IF to_regclass('etl.ratings4') IS NULL OR to_regclass('etl.movies4') IS NULL THEN
         RAISE EXCEPTION 'nothing to publish: run the stages first (CALL movrec.etl())'
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     LOCK TABLE movrec.movies, movrec.watch_events IN SHARE ROW EXCLUSIVE MODE;
+
+    -- What the publish would take out, counted under the lock so the counts are what happens.
+    SELECT count(*) INTO new_movies FROM etl.movies4;
+    SELECT count(*) INTO new_ratings FROM etl.ratings4;
+    SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT FROM etl.movies4 n WHERE n.movie_id = m.movie_id))
+    INTO cur_movies, gone_movies FROM movrec.movies m;
+    -- a rating stays if it is live and its movie stays, or if the ETL result has its pair
+    SELECT count(*), count(*) FILTER (WHERE first_run OR NOT (
+               (w.etl_run IS NULL AND EXISTS (SELECT FROM etl.movies4 n WHERE n.movie_id = w.movie_id))
+               OR EXISTS (SELECT FROM etl.ratings4 r WHERE r.user_id = w.user_id AND r.movie_id = w.movie_id)))
+    INTO cur_ratings, gone_ratings FROM movrec.watch_events w;
+    IF NOT force AND (new_movies = 0 OR new_ratings = 0) THEN
+        RAISE EXCEPTION 'etl_publish(): run % has % movies and % ratings to publish; publishing would empty the catalogue',
+            run, new_movies, new_ratings
+            USING ERRCODE = 'data_exception',
+                  DETAIL = format('movrec.movies holds %s movies, movrec.watch_events %s ratings; nothing was changed',
+                                  cur_movies, cur_ratings),
+                  HINT = format('check the loaded files (SELECT * FROM movrec.loads; movrec etl --report); to publish '
+                                'anyway: CALL movrec.etl_publish(%s, force => true) or movrec etl --force', run);
+    END IF;
+    IF NOT force AND NOT first_run
+       AND (gone_movies > max_removed_share * cur_movies OR gone_ratings > max_removed_share * cur_ratings) THEN
+        RAISE EXCEPTION 'etl_publish(): run % would take out % of % movies and % of % ratings (more than % %%)',
+            run, gone_movies, cur_movies, gone_ratings, cur_ratings, max_removed_share * 100
+            USING ERRCODE = 'data_exception',
+                  DETAIL = 'nothing was changed; what a publish takes out is archived, but a file that was cut '
+                           'short or a failed load look like this',
+                  HINT = format('check the loaded files (SELECT * FROM movrec.loads; movrec etl --report); to publish '
+                                'anyway: CALL movrec.etl_publish(%s, force => true) or movrec etl --force', run);
+    END IF;
+
     ALTER TABLE movrec.watch_events DISABLE TRIGGER movrec_online_update;
     -- Live ratings stay unless their movie leaves the catalogue.  Before the
     -- first run, existing rows use another id space: they are all archived.
@@ -363,8 +436,33 @@ BEGIN
            CASE WHEN first_run THEN 'predates the first etl run' ELSE 'movie left the catalogue' END
     FROM moved;
     GET DIAGNOSTICS n_archived = ROW_COUNT;
+    -- Rows of earlier runs that this run's result no longer has are archived; the others
+    -- are replaced by this run's rows below.
+    WITH dropped AS (
+        DELETE FROM movrec.watch_events w
+        WHERE w.etl_run IS NOT NULL
+          AND NOT EXISTS (SELECT FROM etl.ratings4 r WHERE r.user_id = w.user_id AND r.movie_id = w.movie_id)
+        RETURNING w.*
+    )
+    INSERT INTO movrec.watch_events_archive (user_id, movie_id, rating, rated_at, etl_run, archived_by, reason)
+    SELECT user_id, movie_id, rating, rated_at, etl_run, run, 'left the etl result' FROM dropped;
+    GET DIAGNOSTICS n_dropped = ROW_COUNT;
     DELETE FROM movrec.watch_events WHERE etl_run IS NOT NULL;
-    DELETE FROM movrec.movies m WHERE NOT EXISTS (SELECT FROM etl.movies4 n WHERE n.movie_id = m.movie_id);
+    -- Movies leaving the catalogue are archived; on the first run every movie is (the ids
+    -- change meaning, and the upsert below would overwrite the old row).
+    WITH gone AS (
+        DELETE FROM movrec.movies m
+        WHERE NOT EXISTS (SELECT FROM etl.movies4 n WHERE n.movie_id = m.movie_id)
+        RETURNING m.*
+    ), replaced AS (
+        SELECT m.* FROM movrec.movies m WHERE first_run AND EXISTS (SELECT FROM etl.movies4 n WHERE n.movie_id = m.movie_id)
+    )
+    INSERT INTO movrec.movies_archive (movie_id, title, ml_movie_id, movie, archived_by, reason)
+    SELECT g.movie_id, g.title, g.ml_movie_id, to_jsonb(g), run,
+           CASE WHEN first_run THEN 'predates the first etl run' ELSE 'left the etl result' END FROM gone g
+    UNION ALL
+    SELECT r.movie_id, r.title, r.ml_movie_id, to_jsonb(r), run, 'predates the first etl run' FROM replaced r;
+    GET DIAGNOSTICS n_movies_archived = ROW_COUNT;
     INSERT INTO movrec.movies AS m (movie_id, ml_movie_id, tmdb_id, title, year, genres, overview, keywords,
                                     cast_names, companies, countries, runtime, popularity, vote_average, vote_count)
     SELECT movie_id, ml_movie_id, tmdb_id, title, year, coalesce(genres, '{}'), overview, coalesce(keywords, '{}'),
@@ -390,17 +488,21 @@ BEGIN
                  model.movie_latent_attributes, model.model_recommendation, model.user_recommendation;
         RAISE NOTICE 'etl run %: the deployed model used the old ids and is retired; train a new one', run;
     END IF;
-    PERFORM movrec._etl_report(run, 'publish', 'movrec.watch_events', (SELECT count(*) FROM etl.ratings4),
-        n_out + n_live, jsonb_build_object('live_ratings_kept', n_live, 'archived', n_archived), '{}', t0);
-    PERFORM movrec._etl_report(run, 'publish', 'movrec.movies', (SELECT count(*) FROM etl.movies4), n_movies,
-        '{}', '{}', t0);
+    PERFORM movrec._etl_report(run, 'publish', 'movrec.watch_events', new_ratings,
+        n_out + n_live, jsonb_build_object('live_ratings_kept', n_live, 'archived', n_archived,
+                                           'left_the_etl_result', n_dropped),
+        jsonb_build_object('force', force), t0);
+    PERFORM movrec._etl_report(run, 'publish', 'movrec.movies', new_movies, n_movies,
+        jsonb_build_object('archived', n_movies_archived), jsonb_build_object('force', force), t0);
 END $$;
-COMMENT ON PROCEDURE movrec.etl_publish(bigint) IS
-    'Swaps the ETL output into movies and watch_events atomically; live ratings are kept or archived, never lost';
+COMMENT ON PROCEDURE movrec.etl_publish(bigint, boolean) IS
+    'Swaps the ETL output into movies and watch_events atomically; movies and ratings that leave are archived '
+    '(movrec.movies_archive, movrec.watch_events_archive), never lost. Refuses (SQLSTATE 22000) an empty result, '
+    'or one that takes out more than 50 % of the current movies or ratings, unless force => true';
 
 CREATE OR REPLACE PROCEDURE movrec.etl(
     INOUT run bigint DEFAULT NULL, min_movie_ratings integer DEFAULT 5, min_user_ratings integer DEFAULT 5,
-    max_user_ratings integer DEFAULT 600, require_tmdb boolean DEFAULT NULL)
+    max_user_ratings integer DEFAULT 600, require_tmdb boolean DEFAULT NULL, force boolean DEFAULT false)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 BEGIN
     run := coalesce(run, nextval('movrec.etl_run_seq'));
@@ -408,7 +510,8 @@ BEGIN
     CALL movrec.etl_cross_filter(run, require_tmdb);
     CALL movrec.etl_prune_remap(run, min_movie_ratings, min_user_ratings);
     CALL movrec.etl_drop_super_raters(run, max_user_ratings);
-    CALL movrec.etl_publish(run);
+    CALL movrec.etl_publish(run, force);
 END $$;
-COMMENT ON PROCEDURE movrec.etl(bigint, integer, integer, integer, boolean) IS
-    'The whole ETL: stages 1-4 and publish, in one transaction; returns the run id';
+COMMENT ON PROCEDURE movrec.etl(bigint, integer, integer, integer, boolean, boolean) IS
+    'The whole ETL: stages 1-4 and publish, in one transaction; returns the run id. force => true publishes '
+    'a result that movrec.etl_publish() would refuse (empty, or taking out more than 50 % of movies or ratings)';

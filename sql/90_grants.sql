@@ -2,7 +2,8 @@
 --
 --   movrec_user   the application: recommend, predict, similar_movies, explain, user_to_user,
 --                 rate (or INSERT a rating; UPDATE only its rating), read the catalogue
---   movrec_admin  jobs: train, deploy, rollback, evaluate, ETL, tokenize, refresh, CF, settings
+--   movrec_admin  jobs: train, deploy, rollback, evaluate, ETL, tokenize, refresh, CF, settings,
+--                 erasure requests (forget_user)
 --                 (a member of movrec_user)
 --   the owner     install and upgrade (a superuser: plpython3u is an untrusted language)
 --
@@ -53,16 +54,17 @@ GRANT EXECUTE ON FUNCTION
     movrec.refresh_recommendations(integer), movrec.refresh_recommendations_batch(integer[]),
     movrec.serving_drain(integer), movrec.embed_new_movies(integer), movrec.refresh_movie_stats(),
     movrec.cf_drain(integer), movrec.cf_rebuild_stats(), movrec.cf_schedule(text, integer),
-    movrec.cf_unschedule(), movrec.cf_cache_info()
+    movrec.cf_unschedule(), movrec.cf_cache_info(), movrec.forget_user(integer)
     TO movrec_admin;
 GRANT EXECUTE ON PROCEDURE
-    movrec.etl(bigint, integer, integer, integer, boolean), movrec.etl_clean_links(bigint),
+    movrec.etl(bigint, integer, integer, integer, boolean, boolean), movrec.etl_clean_links(bigint),
     movrec.etl_cross_filter(bigint, boolean), movrec.etl_prune_remap(bigint, integer, integer),
-    movrec.etl_drop_super_raters(bigint, integer), movrec.etl_publish(bigint)
+    movrec.etl_drop_super_raters(bigint, integer), movrec.etl_publish(bigint, boolean)
     TO movrec_admin;
 GRANT SELECT ON ALL TABLES IN SCHEMA model TO movrec_admin;
 GRANT SELECT ON movrec.vocab, movrec.movie_tokens, movrec.movie_ids, movrec.user_ids, movrec.etl_runs,
-    movrec.loads, movrec.quarantine, movrec.installs, movrec.settings, movrec.watch_events_archive
+    movrec.loads, movrec.quarantine, movrec.installs, movrec.settings, movrec.watch_events_archive,
+    movrec.movies_archive
     TO movrec_admin;
 -- File loads (`movrec load`) fill staging and record the load and its quarantined rows.
 GRANT SELECT, INSERT, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA staging TO movrec_admin;

@@ -17,7 +17,7 @@ STAGES = (
     ("2 cross-filter", "CALL movrec.etl_cross_filter(%(run)s, %(require_tmdb)s)"),
     ("3 prune and remap", "CALL movrec.etl_prune_remap(%(run)s, %(min_movie)s, %(min_user)s)"),
     ("4 drop super-raters", "CALL movrec.etl_drop_super_raters(%(run)s, %(max_user)s)"),
-    ("publish", "CALL movrec.etl_publish(%(run)s)"),
+    ("publish", "CALL movrec.etl_publish(%(run)s, %(force)s)"),
 )
 
 # What --export writes per stage: one folder of CSV files per stage (stage1 .. stage4).
@@ -49,6 +49,7 @@ def run_etl(
     max_user: int,
     require_tmdb: bool | None,
     echo: Callable[[str], None],
+    force: bool = False,
 ) -> int:
     """Each stage in its own transaction; publish is the atomic swap. Returns the run id."""
     run = one(conn.execute("SELECT nextval('movrec.etl_run_seq')"))[0]
@@ -58,6 +59,7 @@ def run_etl(
         "min_movie": min_movie,
         "min_user": min_user,
         "max_user": max_user,
+        "force": force,
     }
     started = time.perf_counter()
     for n, (name, call) in enumerate(STAGES, start=1):

@@ -144,6 +144,11 @@ def load_tmdb_cmd(dsn: str | None, movies_file: Path, credits: Path | None, forc
     help="also write each stage's tables as CSV bundles DIR/stage1 .. DIR/stage4",
 )
 @click.option("--report", is_flag=True, help="print the last run's report and exit")
+@click.option(
+    "--force",
+    is_flag=True,
+    help="publish even an empty result or one removing > 50 % of movies/ratings",
+)
 def etl(
     dsn: str | None,
     min_movie_ratings: int,
@@ -152,6 +157,7 @@ def etl(
     require_tmdb: bool | None,
     export_dir: Path | None,
     report: bool,
+    force: bool,
 ) -> None:
     """Run the four ETL stages on the loaded files and publish movies and watch_events.
 
@@ -175,6 +181,7 @@ def etl(
                 max_user_ratings,
                 require_tmdb,
                 echo=note,
+                force=force,
             )
             if export_dir:
                 for path in pipeline.export_stages(conn, export_dir):

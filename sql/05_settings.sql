@@ -95,3 +95,22 @@ LANGUAGE sql STABLE SET search_path = pg_catalog AS $$
 $$;
 COMMENT ON FUNCTION movrec._restoring() IS
     'True in a superuser''s pg_restore session: triggers skip rows the restore replays';
+
+-- Trigger functions run as the owner and write what the roles may not: each refuses any
+-- table but its own (or a Citus shard of it, named table_<shard id> in the same schema), and
+-- a superuser's pg_restore.  Triggers call it only when their table or the session looks
+-- unusual, so the rating path pays one comparison.
+CREATE OR REPLACE FUNCTION movrec._trigger_applies(fn text, relid oid, own regclass) RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog AS $$
+BEGIN
+    IF relid <> own AND NOT EXISTS (
+        SELECT FROM pg_class c, pg_class o
+        WHERE c.oid = relid AND o.oid = own AND c.relnamespace = o.relnamespace
+          AND c.relname ~ ('^' || o.relname || '_[0-9]+$')) THEN
+        RAISE EXCEPTION '% runs only as a trigger of %, not on %', fn, own, relid::regclass
+            USING ERRCODE = 'insufficient_privilege';
+    END IF;
+    RETURN NOT movrec._restoring();
+END $$;
+COMMENT ON FUNCTION movrec._trigger_applies(text, oid, regclass) IS
+    'For trigger functions: raises 42501 on a table that is not theirs; false in a pg_restore session (skip)';

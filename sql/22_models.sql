@@ -45,9 +45,8 @@ COMMENT ON FUNCTION movrec._catalogue_of(bytea) IS
 CREATE OR REPLACE FUNCTION movrec.registry_stamp_catalogue() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
 BEGIN
-    IF TG_RELID <> 'model.registry'::regclass THEN
-        RAISE EXCEPTION 'movrec.registry_stamp_catalogue() runs only as the trigger of model.registry, not on %.%',
-            TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
+    IF TG_RELID <> 'model.registry'::regclass THEN  -- raises: not its table
+        PERFORM movrec._trigger_applies('movrec.registry_stamp_catalogue()', TG_RELID, 'model.registry');
     END IF;
     -- a row that carries its catalogue (a restore) keeps it
     IF NOT NEW.data_snapshot ? 'catalogue' THEN

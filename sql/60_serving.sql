@@ -52,12 +52,8 @@ COMMENT ON FUNCTION movrec.refresh_movie_stats() IS
 CREATE OR REPLACE FUNCTION movrec.serving_on_deploy() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 BEGIN
-    IF TG_RELID <> 'model.deployments'::regclass THEN
-        RAISE EXCEPTION 'movrec.serving_on_deploy() runs only as the trigger of model.deployments, not on %.%',
-            TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    IF current_setting('application_name') = 'pg_restore' THEN
-        IF movrec._restoring() THEN
+    IF TG_RELID <> 'model.deployments'::regclass OR current_setting('application_name') = 'pg_restore' THEN
+        IF NOT movrec._trigger_applies('movrec.serving_on_deploy()', TG_RELID, 'model.deployments') THEN
             RETURN NULL;  -- a restore replays rows whose effects the dump holds
         END IF;
     END IF;
@@ -191,13 +187,8 @@ CREATE INDEX IF NOT EXISTS refresh_queue_enqueued_at_idx ON model.refresh_queue 
 CREATE OR REPLACE FUNCTION movrec.refresh_on_ratings_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
 BEGIN
-    IF TG_RELID <> 'movrec.watch_events'::regclass
-       AND NOT (TG_TABLE_SCHEMA = 'movrec' AND TG_TABLE_NAME ~ '^watch_events_[0-9]+$') THEN
-        RAISE EXCEPTION 'movrec.refresh_on_ratings_changed() runs only as a trigger of movrec.watch_events, not on %.%',
-            TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    IF current_setting('application_name') = 'pg_restore' THEN
-        IF movrec._restoring() THEN
+    IF TG_RELID <> 'movrec.watch_events'::regclass OR current_setting('application_name') = 'pg_restore' THEN
+        IF NOT movrec._trigger_applies('movrec.refresh_on_ratings_changed()', TG_RELID, 'movrec.watch_events') THEN
             RETURN NULL;  -- a restore replays rows whose effects the dump holds
         END IF;
     END IF;

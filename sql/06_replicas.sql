@@ -90,7 +90,7 @@ BEGIN
                              'pg_stat_wal_receiver on the standby shows whether it is streaming';
         END IF;
         PERFORM pg_sleep(least(step, greatest(extract(epoch FROM deadline - clock_timestamp())::float8, 0)));
-        step := least(step * 2, 0.02);  -- 1 ms, doubling to 20 ms: replay is usually a few ms behind
+        step := least(step * 2, 0.01);  -- 1 ms, doubling to 10 ms: replay is usually a few ms behind
     END LOOP;
 END $$;
 COMMENT ON FUNCTION movrec.wait_for_lsn(pg_lsn, integer) IS

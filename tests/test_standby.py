@@ -121,11 +121,16 @@ def test_a_rating_on_the_primary_changes_the_users_recommendations_on_the_standb
         "SELECT movie_id, score, source FROM movrec.recommend(%s, 10)", (user,)
     ).fetchall()
     assert top not in [r[0] for r in after]  # rated now: no longer recommended
-    assert after == primary.execute(
-        "SELECT movie_id, score, source FROM movrec.recommend(%s, 10)", (user,)
-    ).fetchall()
+    assert (
+        after
+        == primary.execute(
+            "SELECT movie_id, score, source FROM movrec.recommend(%s, 10)", (user,)
+        ).fetchall()
+    )
     vector = "SELECT embedding::text FROM model.user_latent_attributes WHERE user_id = %s"
-    assert standby.execute(vector, (user,)).fetchone() == primary.execute(vector, (user,)).fetchone()
+    assert (
+        standby.execute(vector, (user,)).fetchone() == primary.execute(vector, (user,)).fetchone()
+    )
 
 
 def test_a_deploy_on_the_primary_is_served_by_the_standby_once_replayed(sessions) -> None:
@@ -154,7 +159,9 @@ def test_wait_for_lsn(sessions, pair: tuple[str, str]) -> None:
     # an LSN the primary has not written yet: the wait gives up, saying how far it got
     ahead = primary.execute("SELECT pg_current_wal_lsn() + 1e12").fetchone()[0]
     started = time.monotonic()
-    with pytest.raises(errors.QueryCanceled, match="replayed up to [0-9A-F]+/[0-9A-F]+, not yet to"):
+    with pytest.raises(
+        errors.QueryCanceled, match="replayed up to [0-9A-F]+/[0-9A-F]+, not yet to"
+    ):
         standby.execute("SELECT movrec.wait_for_lsn(%s, 200)", (ahead,))
     assert time.monotonic() - started >= 0.2
     with pytest.raises(errors.NullValueNotAllowed):

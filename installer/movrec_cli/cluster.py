@@ -350,7 +350,9 @@ class Standby(Cluster):
         )
         if r.returncode != 0:
             tail = self.logfile.read_text(errors="replace")[-2000:] if self.logfile.exists() else ""
-            raise CliError(f"the standby did not start (port {self.port} taken?):\n{r.stderr}{tail}")
+            raise CliError(
+                f"the standby did not start (port {self.port} taken?):\n{r.stderr}{tail}"
+            )
 
     def stop(self) -> bool:
         """Stop it.  The champion matrices in /dev/shm stay: a copy has the primary's system

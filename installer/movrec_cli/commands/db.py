@@ -58,7 +58,9 @@ def standby_up() -> None:
 
 
 @db_standby.command("down")
-@click.option("--remove", is_flag=True, help="Also delete the copy (the next `up` makes a new one).")
+@click.option(
+    "--remove", is_flag=True, help="Also delete the copy (the next `up` makes a new one)."
+)
 def standby_down(remove: bool) -> None:
     """Stop the standby (its copy stays, and catches up when started again)."""
     standby = Standby.of(Cluster.default())
@@ -78,6 +80,13 @@ def standby_status() -> None:
     lag = s.replay_lag_bytes() if s.primary is not None and s.primary.running() else None
     behind = "not streaming" if lag is None else f"replay {lag} bytes behind the primary"
     click.echo(f"running: {s.data} port {s.port} ({behind}); dsn: {s.dsn()}")
+
+
+
+@db_standby.command("dsn")
+def standby_dsn() -> None:
+    """Print the standby's connection string (for psql "$(movrec db standby dsn)")."""
+    click.echo(Standby.of(Cluster.default()).dsn())
 
 
 COMMANDS = [db]

@@ -37,7 +37,9 @@ def main() -> None:
             "SELECT user_id, movie_id FROM movrec.watch_events ORDER BY user_id, movie_id LIMIT 1"
         ).fetchone()
         visible, waited = [], []
-        read = "SELECT rating FROM movrec.watch_events WHERE user_id = %s::int AND movie_id = %s::int"
+        read = (
+            "SELECT rating FROM movrec.watch_events WHERE user_id = %s::int AND movie_id = %s::int"
+        )
         for i in range(2 * args.samples):
             rating = 0.5 + (i % 10) * 0.5
             p.execute("SELECT movrec.rate(%s::int, %s::int, %s::real)", (user, movie, rating))

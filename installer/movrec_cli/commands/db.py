@@ -82,7 +82,6 @@ def standby_status() -> None:
     click.echo(f"running: {s.data} port {s.port} ({behind}); dsn: {s.dsn()}")
 
 
-
 @db_standby.command("dsn")
 def standby_dsn() -> None:
     """Print the standby's connection string (for psql "$(movrec db standby dsn)")."""

@@ -80,6 +80,7 @@ COMMENT ON FUNCTION movrec.predict(integer, integer) IS
 CREATE OR REPLACE FUNCTION movrec.rate(user_id integer, movie_id integer, rating real)
 RETURNS movrec.watch_events
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+    SELECT movrec._require_primary('rate()');
     INSERT INTO movrec.watch_events AS w (user_id, movie_id, rating, rated_at)
     VALUES (rate.user_id, rate.movie_id, rate.rating, now())
     ON CONFLICT (user_id, movie_id) DO UPDATE

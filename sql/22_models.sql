@@ -152,12 +152,21 @@ COMMENT ON COLUMN model.deployments.previous_deployment_id IS
 COMMENT ON COLUMN model.deployments.rolled_back_from IS
     'For a rollback: the deployment it undid; NULL for a deploy';
 
-CREATE OR REPLACE FUNCTION movrec.train(model text DEFAULT 'hybrid', options jsonb DEFAULT '{}', deploy boolean DEFAULT true)
-RETURNS bigint
+CREATE OR REPLACE FUNCTION movrec._train(model text, options jsonb, deploy boolean) RETURNS bigint
 LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
 from movrec import training; return training.train_from_sql(model, options, deploy)
 $$;
+COMMENT ON FUNCTION movrec._train(text, jsonb, boolean) IS 'Implementation of movrec.train(); call that instead';
+
+-- A plpgsql front door: a standby refuses before minutes of training, not at the first write.
+CREATE OR REPLACE FUNCTION movrec.train(model text DEFAULT 'hybrid', options jsonb DEFAULT '{}', deploy boolean DEFAULT true)
+RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    PERFORM movrec._require_primary('train()');
+    RETURN movrec._train(model, options, deploy);
+END $$;
 COMMENT ON FUNCTION movrec.train(text, jsonb, boolean) IS
     'Trains a model (hybrid, mf, functional, mlp) on watch_events with a seeded train/validation split, registers '
     'it, and deploys it unless deploy => false. options: epochs, dim, lr, reg, batch_size, seed, val_fraction, '
@@ -173,6 +182,7 @@ COMMENT ON FUNCTION movrec._deploy(bigint) IS 'Implementation of movrec.deploy()
 CREATE OR REPLACE FUNCTION movrec.deploy(model_id bigint) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 BEGIN
+    PERFORM movrec._require_primary('deploy()');
     IF NOT EXISTS (SELECT FROM model.registry r WHERE r.model_id = deploy.model_id) THEN
         RAISE EXCEPTION 'deploy(): model % is not in model.registry', coalesce(model_id::text, 'NULL')
             USING ERRCODE = 'no_data_found', HINT = 'SELECT model_id, kind, metrics FROM model.registry';
@@ -191,6 +201,7 @@ DECLARE
     target model.deployments;
     prev bigint;
 BEGIN
+    PERFORM movrec._require_primary('rollback()');
     -- one rollback at a time: two would both read the same champion and both step back once
     LOCK TABLE model.deployments IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO cur FROM model.deployments ORDER BY deployment_id DESC LIMIT 1;
@@ -225,6 +236,7 @@ DECLARE
     other_catalogue integer := 0;
     higher_is_better boolean := metric LIKE '%ndcg%' OR metric LIKE '%precision%' OR metric LIKE '%recall%';
 BEGIN
+    PERFORM movrec._require_primary('deploy_best()');
     -- best first; only models trained on the current catalogue compete
     FOR candidate IN
         SELECT model_id FROM model.registry
@@ -266,6 +278,7 @@ CREATE OR REPLACE FUNCTION movrec.evaluate(model_id bigint, test_ratings regclas
 RETURNS TABLE (metric text, value float8)
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 BEGIN
+    PERFORM movrec._require_primary('evaluate()');  -- it stores the metrics in the registry
     IF test_ratings IS NOT NULL AND NOT has_table_privilege(session_user, test_ratings, 'SELECT') THEN
         RAISE EXCEPTION 'evaluate(): permission denied for table %', test_ratings
             USING ERRCODE = 'insufficient_privilege',

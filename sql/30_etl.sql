@@ -505,6 +505,7 @@ CREATE OR REPLACE PROCEDURE movrec.etl(
     max_user_ratings integer DEFAULT 600, require_tmdb boolean DEFAULT NULL, force boolean DEFAULT false)
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 BEGIN
+    PERFORM movrec._require_primary('etl()');
     run := coalesce(run, nextval('movrec.etl_run_seq'));
     CALL movrec.etl_clean_links(run);
     CALL movrec.etl_cross_filter(run, require_tmdb);

@@ -161,6 +161,7 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, pg_t
 DECLARE
     n_fixed bigint;
 BEGIN
+    PERFORM movrec._require_primary('cf_rebuild_stats()');
     -- no rating may change between the recount and the write
     LOCK TABLE movrec.watch_events IN SHARE MODE;
     WITH fresh AS (
@@ -266,11 +267,19 @@ COMMENT ON FUNCTION movrec.user_to_user(integer, double precision, integer, inte
     'corr * n / (n + shrinkage)), damping (divide by sum |w| + damping), baseline (centre on mu + b_u + b_m). '
     'Definitions: plpython/movrec/cf/compute.py';
 
-CREATE OR REPLACE FUNCTION movrec.cf_drain(max_jobs integer DEFAULT 100) RETURNS integer
+CREATE OR REPLACE FUNCTION movrec._cf_drain(max_jobs integer) RETURNS integer
 LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
 from movrec import cf; return cf.drain_from_sql(max_jobs)
 $$;
+COMMENT ON FUNCTION movrec._cf_drain(integer) IS 'Implementation of movrec.cf_drain(); call that instead';
+
+CREATE OR REPLACE FUNCTION movrec.cf_drain(max_jobs integer DEFAULT 100) RETURNS integer
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    PERFORM movrec._require_primary('cf_drain()');
+    RETURN movrec._cf_drain(max_jobs);
+END $$;
 COMMENT ON FUNCTION movrec.cf_drain(integer) IS
     'Runs up to max_jobs jobs of model.cf_queue (FOR UPDATE SKIP LOCKED: workers in parallel never share one), each in '
     'a subtransaction; a job is deleted with its result, or kept with its error and a backoff. Returns the jobs '

@@ -165,6 +165,7 @@ COMMENT ON FUNCTION movrec.refresh_recommendations_batch(integer[]) IS
 
 CREATE OR REPLACE FUNCTION movrec.refresh_recommendations(user_id integer) RETURNS integer
 LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+    SELECT movrec._require_primary('refresh_recommendations()');
     SELECT movrec.refresh_recommendations_batch(ARRAY[user_id]);
 $$;
 COMMENT ON FUNCTION movrec.refresh_recommendations(integer) IS
@@ -236,6 +237,7 @@ COMMENT ON FUNCTION movrec._serving_drain(integer) IS 'Implementation of movrec.
 CREATE OR REPLACE FUNCTION movrec.serving_drain(max_jobs integer DEFAULT 100) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 BEGIN
+    PERFORM movrec._require_primary('serving_drain()');
     IF max_jobs IS NULL OR max_jobs < 1 THEN
         RAISE EXCEPTION 'serving_drain(): max_jobs must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;

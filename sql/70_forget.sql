@@ -16,6 +16,7 @@ DECLARE
     counts jsonb := '{}';
     n bigint;
 BEGIN
+    PERFORM movrec._require_primary('forget_user()');
     IF u IS NULL THEN
         RAISE EXCEPTION 'forget_user(): user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;

@@ -1,7 +1,8 @@
 -- Roles and privileges: the one place where they are created and granted.
 --
 --   movrec_user   the application: recommend, predict, similar_movies, explain, user_to_user,
---                 rate (or INSERT a rating; UPDATE only its rating), read the catalogue
+--                 rate (or INSERT a rating; UPDATE only its rating), read the catalogue,
+--                 wait_for_lsn (read-your-writes on a hot standby)
 --   movrec_admin  jobs: train, deploy, rollback, evaluate, ETL, tokenize, refresh, CF, settings,
 --                 erasure requests (forget_user)
 --                 (a member of movrec_user)
@@ -42,7 +43,8 @@ GRANT EXECUTE ON FUNCTION
     movrec.predict(integer, integer), movrec.predict(integer[], integer[]),
     movrec.rate(integer, integer, real),
     movrec.similar_movies(integer, integer), movrec.explain(integer, integer, integer),
-    movrec.user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean)
+    movrec.user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean),
+    movrec.wait_for_lsn(pg_lsn, integer)
     TO movrec_user;
 
 -- Jobs ----------------------------------------------------------------------------------

@@ -16,7 +16,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from movrec_cli import schema
-from movrec_cli.cluster import Cluster
+from movrec_cli.cluster import Cluster, Standby
 from movrec_cli.demo_data import load_demo
 
 DEMO_USERS = 300
@@ -34,6 +34,19 @@ def cluster() -> Iterator[Cluster]:
     finally:
         c.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def standby(cluster: Cluster) -> Iterator[Standby]:
+    """A streaming hot standby of the session's cluster (pg_basebackup -R), started only by
+    the tests that ask for it; it has every database of the primary and replays its WAL."""
+    s = Standby.of(cluster, port=cluster.port + 1000)
+    s.init()
+    s.start()
+    try:
+        yield s
+    finally:
+        s.remove()
 
 
 @pytest.fixture(scope="session")

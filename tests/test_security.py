@@ -408,7 +408,7 @@ def test_roles_have_what_the_readme_says(trained: str) -> None:
 
         for function in ("movrec.recommend(integer, integer, text[], integer, integer)", "movrec.rate(integer, integer, real)",
                          "movrec.predict(integer, integer)", "movrec.similar_movies(integer, integer)",
-                         "movrec.explain(integer, integer, integer)"):  # fmt: skip
+                         "movrec.explain(integer, integer, integer)", "movrec.wait_for_lsn(pg_lsn, integer)"):  # fmt: skip
             assert can("movrec_user", function) and can("movrec_admin", function)
         for function in ("movrec.train(text, jsonb, boolean)", "movrec.deploy(bigint)", "movrec.rollback()",
                          "movrec.doctor()", "movrec.serving_drain(integer)", "movrec.cf_drain(integer)"):  # fmt: skip

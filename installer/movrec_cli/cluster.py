@@ -46,12 +46,14 @@ logging_collector = off
 
 # Local connections authenticate by peer: the server's OS user and root (who can read the
 # data directory anyway) are the superuser; every other role logs in with a password.
-# The socket directory is 0700, so no other OS user reaches the socket at all.
+# The socket directory is 0700, so no other OS user reaches the socket at all.  Replication
+# (a local standby's pg_basebackup and WAL receiver) is the superuser's, by peer too.
 HBA_CONF = """# movrec embedded cluster (rewritten by `movrec db up`)
-local   all   {superuser}   peer map=movrec
-local   all   all           scram-sha-256
-host    all   all   127.0.0.1/32   scram-sha-256
-host    all   all   ::1/128        scram-sha-256
+local   all           {superuser}   peer map=movrec
+local   replication   {superuser}   peer map=movrec
+local   all           all           scram-sha-256
+host    all           all   127.0.0.1/32   scram-sha-256
+host    all           all   ::1/128        scram-sha-256
 """
 IDENT_CONF = """# movrec embedded cluster (rewritten by `movrec db up`): OS user -> database user
 movrec   {server_user}   {superuser}
@@ -259,3 +261,125 @@ class Cluster:
                 path.unlink()
                 removed += 1
         return removed
+
+
+# What a local standby sets over the primary's settings (pg_basebackup copies those):
+# its own port and socket, read queries while it replays, and feedback so that the
+# primary's vacuum keeps the rows a standby query still reads (no replay conflicts).
+STANDBY_CONF = """
+# movrec local hot standby (written by `movrec db standby up`)
+port = {port}
+unix_socket_directories = '{socket_dir}'
+hot_standby = on
+hot_standby_feedback = on
+"""
+
+
+@dataclass
+class Standby(Cluster):
+    """A local streaming hot standby of an embedded cluster, for tests and demos: a copy made
+    by ``pg_basebackup -R`` (the superuser over the primary's socket), in ``<home>/data``,
+    on its own port and 0700 socket directory.  It replays the primary's WAL and answers
+    read queries; movrec's writing calls refuse there (movrec._require_primary)."""
+
+    primary: Cluster | None = None
+
+    @classmethod
+    def of(cls, primary: Cluster, port: int | None = None) -> Standby:
+        """The standby of ``primary``: in ``<primary home>/standby``, on the next port
+        (MOVREC_STANDBY_PORT overrides)."""
+        if port is None:
+            port = int(os.environ.get("MOVREC_STANDBY_PORT", primary.port + 1))
+        return cls(primary.home / "standby", port, primary=primary)
+
+    def init(self) -> bool:
+        """Make the copy once (the primary must run); returns False when it exists."""
+        if self.initialized():
+            return False
+        if self.primary is None or not self.primary.running():
+            raise CliError("the primary is not running: start it first (`movrec db up`)")
+        self.primary.secure()  # the replication line of pg_hba.conf
+        self._run(str(bindir() / "pg_ctl"), "-D", str(self.primary.data), "reload", capture=True)
+        for d in (self.home, self.socket_dir):
+            d.mkdir(parents=True, exist_ok=True)
+            self._chown(d)
+        r = self._run(
+            str(bindir() / "pg_basebackup"),
+            "-D",
+            str(self.data),
+            "-h",
+            str(self.primary.socket_dir),
+            "-p",
+            str(self.primary.port),
+            "-U",
+            SUPERUSER,
+            "--checkpoint=fast",
+            "--wal-method=stream",
+            "--write-recovery-conf",
+            "--no-password",
+            capture=True,
+        )
+        if r.returncode != 0:
+            shutil.rmtree(self.data, ignore_errors=True)
+            raise CliError(f"pg_basebackup from port {self.primary.port} failed:\n{r.stderr}")
+        conf = STANDBY_CONF.format(port=self.port, socket_dir=self.socket_dir)
+        with open(self.data / "postgresql.auto.conf", "a", encoding="utf-8") as f:
+            f.write(conf)
+        self.secure()
+        return True
+
+    def start(self) -> None:
+        """Start it (no CREATE DATABASE: a standby has the primary's databases)."""
+        if self.running():
+            return
+        self.secure()
+        if not self.logfile.exists():
+            self.logfile.touch()
+            self._chown(self.logfile)
+        r = self._run(
+            str(bindir() / "pg_ctl"),
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.logfile),
+            "-w",
+            "-t",
+            "60",
+            "start",
+            capture=True,
+        )
+        if r.returncode != 0:
+            tail = self.logfile.read_text(errors="replace")[-2000:] if self.logfile.exists() else ""
+            raise CliError(
+                f"the standby did not start (port {self.port} taken?):\n{r.stderr}{tail}"
+            )
+
+    def stop(self) -> bool:
+        """Stop it.  The champion matrices in /dev/shm stay: a copy has the primary's system
+        identifier, so those files are the primary's too (its own stop removes them)."""
+        if not self.running():
+            return False
+        self._run(
+            str(bindir() / "pg_ctl"), "-D", str(self.data), "-m", "fast", "-w", "stop", capture=True
+        )
+        return True
+
+    def remove(self) -> bool:
+        """Stop it and delete its copy; returns False when there was none."""
+        self.stop()
+        if not self.home.exists():
+            return False
+        shutil.rmtree(self.home)
+        return True
+
+    def replay_lag_bytes(self) -> int | None:
+        """How far replay trails the primary's current WAL position (bytes); None when it
+        does not stream."""
+        if self.primary is None:
+            return None
+        with psycopg.connect(self.primary.dsn("postgres"), autocommit=True) as conn:
+            row = conn.execute(
+                "SELECT (pg_current_wal_lsn() - replay_lsn)::bigint FROM pg_stat_replication "
+                "WHERE application_name = 'walreceiver' ORDER BY replay_lsn DESC LIMIT 1"
+            ).fetchone()
+        return None if row is None else int(row[0])

@@ -3,7 +3,9 @@ genres.  Each asserts no backend dies, no answer is wrong and nothing stored is 
 
 from __future__ import annotations
 
+import contextlib
 import io
+import os
 import threading
 import time
 from pathlib import Path
@@ -45,6 +47,18 @@ def shared_files(conn: psycopg.Connection) -> list[Path]:
     return sorted(Path("/dev/shm").glob(f"movrec-*/movrec-{name}-*"))
 
 
+def memfds(conn: psycopg.Connection) -> frozenset[int]:
+    """The inodes of the movrec memfds the session's backend holds (one per shared copy)."""
+    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+    found = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            if os.readlink(fd).startswith("/memfd:movrec-"):
+                found.add(fd.stat().st_ino)
+    assert found, f"backend {pid} holds no shared copy"
+    return frozenset(found)
+
+
 def truncate(path: Path) -> None:
     with open(path, "r+b") as f:
         f.truncate(0)
@@ -66,6 +80,7 @@ def test_damaged_shared_files_never_crash_or_mislead(trained: str, damage: objec
     try:
         for s in sessions:
             assert answers(s) == want  # every backend now serves the shared copy
+        assert len({memfds(s) for s in sessions}) == 1, "the backends hold different copies"
         with connect(trained) as c:
             files = shared_files(c)
         assert files, "the backends shared no file: the test would not test anything"

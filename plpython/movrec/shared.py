@@ -27,7 +27,9 @@ The files live in ``/dev/shm/movrec-<uid>/``, a directory of the server's OS use
 0700: /dev/shm is world-writable, and a file another local user planted must never be read.
 One backend builds a given name while the others watch for it, so a deploy does not make
 every backend write its own copy at once.  Where no tmpfs or no memfd is usable, callers get
-private arrays.  Pure numpy and the file system, no plpy.
+private arrays; where ``/proc/<pid>/fd`` of another backend cannot be opened (a server made
+non-dumpable), each backend reads the durable copy into a sealed memfd of its own: correct,
+only not shared.  Pure numpy and the file system, no plpy.
 """
 
 from __future__ import annotations

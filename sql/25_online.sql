@@ -15,7 +15,9 @@
 --
 -- Concurrency: the user's row in model.user_latent_attributes is locked (FOR UPDATE)
 -- before it is read, so ratings by one user serialise and none is lost; updated_at
--- is clock_timestamp(), so it increases in lock order.
+-- is clock_timestamp(), so it increases in lock order.  A deploy locks every user's row:
+-- a rating that read the old champion and then waited for the deploy to commit reads the
+-- champion again once it has the row, so the deploy's vector is never lost or relabelled.
 --
 -- Trigger functions here and in the other files are executable by nobody (attaching one to
 -- a table needs EXECUTE) and refuse to run on any table but their own: they are SECURITY
@@ -91,6 +93,25 @@ BEGIN
         ON CONFLICT (user_id) DO NOTHING;
         SELECT embedding, bias, model_id, n_updates + 1, backup_ring INTO old_u, old_b, old_model, n_update, ring
         FROM model.user_latent_attributes WHERE user_id = NEW.user_id FOR UPDATE;
+    END IF;
+
+    IF old_model IS DISTINCT FROM champ THEN
+        -- The row may hold a champion newer than the one read above: a deploy that committed
+        -- while this trigger waited for the row lock (it locks every user's row).  Read the
+        -- champion again, with a new snapshot, so that the step starts from the vector the
+        -- deploy published and is labelled with its model; otherwise the row is of an older
+        -- model and the step starts from this champion's default.  Rare, so the insert path
+        -- pays one branch.
+        SELECT d.model_id, r.global_mean, x.embedding, x.bias, s.online_update, s.online_lr,
+               s.online_reg, s.backup_retention
+        INTO champ, mu, m, b_m, mode, lr, reg, keep
+        FROM (SELECT model_id FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) d
+        JOIN model.registry r USING (model_id)
+        JOIN model.movie_latent_attributes x ON x.movie_id = NEW.movie_id AND x.model_id = d.model_id
+        CROSS JOIN movrec.settings s;
+        IF champ IS NULL THEN
+            RETURN NULL;  -- the new champion has no vector for this movie: just stored
+        END IF;
     END IF;
 
     IF mode = 'refit' THEN

@@ -91,20 +91,18 @@ def test_shared_arrays_build_once_and_replace_older_champions(
 
     first = shared.shared_arrays("db-1-a", ("ids", "m"), lambda: build(1.0), group="db")
     again = shared.shared_arrays("db-1-a", ("ids", "m"), lambda: build(9.0), group="db")
-    assert calls == [1.0] and isinstance(again["m"], np.memmap)
+    assert calls == [1.0] and shared.shares(again["m"]) and not again["m"].flags.writeable
     assert again["m"].tolist() == first["m"].tolist() == [[1.0, 1.0]] * 3
     other_db = shared.shared_arrays("dbx-1-a", ("ids", "m"), lambda: build(3.0), group="dbx")
     newer = shared.shared_arrays("db-2-b", ("ids", "m"), lambda: build(2.0), group="db")
     assert newer["m"][0, 0] == 2.0 and other_db["m"][0, 0] == 3.0
     private = tmp_path / f"movrec-{os.getuid()}"
     assert private.stat().st_mode & 0o777 == 0o700
-    assert sorted(p.name for p in private.glob("*.npy")) == [
-        "movrec-db-2-b-ids.npy",
-        "movrec-db-2-b-m.npy",
-        "movrec-dbx-1-a-ids.npy",
-        "movrec-dbx-1-a-m.npy",
+    assert sorted(p.name for p in private.glob("*.bin")) == [
+        "movrec-db-2-b.bin",
+        "movrec-dbx-1-a.bin",
     ]
-    assert first["m"][0, 0] == 1.0  # a backend still mapping the removed file keeps its pages
+    assert first["m"][0, 0] == 1.0  # a backend still holding the removed copy keeps it
 
 
 def test_shared_arrays_refuse_a_directory_others_can_write(
@@ -125,7 +123,7 @@ def test_shared_arrays_refuse_a_directory_others_can_write(
         group="db",
     )
     assert shared.private_dir() is None
-    assert got["m"].tolist() == [[1.0, 1.0]] * 3 and not isinstance(got["m"], np.memmap)
+    assert got["m"].tolist() == [[1.0, 1.0]] * 3 and not shared.shares(got["m"])
 
 
 def _trained_like(n: int, d: int, rank: int, seed: int) -> np.ndarray:
@@ -195,8 +193,8 @@ def test_shared_arrays_never_wait_long_for_another_builder(
         group="db",
         lock=someone_else_builds,
     )
-    assert got["m"].tolist() == [1.0] * 3 and not isinstance(got["m"], np.memmap)
-    assert not list((tmp_path / f"movrec-{os.getuid()}").glob("*.npy"))  # wrote nothing
+    assert got["m"].tolist() == [1.0] * 3 and not shared.shares(got["m"])
+    assert not list((tmp_path / f"movrec-{os.getuid()}").glob("*.bin"))  # wrote nothing
 
 
 def test_shared_arrays_keep_recent_names_of_the_group(
@@ -207,5 +205,67 @@ def test_shared_arrays_keep_recent_names_of_the_group(
     monkeypatch.setattr(shared, "SHM_ROOT", tmp_path)
     for name in ("db-1-a", "db-2-b"):
         shared.shared_arrays(name, ("m",), lambda: {"m": np.zeros(2, np.float32)}, group="db")
-    names = sorted(p.name for p in (tmp_path / f"movrec-{os.getuid()}").glob("*.npy"))
-    assert names == ["movrec-db-1-a-m.npy", "movrec-db-2-b-m.npy"]
+    names = sorted(p.name for p in (tmp_path / f"movrec-{os.getuid()}").glob("*.bin"))
+    assert names == ["movrec-db-1-a.bin", "movrec-db-2-b.bin"]
+
+
+def _forget_holders() -> None:
+    """As if every process holding a copy had exited."""
+    for fd in shared._held.values():
+        os.close(fd)
+    shared._held.clear()
+
+
+@pytest.mark.parametrize("damage", ["truncate", "overwrite", "holders"])
+def test_shared_arrays_never_trust_a_damaged_copy(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, damage: str
+) -> None:
+    """A durable copy that was truncated or overwritten in place, or a holders file pointing
+    at something else, is never used: the arrays are built again; a process still holding
+    the sealed copy keeps serving it unchanged."""
+    monkeypatch.setattr(shared, "SHM_ROOT", tmp_path)
+    calls = []
+
+    def build() -> dict[str, np.ndarray]:
+        calls.append(1)
+        return {"m": np.arange(1000, dtype=np.float32)}
+
+    held = shared.shared_arrays("db-1-a", ("m",), build, group="db")
+    private = tmp_path / f"movrec-{os.getuid()}"
+    copy, holders = private / "movrec-db-1-a.bin", private / "movrec-db-1-a.holders"
+    if damage == "holders":  # our own stdin, a pipe or a tty: never opened as a copy
+        holders.write_text(f"{os.getpid()} 0\n1 1\njunk\n")
+    else:
+        copy.chmod(0o600)
+        with open(copy, "r+b") as f:
+            if damage == "truncate":
+                f.truncate(copy.stat().st_size // 2)
+            else:
+                f.seek(-400, os.SEEK_END)
+                f.write(np.full(100, 5.0, np.float32).tobytes())
+    assert held["m"].tolist() == list(range(1000))  # the sealed copy never changes
+    _forget_holders()
+    try:
+        again = shared.shared_arrays("db-1-a", ("m",), build, group="db")
+        assert again["m"].tolist() == list(range(1000)) and len(calls) == (
+            1 if damage == "holders" else 2
+        )
+    finally:
+        _forget_holders()
+
+
+def test_shared_copies_are_sealed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Nobody, the owner included, can write, shrink or grow a shared copy."""
+    import fcntl
+
+    monkeypatch.setattr(shared, "SHM_ROOT", tmp_path)
+    shared.shared_arrays("db-9-z", ("m",), lambda: {"m": np.ones(8, np.float32)}, group="db")
+    try:
+        fd = shared._held["db-9-z"]
+        assert fcntl.fcntl(fd, fcntl.F_GET_SEALS) & shared.SEALS == shared.SEALS
+        with open(f"/proc/self/fd/{fd}", "r+b") as f, pytest.raises(OSError):
+            f.truncate(0)
+        with pytest.raises(OSError):
+            os.pwrite(fd, b"x", 0)
+    finally:
+        _forget_holders()

@@ -95,6 +95,13 @@ def notice(message: str) -> None:
         print(message)
 
 
+def warning(message: str) -> None:
+    if plpy is not None:
+        plpy.warning(message)
+    else:  # pragma: no cover
+        print(message)
+
+
 def sql_entry(fn: F) -> F:
     """Turn MovrecError into a clean PostgreSQL ERROR with SQLSTATE, hint and detail."""
 

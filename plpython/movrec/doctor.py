@@ -107,7 +107,6 @@ def checks() -> list[Row]:
 
 def _serving() -> Row:
     """How this backend holds the champion's movie matrix, and whether its top-k is indexed."""
-    import numpy as np
 
     from movrec import serving, shared
 
@@ -116,7 +115,7 @@ def _serving() -> Row:
         return ("serving", False, "the champion has no movie side", "movrec deploy ID")
     where = (
         f"mapped from {shared.private_dir()}"
-        if isinstance(side.vectors, np.memmap)
+        if shared.shares(side.vectors)
         else "a private copy (no usable shared memory directory)"
     )
     index = (

@@ -2,7 +2,8 @@
 
 Deploy runs in the caller's transaction, so it is atomic: readers see the old
 champion until it commits.  It loads the checkpoint first, so a corrupt one is
-refused before anything is written.
+refused before anything is written, and serves what the checkpoint gives: the
+registry's serving blobs are rebuilt from it (and repaired where they differ).
 """
 
 from __future__ import annotations
@@ -144,6 +145,114 @@ WHERE model_id <> $3
 """
 
 
+SERVING_SQL = """
+SELECT serving_movie_ids, serving_matrix, serving_ranking, default_embedding, default_bias
+FROM model.registry WHERE model_id = $1
+"""
+REPAIR_SQL = """
+UPDATE model.registry
+SET serving_movie_ids = $2, serving_matrix = $3, serving_ranking = $4, default_embedding = $5,
+    default_bias = $6
+WHERE model_id = $1
+"""
+# Stored serving values agree with the checkpoint's when within this (float32 arithmetic may
+# round differently on another device or thread count).
+SERVING_RTOL, SERVING_ATOL = 1e-4, 1e-5
+
+
+def _unservable(ids: np.ndarray, matrix: np.ndarray, default: np.ndarray, ranking: Any) -> str:
+    """What makes a serving state unusable ('' when nothing does)."""
+    if not len(ids):
+        return "it has no movies"
+    if np.any(np.diff(ids) <= 0):
+        return "its movie ids are not strictly ascending"
+    if matrix.shape[0] != len(ids) or matrix.shape[1] != len(default) + 1:
+        return f"its movie matrix has shape {matrix.shape} for {len(ids)} movies"
+    for what, a in (("movie matrix", matrix), ("default vector", default), ("ranking", ranking)):
+        if a is not None and not np.isfinite(a).all():
+            return f"its {what} holds NaN or infinite values"
+    if ranking is not None and ranking.shape[0] != len(ids):
+        return f"its ranking matrix has {ranking.shape[0]} rows for {len(ids)} movies"
+    return ""
+
+
+def _stored_damage(stored: dict[str, Any], built: tuple[Any, ...]) -> str:
+    """How the registry's stored serving blobs differ from the rebuilt ones ('' when they agree)."""
+    ids, matrix, default_embedding, default_bias, ranking = built
+    if stored["serving_movie_ids"] != ids:
+        return "serving_movie_ids"
+    pairs = [
+        ("serving_matrix", stored["serving_matrix"], matrix),
+        ("serving_ranking", stored["serving_ranking"], ranking),
+    ]
+    for column, have, want in pairs:
+        if (have is None) != (want is None):
+            return column
+        if want is None:
+            continue
+        if len(have) != len(want):
+            return f"{column} ({len(have)} bytes instead of {len(want)})"
+        a, b = np.frombuffer(have, np.float32), np.frombuffer(want, np.float32)
+        if not np.allclose(a, b, rtol=SERVING_RTOL, atol=SERVING_ATOL):
+            return column
+    stored_default = np.asarray(stored["default_embedding"] or [], dtype=np.float64)
+    if stored_default.shape != (len(default_embedding),) or not np.allclose(
+        stored_default, default_embedding, rtol=SERVING_RTOL, atol=SERVING_ATOL
+    ):
+        return "default_embedding"
+    if stored["default_bias"] is None or not np.isclose(
+        stored["default_bias"], default_bias, rtol=SERVING_RTOL, atol=SERVING_ATOL
+    ):
+        return "default_bias"
+    return ""
+
+
+def verify_serving(model_id: int, model: Model) -> tuple[list[float], float]:
+    """Make the registry row's serving blobs (what recommend() and predict() read) the ones
+    the checkpoint gives, and return the default user vector and bias.
+
+    The blobs are rebuilt from the checkpoint; stored blobs that differ (truncated, zeroed,
+    edited) are replaced, with a WARNING.  A checkpoint whose serving state cannot serve
+    (NaN or infinite values, no movies, inconsistent shapes) is a CorruptCheckpoint: the
+    deploy fails and nothing is changed.
+    """
+    ids, matrix, default_embedding, default_bias = serving_blobs(model)
+    ranking_side = model.ranking_side()
+    ranking_array = None if ranking_side is None else ranking_side.numpy().astype(np.float32)
+    ranking = None if ranking_array is None else ranking_array.tobytes()
+    id_array = np.frombuffer(ids, np.int32)
+    problem = (
+        "it has no movies"
+        if not len(id_array)
+        else _unservable(
+            id_array,
+            np.frombuffer(matrix, np.float32).reshape(len(id_array), -1),
+            np.asarray(default_embedding, dtype=np.float32),
+            ranking_array,
+        )
+    )
+    if not problem and not np.isfinite(default_bias):
+        problem = "its default bias is not finite"
+    if problem:
+        raise CorruptCheckpoint(
+            f"model {model_id} cannot serve: {problem}",
+            hint="nothing was changed; the champion stays. Retrain, or deploy another model",
+        )
+    stored = backend.execute(SERVING_SQL, ["int8"], [model_id])[0]
+    damage = _stored_damage(stored, (ids, matrix, default_embedding, default_bias, ranking))
+    if damage:
+        backend.warning(
+            f"movrec deploy: model {model_id}'s stored {damage} did not match its checkpoint; "
+            "rebuilt from the checkpoint"
+        )
+        backend.execute(
+            REPAIR_SQL,
+            ["int8", "bytea", "bytea", "bytea", "float4[]", "float4"],
+            [model_id, ids, matrix, ranking, default_embedding, default_bias],
+        )
+    return default_embedding, default_bias
+
+
 def _publish(sql: str, ids: Any, vectors: Any, bias: Any, model_id: int) -> None:
     backend.execute(
         sql,
@@ -172,11 +281,11 @@ def deploy_model(model_id: int, reason: str = "deploy") -> int:
             f"model {model_id} is a {kind} model, an experimental baseline that cannot serve",
             hint="serving multiplies a user vector with movie vectors; deploy mf or hybrid",
         )
+    default_embedding, default_bias = verify_serving(model_id, model)
     backend.notice(f"movrec deploy: publishing model {model_id} ({kind})")
     backend.execute("DELETE FROM model.movie_latent_attributes")
     _publish(PUBLISH_MOVIES_SQL, *model.movie_side(), model_id)
     _publish(PUBLISH_USERS_SQL, *model.user_side(), model_id)
-    _, _, default_embedding, default_bias = serving_blobs(model)
     backend.execute(
         RESET_OTHERS_SQL,
         ["text", "float4", "int8"],

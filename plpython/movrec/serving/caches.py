@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from movrec import backend, locks, shared
-from movrec.errors import InvalidArgument
+from movrec.errors import CorruptCheckpoint, InvalidArgument
 from movrec.scoring import BoundIndex, MovieSide
 
 POPULARITY_DAMPING = 10  # ratings' worth of prior pulled toward the global mean
@@ -70,7 +70,7 @@ FROM movrec.watch_events GROUP BY movie_id ORDER BY movie_id
 """
 
 # Bumped whenever what champion() shares changes, so no backend maps files of an older layout.
-SHARED_LAYOUT = 2
+SHARED_LAYOUT = 3
 # Users whose vectors choose the champion's index head (movrec.scoring.BoundIndex.build).
 PROBES_SQL = """
 SELECT embedding::real[] AS e FROM model.user_latent_attributes WHERE model_id = $1 LIMIT 64
@@ -139,17 +139,20 @@ class Catalogue:
         years: Sequence[int | None],
         genres: Sequence[Sequence[str] | None],
     ) -> Catalogue:
+        # A NULL element (genres = '{NULL}') names no genre: it is skipped, so one such row
+        # cannot break the filters of every request.
+        named = [[g for g in gs or () if g is not None] for gs in genres]
         index: dict[str, int] = {}
         names: list[str] = []
-        for gs in genres:
-            for g in gs or ():
+        for gs in named:
+            for g in gs:
                 if g.casefold() not in index:
                     index[g.casefold()] = len(names)
                     names.append(g)
         words = max(1, (len(index) + 63) // 64)
         bits = np.zeros((len(movie_ids), words), dtype=np.uint64)
-        for i, gs in enumerate(genres):
-            for g in gs or ():
+        for i, gs in enumerate(named):
+            for g in gs:
                 b = index[g.casefold()]
                 bits[i, b // 64] |= np.uint64(1) << np.uint64(b % 64)
         return cls(
@@ -295,15 +298,24 @@ def _stacked(side: MovieSide) -> np.ndarray:
 def _load_side(r: dict[str, Any], n_extra: int) -> MovieSide:
     """The champion's movie side from its registry row, plus movies embedded after deploy."""
     blobs = backend.execute(CHAMPION_BLOBS_SQL, ["int8"], [r["model_id"]])[0]
-    side = MovieSide.from_blobs(
-        r["model_id"],
-        blobs["serving_movie_ids"],
-        blobs["serving_matrix"],
-        r["global_mean"],
-        r["default_embedding"],
-        r["default_bias"],
-        blobs["serving_ranking"],
-    )
+    try:
+        side = MovieSide.from_blobs(
+            r["model_id"],
+            blobs["serving_movie_ids"],
+            blobs["serving_matrix"],
+            r["global_mean"],
+            r["default_embedding"],
+            r["default_bias"],
+            blobs["serving_ranking"],
+        )
+        if side.dim != len(r["default_embedding"]):
+            raise ValueError("matrix width does not match the default vector")
+    except (ValueError, TypeError):  # blobs of the wrong length: edited after the deploy
+        raise CorruptCheckpoint(
+            f"the serving blobs of champion model {r['model_id']} in model.registry are damaged",
+            hint=f"redeploy it, which rebuilds them from its checkpoint: "
+            f"SELECT movrec.deploy({r['model_id']})",
+        ) from None
     if not n_extra:
         return side
     rows = backend.execute(EXTRA_SQL, ["int8"], [r["model_id"]])

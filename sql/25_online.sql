@@ -57,13 +57,8 @@ DECLARE
     keep integer;
     mode text;
 BEGIN
-    IF TG_RELID <> 'movrec.watch_events'::regclass
-       AND NOT (TG_TABLE_SCHEMA = 'movrec' AND TG_TABLE_NAME ~ '^watch_events_[0-9]+$') THEN
-        RAISE EXCEPTION 'movrec.on_rating() runs only as the trigger of movrec.watch_events, not on %.%',
-            TG_TABLE_SCHEMA, TG_TABLE_NAME USING ERRCODE = 'insufficient_privilege';
-    END IF;
-    IF current_setting('application_name') = 'pg_restore' THEN
-        IF movrec._restoring() THEN
+    IF TG_RELID <> 'movrec.watch_events'::regclass OR current_setting('application_name') = 'pg_restore' THEN
+        IF NOT movrec._trigger_applies('movrec.on_rating()', TG_RELID, 'movrec.watch_events') THEN
             RETURN NULL;  -- a restore replays rows whose effects the dump holds
         END IF;
     END IF;

@@ -14,7 +14,11 @@ from movrec_cli.output import table
 @click.argument("user_id", type=int)
 @click.option("-k", default=10, show_default=True)
 @click.option(
-    "--genre", "genres", multiple=True, help="only movies with any of these genres (repeatable)"
+    "--genres",
+    "--genre",
+    "genres",
+    multiple=True,
+    help="only movies with any of these genres (repeatable; recommend()'s genres)",
 )
 @click.option("--min-year", type=int)
 @click.option("--max-year", type=int)
@@ -28,11 +32,13 @@ def recommend(
 ) -> None:
     """Print USER_ID's top-k unseen movies."""
     with connect(dsn) as conn:
-        rows = conn.execute(
+        cur = conn.execute(
             "SELECT * FROM movrec.recommend(%s, %s, genres => %s, min_year => %s, max_year => %s)",
             (user_id, k, list(genres) or None, min_year, max_year),
-        ).fetchall()
-    click.echo(table(rows, ["movie_id", "title", "score", "predicted", "source"]))
+        )
+        rows = cur.fetchall()
+    # The headers are recommend()'s own column names, so the CLI and SQL say the same.
+    click.echo(table(rows, [c.name for c in cur.description or ()]))
 
 
 @click.command()

@@ -5,11 +5,11 @@ from __future__ import annotations
 import click
 
 from movrec_cli.connection import connect
-from movrec_cli.options import dsn_option
+from movrec_cli.options import EPILOG, dsn_option
 from movrec_cli.output import table
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.argument("user_id", type=int)
 @click.option("-k", default=10, show_default=True)
@@ -30,7 +30,13 @@ def recommend(
     min_year: int | None,
     max_year: int | None,
 ) -> None:
-    """Print USER_ID's top-k unseen movies."""
+    """Print USER_ID's top-k unseen movies (SELECT * FROM recommend(...)), best first.
+
+    \b
+    Examples:
+      movrec recommend 7 -k 3
+      movrec recommend 7 --genres Comedy --genres Drama --min-year 1990
+    """
     with connect(dsn) as conn:
         cur = conn.execute(
             "SELECT * FROM movrec.recommend(%s, %s, genres => %s, min_year => %s, max_year => %s)",

@@ -10,11 +10,11 @@ import psycopg
 from movrec_cli import schema
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
-from movrec_cli.options import dsn_option
+from movrec_cli.options import EPILOG, dsn_option
 from movrec_cli.output import table
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.option(
     "--venv", metavar="PATH", help="venv the backends load movrec from [default: this CLI's]"
@@ -22,8 +22,14 @@ from movrec_cli.output import table
 def install(dsn: str | None, venv: str | None) -> None:
     """Install or upgrade movrec's SQL in one transaction; a rerun changes nothing.
 
-    Also sets, for the database, movrec.venv (where backends find the movrec
-    package) and a search_path that includes movrec.
+    Also pins the venv backends load movrec from (movrec.installs) and adds movrec
+    to the database's search_path.  In a database where CREATE EXTENSION installed
+    movrec, it runs ALTER EXTENSION movrec UPDATE and does the same.
+
+    \b
+    Examples:
+      movrec install
+      movrec install --dsn 'host=db1 dbname=app user=postgres'
     """
     with connect(dsn) as conn:
         try:
@@ -43,7 +49,7 @@ def uninstall(dsn: str | None, drop_data: bool) -> None:
         click.echo(schema.uninstall(conn, drop_data))
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 def status(dsn: str | None) -> None:
     """Installed version, row counts, and the view movrec.status: queue depths and the oldest
@@ -90,7 +96,7 @@ def _age(age: datetime.timedelta | None) -> str | None:
     )
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 def doctor(dsn: str | None) -> None:
     """Check the backend: Python, packages, torch/CUDA, pgvector, threads, venv."""

@@ -10,7 +10,7 @@ import psycopg
 
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
-from movrec_cli.options import dsn_option
+from movrec_cli.options import EPILOG, dsn_option
 from movrec_cli.output import note, progress
 
 ALL_USERS_SQL = """
@@ -24,7 +24,7 @@ def batches(users: Sequence[int], size: int) -> list[list[int]]:
     return [list(users[i : i + size]) for i in range(0, len(users), size)]
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.option("--user", "user_ids", type=int, multiple=True, help="only this user (repeatable)")
 @click.option(

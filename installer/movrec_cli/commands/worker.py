@@ -15,7 +15,7 @@ import psycopg
 
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
-from movrec_cli.options import dsn_option
+from movrec_cli.options import EPILOG, dsn_option
 from movrec_cli.output import note, table
 
 
@@ -33,7 +33,7 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.option("--batch", default=10, show_default=True, help="jobs per transaction (cf_drain)")
 @click.option("--once", is_flag=True, help="drain the jobs that are due, then exit")
@@ -153,7 +153,7 @@ def _work(dsn: str | None, batch: int, once: bool, poll: float, progress: _Progr
                 pass
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.option("--every", "schedule", default="* * * * *", show_default=True, help="cron schedule")
 @click.option("--max-jobs", default=100, show_default=True, help="jobs per run and queue")

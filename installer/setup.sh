@@ -121,4 +121,5 @@ if [ "$stale" = 1 ]; then
 else
     step "extension: files in $SHAREDIR/extension up to date"
 fi
-step "setup done: $("$VENV/bin/python" -c 'import torch, numpy; print(f"torch {torch.__version__}, numpy {numpy.__version__}")')"
+# (versions from the package metadata: importing torch costs seconds on a rerun that only checks)
+step "setup done: $("$VENV/bin/python" -c 'from importlib.metadata import version as v; print("torch", v("torch") + ", numpy", v("numpy"))')"

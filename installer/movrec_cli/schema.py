@@ -154,11 +154,15 @@ def _install_extension(conn: psycopg.Connection, venv: str) -> InstallResult:
         before = one(conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'movrec'"))[
             0
         ]
-        available = one(
-            conn.execute(
-                "SELECT default_version FROM pg_available_extensions WHERE name = 'movrec'"
+        row = conn.execute(
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'movrec'"
+        ).fetchone()
+        if row is None:
+            raise CliError(
+                "movrec is installed as an extension here, but the server has no movrec extension "
+                "files to update from: run `make install` on the database host"
             )
-        )[0]
+        available = row[0]
         if _version_key(available) < _version_key(before):
             raise CliError(
                 f"this database holds movrec {before} (extension), newer than the installed "

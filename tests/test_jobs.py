@@ -3,12 +3,10 @@ them all, and movrec.status shows what to alert on."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import psycopg
 from click.testing import CliRunner
 from movrec_cli import schema
-from movrec_cli.cluster import DATABASE
+from movrec_cli.cluster import DATABASE, Cluster
 from movrec_cli.main import cli
 
 from tests.conftest import connect
@@ -58,10 +56,12 @@ def test_status_names_the_champion_and_its_data(trained: str) -> None:
     assert r.exit_code == 0 and "refresh_queue" in r.output and "champion" in r.output, r.output
 
 
-def test_schedule_registers_every_queue_with_pg_cron(new_database: Callable[[str], str]) -> None:
-    """The harness's cluster loads pg_cron for the database `movrec` (cron.database_name)."""
-    dsn = new_database(DATABASE)
+def test_schedule_registers_every_queue_with_pg_cron(cluster: Cluster) -> None:
+    """The harness's cluster loads pg_cron for the database `movrec` (cron.database_name).
+    That database is emptied, never dropped: dropping it would take pg_cron's launcher with it."""
+    dsn = cluster.dsn(DATABASE)
     with connect(dsn) as conn:
+        schema.uninstall(conn, drop_data=True)
         schema.install(conn)
         jobs = conn.execute("SELECT job_name, command FROM movrec.schedule()").fetchall()
         assert dict(jobs) == {

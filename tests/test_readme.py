@@ -13,11 +13,12 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 import pytest
+from movrec_cli import schema
 from movrec_cli.cluster import DATABASE, Cluster
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -80,9 +81,11 @@ def test_readme_has_the_examples() -> None:
 
 
 @pytest.fixture(scope="module")
-def env(cluster: Cluster, new_database: Callable[[str], str]) -> dict[str, str]:
-    """The quick start's database, empty, on the harness's cluster."""
-    new_database(DATABASE)
+def env(cluster: Cluster) -> dict[str, str]:
+    """The quick start's database, emptied, on the harness's cluster (never dropped: it is
+    pg_cron's cron.database_name, and dropping it would take pg_cron's launcher with it)."""
+    with psycopg.connect(cluster.dsn(DATABASE), autocommit=True) as conn:
+        schema.uninstall(conn, drop_data=True)
     e = {k: v for k, v in os.environ.items() if not k.startswith(("MOVREC_", "PG"))}
     e.update(MOVREC_HOME=str(cluster.home), MOVREC_PORT=str(cluster.port))
     return e

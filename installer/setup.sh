@@ -86,20 +86,40 @@ fi
 stamp="$VENV/.movrec-deps"
 want=$(sha1sum pyproject.toml | cut -c1-40)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    step "venv: installing torch==2.13.0 (CPU), numpy, psycopg, pgvector, pandas, click"
-    quiet "$VENV/bin/pip" install "torch==2.13.0" numpy "psycopg[binary]" pgvector pandas click pytest ruff mypy
+    step "venv: installing torch==2.13.0 (CPU), numpy, psycopg, pgvector, pandas, click, tqdm"
+    quiet "$VENV/bin/pip" install "torch==2.13.0" numpy "psycopg[binary]" pgvector pandas click tqdm pytest ruff mypy
     echo "$want" > "$stamp"
 fi
 if [ "$EDITABLE" = 1 ]; then
     "$VENV/bin/python" -c 'import movrec, movrec_cli' 2>/dev/null \
         || { step "venv: installing movrec (editable)"; quiet "$VENV/bin/pip" install --no-deps -e .; }
 else
-    step "venv: installing movrec (copy; the checkout is not readable by postgres)"
-    quiet "$VENV/bin/pip" install --no-deps --force-reinstall .
+    # A copy goes stale when the sources change, and only then: reinstall on a new stamp.
+    src_stamp="$VENV/.movrec-sources"
+    src_want=$(find plpython installer sql pyproject.toml -type f -not -path '*/__pycache__/*' \
+        -not -name '*.pyc' -print0 | sort -z | xargs -0 sha1sum | sha1sum | cut -c1-40)
+    if [ "$(cat "$src_stamp" 2>/dev/null)" != "$src_want" ]; then
+        step "venv: installing movrec (copy; the checkout is not readable by postgres)"
+        quiet "$VENV/bin/pip" install --no-deps --force-reinstall .
+        echo "$src_want" > "$src_stamp"
+    else
+        step "venv: movrec copy up to date"
+    fi
 fi
 chmod -R a+rX "$VENV" 2>/dev/null || true
 
 # 4. The extension files, so that a DBA can also CREATE EXTENSION movrec CASCADE.
-step "extension: make install (movrec.control, movrec--$(sed -n 's/^__version__ = "\(.*\)"/\1/p' plpython/movrec/__init__.py).sql and its upgrade scripts)"
-$SUDO make -s install PG_CONFIG="$PG_CONFIG" >/dev/null
-step "setup done: $("$VENV/bin/python" -c 'import torch, numpy; print(f"torch {torch.__version__}, numpy {numpy.__version__}")')"
+# Built here (cheap), copied into the share directory only when they differ from what is there.
+make -s extension PG_CONFIG="$PG_CONFIG" >/dev/null
+stale=0
+for f in extension/movrec.control extension/movrec--*.sql; do
+    cmp -s "$f" "$SHAREDIR/extension/$(basename "$f")" || stale=1
+done
+if [ "$stale" = 1 ]; then
+    step "extension: make install (movrec.control, movrec--$(sed -n 's/^__version__ = "\(.*\)"/\1/p' plpython/movrec/__init__.py).sql and its upgrade scripts)"
+    $SUDO make -s install PG_CONFIG="$PG_CONFIG" >/dev/null
+else
+    step "extension: files in $SHAREDIR/extension up to date"
+fi
+# (versions from the package metadata: importing torch costs seconds on a rerun that only checks)
+step "setup done: $("$VENV/bin/python" -c 'from importlib.metadata import version as v; print("torch", v("torch") + ", numpy", v("numpy"))')"

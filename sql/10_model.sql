@@ -36,13 +36,15 @@ COMMENT ON TABLE model.deployments IS
     'Deployment history; the latest row names the champion that serving uses (NULL model_id: retired, none)';
 
 CREATE OR REPLACE VIEW model.champion AS
-    SELECT d.model_id, r.kind, r.dim, r.metrics, d.deployed_at, d.deployment_id
+    SELECT d.model_id, r.kind, r.dim, r.metrics - 'history' AS metrics, d.deployed_at, d.deployment_id
     FROM (SELECT * FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) d
     JOIN model.registry r USING (model_id);
 COMMENT ON COLUMN model.registry.trained_by IS 'The session user who trained it (session_user)';
 COMMENT ON COLUMN model.deployments.deployed_by IS 'The session user who deployed it (session_user)';
 
-COMMENT ON VIEW model.champion IS 'The model that recommend(), predict() and the rating trigger use';
+COMMENT ON VIEW model.champion IS
+    'The model that recommend(), predict() and the rating trigger use; metrics without the per-epoch history, '
+    'which model.registry.metrics keeps';
 
 CREATE TABLE IF NOT EXISTS model.movie_latent_attributes (
     movie_id  integer PRIMARY KEY,

@@ -62,7 +62,10 @@ COMMENT ON FUNCTION movrec.pin_venv(text) IS
 CREATE OR REPLACE FUNCTION movrec.doctor()
 RETURNS TABLE (check_name text, ok boolean, detail text, fix text)
 LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+try:
+    GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+except plpy.SPIError as e:  # movrec cannot load: that is the finding, not an error of doctor()
+    return [("venv", False, str(e), "movrec install (pins the venv of the CLI), or as a superuser SELECT movrec.pin_venv('/path/to/.venv')")]
 from movrec import doctor; return doctor.checks()
 $$;
 COMMENT ON FUNCTION movrec.doctor() IS

@@ -294,42 +294,20 @@ COMMENT ON FUNCTION movrec.cf_cache_info() IS
     'What this backend''s CF cache holds: users, movies, ratings, the overlay of reloaded users, loads, watermark';
 
 -- pg_cron: scheduled draining, where the extension can live (cron.database_name).
+-- movrec.schedule() (sql/80_jobs.sql) registers this job with the others, the same way.
 CREATE OR REPLACE FUNCTION movrec.cf_schedule(schedule text DEFAULT '* * * * *', max_jobs integer DEFAULT 100)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-DECLARE
-    scheduled_job bigint;
 BEGIN
     IF max_jobs IS NULL OR max_jobs < 1 THEN
         RAISE EXCEPTION 'cf_schedule(): max_jobs must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron') THEN
-        IF coalesce(current_setting('cron.database_name', true), '') <> current_database() THEN
-            RAISE NOTICE 'cf_schedule(): pg_cron is not available in database % (cron.database_name is %)',
-                current_database(), coalesce(current_setting('cron.database_name', true), 'not set: pg_cron is not loaded')
-                USING HINT = 'add pg_cron to shared_preload_libraries and set cron.database_name, or run `movrec worker`';
-            RETURN NULL;
-        END IF;
-        CREATE EXTENSION pg_cron;
-    END IF;
-    -- a named job: scheduling again replaces it
-    scheduled_job := cron.schedule('movrec-cf-drain', schedule, format('SELECT movrec.cf_drain(%s)', max_jobs));
-    -- pg_cron runs a job through a libpq connection to cron.host (default localhost, over
-    -- TCP).  A server that listens on its Unix socket only (the embedded cluster) would
-    -- fail every run with "connection failed": point the job at the socket instead.
-    IF coalesce(current_setting('cron.use_background_workers', true), 'off') = 'off'
-       AND coalesce(current_setting('cron.host', true), 'localhost') = 'localhost'
-       AND current_setting('listen_addresses') = '' THEN
-        UPDATE cron.job
-        SET nodename = trim(split_part(current_setting('unix_socket_directories'), ',', 1)),
-            nodeport = current_setting('port')::integer
-        WHERE jobid = scheduled_job;
-    END IF;
-    RETURN scheduled_job;
+    RETURN movrec._cron_job('movrec-cf-drain', schedule, format('SELECT movrec.cf_drain(%s)', max_jobs));
 END $$;
 COMMENT ON FUNCTION movrec.cf_schedule(text, integer) IS
     'Registers the pg_cron job movrec-cf-drain (SELECT movrec.cf_drain(max_jobs), every minute by default), creating '
-    'pg_cron where this is cron.database_name; returns the job id, or NULL with a NOTICE where pg_cron is not available';
+    'pg_cron where this is cron.database_name; returns the job id; an error (55000) with the fix where pg_cron is '
+    'not available';
 
 CREATE OR REPLACE FUNCTION movrec.cf_unschedule() RETURNS boolean
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$

@@ -56,6 +56,7 @@ GRANT EXECUTE ON FUNCTION
     movrec.refresh_recommendations(integer), movrec.refresh_recommendations_batch(integer[]),
     movrec.serving_drain(integer), movrec.embed_new_movies(integer), movrec.refresh_movie_stats(),
     movrec.cf_drain(integer), movrec.cf_rebuild_stats(), movrec.cf_schedule(text, integer),
+    movrec.schedule(text, integer), movrec.unschedule(), movrec.prune_queues(),
     movrec.cf_unschedule(), movrec.cf_cache_info(), movrec.forget_user(integer)
     TO movrec_admin;
 GRANT EXECUTE ON PROCEDURE
@@ -66,7 +67,7 @@ GRANT EXECUTE ON PROCEDURE
 GRANT SELECT ON ALL TABLES IN SCHEMA model TO movrec_admin;
 GRANT SELECT ON movrec.vocab, movrec.movie_tokens, movrec.movie_ids, movrec.user_ids, movrec.etl_runs,
     movrec.loads, movrec.quarantine, movrec.installs, movrec.settings, movrec.watch_events_archive,
-    movrec.movies_archive
+    movrec.movies_archive, movrec.status
     TO movrec_admin;
 -- File loads (`movrec load`) fill staging and record the load and its quarantined rows.
 GRANT SELECT, INSERT, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA staging TO movrec_admin;

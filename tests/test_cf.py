@@ -538,8 +538,14 @@ def test_ctrl_c_rolls_the_worker_batch_back(db: str, some_users: list[int]) -> N
 
 def test_schedule_needs_pg_cron_here(db: str) -> None:
     with connect(db) as conn:  # the test databases are not cron.database_name
-        assert conn.execute("SELECT movrec.cf_schedule()").fetchone()[0] is None
+        for call in ("movrec.cf_schedule()", "* FROM movrec.schedule()"):
+            with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as e:
+                conn.execute(f"SELECT {call}")
+            assert "pg_cron is not available" in str(e.value)
+            assert "shared_preload_libraries" in (e.value.diag.message_hint or "")
+            assert "cron.database_name" in (e.value.diag.message_hint or "")
         assert conn.execute("SELECT movrec.cf_unschedule()").fetchone()[0] is False
+        assert conn.execute("SELECT movrec.unschedule()").fetchone()[0] == 0
 
 
 def test_bench_runs_and_agrees(db: str) -> None:

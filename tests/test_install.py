@@ -8,7 +8,6 @@ import psycopg
 import pytest
 from movrec import __version__
 from movrec_cli import schema
-from movrec_cli.errors import CliError
 
 from tests.conftest import connect, table_digest
 
@@ -124,11 +123,39 @@ def test_create_extension_cascade(new_database: Callable[[str], str]) -> None:
         if available is None:
             pytest.skip("extension files not installed (make install)")
         assert available[0] == __version__
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
         conn.execute("CREATE EXTENSION movrec CASCADE")
         assert conn.execute("SELECT count(*) FROM movrec.recommend(1)").fetchone()[0] == 0
         assert schema.installed_version(conn) == f"{__version__} (extension)"
-        with pytest.raises(CliError, match="ALTER EXTENSION movrec UPDATE"):
+        # The NOTICE names the one command that makes the unqualified names work.
+        command = next(n for n in notices if "search_path" in n).split("run: ", 1)[1]
+        assert command == """ALTER DATABASE t_extension SET search_path = "$user", public, movrec"""
+        doctor = dict(conn.execute("SELECT check_name, ok FROM movrec.doctor()").fetchall())
+        assert doctor["search_path"] is False
+        # movrec install finishes the job instead of refusing: venv pinned, search_path set.
+        result = schema.install(conn, venv=schema.default_venv())
+        assert result.changed and "search_path" in result.message, result.message
+        assert not schema.install(conn, venv=schema.default_venv()).changed
+    with connect(dsn) as conn:
+        assert conn.execute("SELECT count(*) FROM recommend(1)").fetchone()[0] == 0
+        assert dict(conn.execute("SELECT check_name, ok FROM movrec.doctor()").fetchall())[
+            "search_path"
+        ]
+
+
+def test_doctor_runs_without_a_venv(installed: str) -> None:
+    """doctor() reports an unloadable movrec as a finding instead of failing itself."""
+    with connect(installed) as conn:
+        conn.execute("INSERT INTO movrec.installs (version, sql_sha256) VALUES ('x', 'x')")
+        conn.execute("UPDATE movrec.installs SET venv = NULL WHERE venv IS NOT NULL")
+        try:
+            with connect(installed) as fresh:
+                rows = fresh.execute("SELECT check_name, ok, fix FROM movrec.doctor()").fetchall()
+        finally:
+            conn.execute("DELETE FROM movrec.installs WHERE sql_sha256 = 'x'")
             schema.install(conn)
+        assert rows[0][:2] == ("venv", False) and "movrec install" in rows[0][2], rows
 
 
 def test_upgrade_numbers_the_old_backups_per_user(new_database: Callable[[str], str]) -> None:

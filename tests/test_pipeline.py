@@ -286,6 +286,21 @@ def test_export_bundles(loaded: psycopg.Connection, tmp_path: Path) -> None:
     assert len((tmp_path / "stage4" / "ratings.csv").read_text().splitlines()) == 15
 
 
+def test_etl_export_only_does_not_rerun(loaded: psycopg.Connection, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+    from movrec_cli.main import cli
+
+    run_etl(loaded)
+    runs = table_digest(loaded, "movrec.etl_runs")
+    dsn = loaded.info.dsn
+    r = CliRunner().invoke(cli, ["etl", "--dsn", dsn, "--export", str(tmp_path), "--export-only"])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "stage3" / "ratings.csv").exists()
+    assert table_digest(loaded, "movrec.etl_runs") == runs  # nothing ran, nothing published
+    r = CliRunner().invoke(cli, ["etl", "--dsn", dsn, "--export-only"])
+    assert r.exit_code == 1 and "--export-only needs --export DIR" in r.output
+
+
 def test_download_verifies_the_checksum(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import hashlib
     import zipfile

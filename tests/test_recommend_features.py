@@ -395,6 +395,16 @@ def test_popularity_is_a_damped_mean() -> None:
     assert pop.score[1] > pop.score[0]  # a hundred 4.5s beat one lucky 5
 
 
+def test_explain_words_negative_similarity_as_unlike() -> None:
+    from movrec.serving.explain import closeness, explain_rows
+
+    assert [closeness(s) for s in (0.9, 0.3, 0.1)] == ["close to", "somewhat like", "a little like"]
+    assert closeness(-0.3) == "unlike" and closeness(-0.1) == "a little unlike"
+    # a disliked movie unlike the candidate supports it: its reason must not say "like"
+    got = explain_rows(np.array([[-1.0, 0.3]]), np.array([1.0, 0.0]), np.array([1.0]), 3.0, 1)
+    assert got and got[0][1] < 0 and "like" not in closeness(got[0][1]).replace("unlike", "")
+
+
 def test_explain_rule() -> None:
     from movrec.serving import explain_rows
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, TypeVar
 
 import click
@@ -10,12 +11,48 @@ from movrec.cf.options import Options
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The man-page tail of the main commands' --help: where the database is, and what the exit
+# status means (movrec_cli.errors: one line on stderr for every failure).
+EPILOG = """\b
+Environment:
+  MOVREC_DSN   libpq connection string used when --dsn is not given
+  MOVREC_HOME  the embedded cluster's directory (default ./.movrec)
+  MOVREC_PORT  the embedded cluster's port (default 54329)
+Without --dsn or MOVREC_DSN, commands talk to the embedded cluster (movrec db up).
+
+\b
+Exit status:
+  0  success
+  1  an error (one line on stderr: message, SQLSTATE, hint)
+  2  a usage error (unknown option, bad value)
+"""
+
 dsn_option = click.option(
     "--dsn",
     envvar="MOVREC_DSN",
     metavar="DSN",
     help="libpq connection string [env MOVREC_DSN; default: the embedded cluster]",
 )
+
+
+def data_option(*, required: bool, extra: str = "") -> Any:
+    """--data, with one meaning in every bench command: the folder that holds ml-latest-small/
+    (and tmdb-5000/), e.g. ../shared/data, or the ml-latest-small folder itself."""
+    return click.option(
+        "--data",
+        "data_dir",
+        required=required,
+        type=click.Path(path_type=Path, exists=True, file_okay=False),
+        help="folder with ml-latest-small/ (and tmdb-5000/), e.g. ../shared/data, or "
+        f"ml-latest-small itself; read, never copied{extra}",
+    )
+
+
+def movielens_small(data_dir: Path) -> Path:
+    """The ml-latest-small folder that --data names."""
+    sub = data_dir / "ml-latest-small"
+    return sub if sub.is_dir() else data_dir
+
 
 # The knobs of movrec.user_to_user(), with the defaults of movrec.cf.Options.
 _CF = Options()

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, TypeVar
 
 import click
@@ -33,14 +34,63 @@ def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
     return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(c) for c in cells)])
 
 
-def progress(items: Iterable[T], label: str, **kwargs: Any) -> Any:
-    """A click progress bar on stderr over items (a context manager yielding them)."""
-    return click.progressbar(items, label=label, file=sys.stderr, show_pos=True, **kwargs)
+class _Lines:
+    """A file for tqdm when stderr is not a terminal: each refresh becomes one plain line
+    (no carriage returns in a log), and tqdm's mininterval spaces them a few seconds apart."""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            sys.stderr.write(line + "\n")
+
+    def flush(self) -> None:
+        sys.stderr.flush()
+
+
+NON_TTY_INTERVAL_S = 5.0
+
+
+def _bar(**kwargs: Any) -> Any:
+    from tqdm import tqdm
+
+    tty = sys.stderr.isatty()
+    return tqdm(
+        file=sys.stderr if tty else _Lines(),
+        mininterval=0.1 if tty else NON_TTY_INTERVAL_S,
+        # nothing drawn for jobs that end at once (a load that is already done shows no 0 %)
+        delay=0.5,
+        dynamic_ncols=tty,
+        ncols=None if tty else 100,
+        **kwargs,
+    )
+
+
+@contextlib.contextmanager
+def progress(
+    items: Iterable[T] | None = None,
+    label: str = "",
+    *,
+    total: float | None = None,
+    unit: str = "it",
+    unit_scale: bool = False,
+) -> Iterator[Any]:
+    """The one progress bar of the CLI (tqdm, on stderr): rate and ETA on a terminal, a line
+    every few seconds otherwise.  Iterate over the yielded bar, or call .update(n); a job that
+    finishes shows 100 % (a byte count that undercounts does not stop at 99 %)."""
+    if total is None and items is not None and hasattr(items, "__len__"):
+        total = len(items)  # type: ignore[arg-type]
+    bar = _bar(iterable=items, desc=label, total=total, unit=unit, unit_scale=unit_scale)
+    try:
+        yield bar
+        if bar.total and bar.n < bar.total:
+            bar.update(bar.total - bar.n)
+    finally:
+        bar.close()
 
 
 def progress_bytes(length: int, label: str) -> Any:
-    """A click progress bar on stderr over a byte count (call .update(n) as bytes are read)."""
-    return click.progressbar(length=length, label=label, file=sys.stderr, show_eta=False)
+    """A byte-count bar (call .update(n) as bytes are read)."""
+    return progress(None, label, total=length, unit="B", unit_scale=True)
 
 
 def percentiles(ms: Sequence[float]) -> tuple[float, float, float]:

@@ -93,10 +93,7 @@ def _db_setting(conn: psycopg.Connection, name: str) -> str | None:
 def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:
     venv = venv or default_venv()
     if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'movrec'").fetchone():
-        raise CliError(
-            "movrec is managed by CREATE EXTENSION in this database: "
-            "use ALTER EXTENSION movrec UPDATE"
-        )
+        return _install_extension(conn, venv)
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")  # no 'already exists' noise
         last = _last_install(conn)
@@ -124,20 +121,68 @@ def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:
         # row below (a setting is not dumped by pg_dump, and sessions could override it).
         if _db_setting(conn, "movrec.venv") is not None:
             conn.execute(sql.SQL("ALTER DATABASE {} RESET movrec.venv").format(db))
-        if not search_path or "movrec" not in search_path:
-            new_path = f"{search_path}, movrec" if search_path else '"$user", public, movrec'
-            conn.execute(
-                sql.SQL("ALTER DATABASE {} SET search_path = {}").format(db, sql.SQL(new_path))
-            )
-            search_path = new_path
-        # ALTER DATABASE reaches new sessions only; this one gets the same now.
-        conn.execute("SELECT set_config('search_path', %s, false)", (search_path,))
+        _set_search_path(conn, search_path)
         conn.execute(
             "INSERT INTO movrec.installs (version, sql_sha256, venv) VALUES (%s, %s, %s)",
             (__version__, sha, venv),
         )
     verb = f"upgraded from {release}" if release and release != __version__ else "installed"
     return InstallResult(__version__, True, f"movrec {__version__} {verb} (venv {venv})")
+
+
+def _set_search_path(conn: psycopg.Connection, search_path: str | None) -> bool:
+    """Add movrec to the database's search_path (and this session's); True when it changed."""
+    changed = False
+    if not search_path or "movrec" not in search_path:
+        search_path = f"{search_path}, movrec" if search_path else '"$user", public, movrec'
+        db = sql.Identifier(conn.info.dbname)
+        conn.execute(
+            sql.SQL("ALTER DATABASE {} SET search_path = {}").format(db, sql.SQL(search_path))
+        )
+        changed = True
+    # ALTER DATABASE reaches new sessions only; this one gets the same now.
+    conn.execute("SELECT set_config('search_path', %s, false)", (search_path,))
+    return changed
+
+
+def _install_extension(conn: psycopg.Connection, venv: str) -> InstallResult:
+    """A database where CREATE EXTENSION installed movrec: the extension's own upgrade path
+    (ALTER EXTENSION movrec UPDATE to the newest installed files), then the venv and the
+    search_path that `movrec install` sets, in one transaction."""
+    with conn.transaction():
+        conn.execute("SET LOCAL client_min_messages = warning")
+        before = one(conn.execute("SELECT extversion FROM pg_extension WHERE extname = 'movrec'"))[
+            0
+        ]
+        row = conn.execute(
+            "SELECT default_version FROM pg_available_extensions WHERE name = 'movrec'"
+        ).fetchone()
+        if row is None:
+            raise CliError(
+                "movrec is installed as an extension here, but the server has no movrec extension "
+                "files to update from: run `make install` on the database host"
+            )
+        available = row[0]
+        if _version_key(available) < _version_key(before):
+            raise CliError(
+                f"this database holds movrec {before} (extension), newer than the installed "
+                f"extension files ({available}): `make install` the newer movrec first"
+            )
+        done = []
+        if available != before:
+            conn.execute("ALTER EXTENSION movrec UPDATE")
+            done.append(f"ALTER EXTENSION movrec UPDATE ({before} -> {available})")
+        last = _last_install(conn)
+        if last is None or last[2] != venv:
+            conn.execute("SELECT movrec.pin_venv(%s)", (venv,))
+            done.append(f"venv {venv} pinned")
+        if _set_search_path(conn, _db_setting(conn, "search_path")):
+            done.append("movrec added to the database's search_path")
+    if not done:
+        return InstallResult(
+            available, False, f"movrec {available} (extension) is installed; nothing to do"
+        )
+    return InstallResult(available, True, f"movrec {available} (extension): " + "; ".join(done))
 
 
 def uninstall(conn: psycopg.Connection, drop_data: bool = False) -> str:

@@ -98,8 +98,31 @@ def pin_venv_sql(version: str, venv: str) -> str:
     return (
         "\n-- The venv backends load movrec from, pinned when this file was built.\n"
         "INSERT INTO movrec.installs (version, sql_sha256, venv) "
-        f"VALUES ('{version}', 'extension', {value});\n"
+        f"VALUES ('{version}', 'extension', {value});\n" + SEARCH_PATH_NOTICE
     )
+
+
+# An extension script does not change the database's settings behind the DBA's back, so it
+# says instead which one command makes the unqualified names (recommend(7)) resolve.
+SEARCH_PATH_NOTICE = """
+DO $movrec_path$
+DECLARE
+    path text := (SELECT substr(s, strpos(s, '=') + 1)
+                  FROM pg_db_role_setting d JOIN pg_database db ON db.oid = d.setdatabase,
+                       unnest(d.setconfig) s
+                  WHERE db.datname = current_database() AND d.setrole = 0
+                    AND split_part(s, '=', 1) = 'search_path');
+BEGIN
+    IF path IS NULL OR path !~ '(^|[ ,"])movrec($|[ ,"])' THEN
+        -- WARNING, not NOTICE: CREATE EXTENSION runs its script at client_min_messages = warning.
+        RAISE WARNING 'schema movrec is not on this database''s search_path; to call recommend(7) unqualified, run: %',
+            format('ALTER DATABASE %I SET search_path = %s', current_database(),
+                   coalesce(path || ', movrec', '"$user", public, movrec'))
+            USING HINT = 'New sessions see it; `movrec install` does the same. '
+                         'Until then the names work qualified: movrec.recommend(7).';
+    END IF;
+END $movrec_path$;
+"""
 
 
 def build_extension(out: Path, version: str, venv: str, root: Path) -> list[Path]:

@@ -59,7 +59,7 @@ def run(dsn: str | None) -> None:
 
         t = step(5, f"SELECT * FROM recommend({DEMO_USER})")
         before = conn.execute("SELECT * FROM recommend(%s)", (DEMO_USER,)).fetchall()
-        click.echo(table(before, ["movie_id", "title", "score", "predicted", "source"]))
+        click.echo(table(before, ["movie_id", "title", "score", "predicted_rating", "source"]))
         done(t)
 
         top_id, top_title = before[0][0], before[0][1]
@@ -85,6 +85,8 @@ def run(dsn: str | None) -> None:
         )
         after = conn.execute("SELECT * FROM recommend(%s)", (DEMO_USER,)).fetchall()
         old = {r[0]: r[3] for r in before}
-        rows = [(*r[:2], old.get(r[0]), r[3], "" if r[0] in old else "new") for r in after]
-        click.echo(table(rows, ["movie_id", "title", "before", "after", ""]))
+        rows = [(*r[:2], old.get(r[0]), r[3], "no" if r[0] in old else "yes") for r in after]
+        # Every column has a header: predicted ratings before and after, and whether the
+        # movie entered the top list with this rating.
+        click.echo(table(rows, ["movie_id", "title", "before", "after", "new"]))
         done(t)

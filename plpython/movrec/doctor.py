@@ -30,6 +30,30 @@ def _venv() -> Row:
     )
 
 
+def _search_path() -> Row:
+    """Whether the database's search_path names movrec (unqualified recommend(7) works)."""
+    rows = backend.execute(
+        """SELECT substr(s, strpos(s, '=') + 1) AS path
+           FROM pg_db_role_setting d JOIN pg_database db ON db.oid = d.setdatabase,
+                unnest(d.setconfig) s
+           WHERE db.datname = current_database() AND d.setrole = 0
+             AND split_part(s, '=', 1) = 'search_path'"""
+    )
+    path = rows[0]["path"] if rows else None
+    ok = path is not None and "movrec" in path.replace('"', " ").replace(",", " ").split()
+    return (
+        "search_path",
+        ok,
+        f"database search_path: {path or '(server default)'}",
+        None
+        if ok
+        else "ALTER DATABASE {} SET search_path = {} (or movrec install)".format(
+            backend.execute("SELECT quote_ident(current_database()) AS d")[0]["d"],
+            f"{path}, movrec" if path else '"$user", public, movrec',
+        ),
+    )
+
+
 def _threads() -> Row:
     env = {
         v: os.environ.get(v) for v in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
@@ -80,6 +104,7 @@ def checks() -> list[Row]:
         ("movrec", True, f"movrec {__version__} from {os.path.dirname(__file__)}", None),
         ("numpy", True, f"numpy {numpy.__version__}", None),
         _threads(),
+        _search_path(),
     ]
     rows += _torch()
     vec = backend.execute("SELECT extversion FROM pg_extension WHERE extname = 'vector'")

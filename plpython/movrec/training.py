@@ -25,6 +25,7 @@ if TYPE_CHECKING:
     from movrec.models import Model
 
 MIN_RATINGS = 10
+EPOCH_NOTICE_S = 5.0  # within an epoch, a progress NOTICE at most this often
 BLENDS = (0.25, 0.5, 1.0)  # candidate weights of the predicted rating in the ranking score
 POPULARITY = (0.0, 0.1, 0.2, 0.4)  # candidate weights of log(1 + ratings) in the movie's prior
 
@@ -253,8 +254,15 @@ class _Run:
 
         opts, model, ranking = self.opts, self.model, self.ranking
         order = self.tr[torch.randperm(len(self.tr), generator=self.gen).to(self.device)]
-        total = 0.0
-        for batch in order.split(opts.batch_size):
+        total, batches, said = 0.0, order.split(opts.batch_size), time.monotonic()
+        started = said
+        for step, batch in enumerate(batches, 1):
+            if time.monotonic() - said >= EPOCH_NOTICE_S:  # a long epoch is not silent
+                said, rate = time.monotonic(), (step - 1) / (time.monotonic() - started)
+                backend.notice(
+                    f"  ... batch {step}/{len(batches)} of this epoch, {rate:.1f} batches/s, "
+                    f"ETA {(len(batches) - step) / rate:.0f} s"
+                )
             u, m, r = self.U[batch], self.M[batch], self.R[batch]
             if ranking > 0:
                 negatives = (

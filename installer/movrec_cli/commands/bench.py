@@ -10,7 +10,7 @@ import click
 
 from movrec_cli.cluster import Cluster
 from movrec_cli.connection import connect
-from movrec_cli.options import dsn_option
+from movrec_cli.options import data_option, dsn_option, movielens_small
 from movrec_cli.output import note
 
 
@@ -21,13 +21,7 @@ def bench() -> None:
 
 @bench.command("quality")
 @dsn_option
-@click.option(
-    "--data",
-    "data_dir",
-    required=True,
-    type=click.Path(path_type=Path, exists=True),
-    help="folder with ml-latest-small/ (and tmdb-5000/), e.g. ../shared/data; read, never copied",
-)
+@data_option(required=True)
 @click.option("--models", default="mf,hybrid", show_default=True, help="movrec models to train")
 @click.option(
     "--peers",
@@ -67,7 +61,7 @@ def bench_quality(dsn: str | None, data_dir: Path, models: str, peers: str, opti
         sch.install(conn)
         kinds = tuple(k for k in models.split(",") if k)
         rows += bq.movrec_rows(conn, data_dir, kinds, json.loads(options), progress=echo)
-    ml = data_dir / "ml-latest-small" if (data_dir / "ml-latest-small").is_dir() else data_dir
+    ml = movielens_small(data_dir)
     which = tuple(p for p in peers.split(",") if p)
     if which:
         rows += bq.peer_table(ml / "ratings.csv", which=which, progress=echo)
@@ -93,14 +87,7 @@ def bench_serving(**options: Any) -> None:
 
 
 @bench.command("online")
-@click.option(
-    "--data",
-    "data_dir",
-    default="/work/shared/data/ml-latest-small",
-    show_default=True,
-    type=click.Path(path_type=Path, exists=True),
-    help="ml-latest-small folder (read, never copied)",
-)
+@data_option(required=True)
 @click.option(
     "--dsn", metavar="DSN", help="scratch database, emptied [default: the embedded movrec_online]"
 )
@@ -119,16 +106,15 @@ def bench_online(**options: Any) -> None:
     """Online learning quality: default vector, sgd, refit and full retrain after 5/10/20 ratings."""
     from movrec_cli.bench_online import run_online
 
+    options["data_dir"] = movielens_small(options["data_dir"])
     run_online(**options)
 
 
 @bench.command("cf")
 @dsn_option
-@click.option(
-    "--data",
-    "data_dir",
-    type=click.Path(path_type=Path, exists=True, file_okay=False),
-    help="MovieLens directory whose ratings.csv the naive version reads (default: only an export of watch_events)",
+@data_option(
+    required=False,
+    extra="; the naive version reads its ratings.csv [default: only an export of watch_events]",
 )
 @click.option("--users", default=50, show_default=True, help="users timed in the database")
 @click.option(

@@ -116,7 +116,10 @@ def cf_status(dsn: str | None) -> None:
 @click.option("--max-jobs", default=100, show_default=True, help="jobs per run")
 @click.option("--remove", is_flag=True, help="remove the pg_cron job instead")
 def cf_schedule(dsn: str | None, schedule: str, max_jobs: int, remove: bool) -> None:
-    """Drain the queue from pg_cron (movrec.cf_schedule), where pg_cron is available."""
+    """Drain the CF queue from pg_cron (movrec.cf_schedule); `movrec schedule` does every queue.
+
+    Where pg_cron is not available in the database, an error says how to enable it.
+    """
     with connect(dsn) as conn:
         if remove:
             gone = one(conn.execute("SELECT movrec.cf_unschedule()"))[0]
@@ -125,8 +128,6 @@ def cf_schedule(dsn: str | None, schedule: str, max_jobs: int, remove: bool) -> 
             )
             return
         job = one(conn.execute("SELECT movrec.cf_schedule(%s, %s)", (schedule, max_jobs)))[0]
-    if job is None:
-        raise CliError("pg_cron is not available in this database: run `movrec worker` instead")
     click.echo(
         f"pg_cron job {job} (movrec-cf-drain): SELECT movrec.cf_drain({max_jobs}) at '{schedule}'"
     )

@@ -7,9 +7,9 @@ from typing import Any
 
 import click
 
-from movrec_cli.connection import connect
+from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
-from movrec_cli.options import dsn_option
+from movrec_cli.options import EPILOG, dsn_option
 from movrec_cli.output import note, progress_bytes, table
 
 
@@ -112,7 +112,7 @@ def load_tmdb_cmd(dsn: str | None, movies_file: Path, credits: Path | None, forc
         _print_load(result)
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.option(
     "--min-movie-ratings",
@@ -143,6 +143,11 @@ def load_tmdb_cmd(dsn: str | None, movies_file: Path, credits: Path | None, forc
     type=click.Path(path_type=Path),
     help="also write each stage's tables as CSV bundles DIR/stage1 .. DIR/stage4",
 )
+@click.option(
+    "--export-only",
+    is_flag=True,
+    help="with --export: write the last run's stage tables without running the ETL again",
+)
 @click.option("--report", is_flag=True, help="print the last run's report and exit")
 @click.option(
     "--force",
@@ -156,6 +161,7 @@ def etl(
     max_user_ratings: int,
     require_tmdb: bool | None,
     export_dir: Path | None,
+    export_only: bool,
     report: bool,
     force: bool,
 ) -> None:
@@ -169,11 +175,25 @@ def etl(
     publish             swap the result into movies and watch_events in one transaction
 
     Each stage writes a row to movrec.etl_runs; `movrec etl --report` prints the last run.
+
+    \b
+    Examples:
+      movrec etl                              run and publish
+      movrec etl --export out/                run, publish, write out/stage1 .. out/stage4
+      movrec etl --export out/ --export-only  only write the last run's tables (no rerun)
     """
     from movrec_cli import pipeline
 
+    if export_only and not export_dir:
+        raise CliError("--export-only needs --export DIR")
     with connect(dsn) as conn:
-        if not report:
+        if export_only:
+            if one(conn.execute("SELECT count(*) FROM movrec.etl_runs"))[0] == 0:
+                raise CliError("no ETL run to export: run `movrec etl` first")
+            assert export_dir is not None
+            for path in pipeline.export_stages(conn, export_dir):
+                note(f"wrote {path}")
+        elif not report:
             pipeline.run_etl(
                 conn,
                 min_movie_ratings,
@@ -190,7 +210,7 @@ def etl(
     click.echo(table(rows, ["run", "stage", "output", "rows in", "rows out", "removed", "ms"]))
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.option(
     "--options",

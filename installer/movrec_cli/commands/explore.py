@@ -5,16 +5,20 @@ from __future__ import annotations
 import click
 
 from movrec_cli.connection import connect
-from movrec_cli.options import dsn_option
+from movrec_cli.options import EPILOG, dsn_option
 from movrec_cli.output import table
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.argument("user_id", type=int)
 @click.option("-k", default=10, show_default=True)
 @click.option(
-    "--genre", "genres", multiple=True, help="only movies with any of these genres (repeatable)"
+    "--genres",
+    "--genre",
+    "genres",
+    multiple=True,
+    help="only movies with any of these genres (repeatable; recommend()'s genres)",
 )
 @click.option("--min-year", type=int)
 @click.option("--max-year", type=int)
@@ -26,13 +30,21 @@ def recommend(
     min_year: int | None,
     max_year: int | None,
 ) -> None:
-    """Print USER_ID's top-k unseen movies."""
+    """Print USER_ID's top-k unseen movies (SELECT * FROM recommend(...)), best first.
+
+    \b
+    Examples:
+      movrec recommend 7 -k 3
+      movrec recommend 7 --genres Comedy --genres Drama --min-year 1990
+    """
     with connect(dsn) as conn:
-        rows = conn.execute(
+        cur = conn.execute(
             "SELECT * FROM movrec.recommend(%s, %s, genres => %s, min_year => %s, max_year => %s)",
             (user_id, k, list(genres) or None, min_year, max_year),
-        ).fetchall()
-    click.echo(table(rows, ["movie_id", "title", "score", "predicted", "source"]))
+        )
+        rows = cur.fetchall()
+    # The headers are recommend()'s own column names, so the CLI and SQL say the same.
+    click.echo(table(rows, [c.name for c in cur.description or ()]))
 
 
 @click.command()

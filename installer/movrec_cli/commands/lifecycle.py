@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import datetime
+
 import click
 import psycopg
 
 from movrec_cli import schema
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
-from movrec_cli.options import dsn_option
+from movrec_cli.options import EPILOG, dsn_option
+from movrec_cli.output import table
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.option(
     "--venv", metavar="PATH", help="venv the backends load movrec from [default: this CLI's]"
@@ -19,8 +22,14 @@ from movrec_cli.options import dsn_option
 def install(dsn: str | None, venv: str | None) -> None:
     """Install or upgrade movrec's SQL in one transaction; a rerun changes nothing.
 
-    Also sets, for the database, movrec.venv (where backends find the movrec
-    package) and a search_path that includes movrec.
+    Also pins the venv backends load movrec from (movrec.installs) and adds movrec
+    to the database's search_path.  In a database where CREATE EXTENSION installed
+    movrec, it runs ALTER EXTENSION movrec UPDATE and does the same.
+
+    \b
+    Examples:
+      movrec install
+      movrec install --dsn 'host=db1 dbname=app user=postgres'
     """
     with connect(dsn) as conn:
         try:
@@ -40,10 +49,16 @@ def uninstall(dsn: str | None, drop_data: bool) -> None:
         click.echo(schema.uninstall(conn, drop_data))
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 def status(dsn: str | None) -> None:
-    """Installed version, row counts and the deployed model."""
+    """Installed version, row counts, and the view movrec.status: queue depths and the oldest
+    job's age, the champion's age and data, each pg_cron job's last successful run.
+
+    \b
+    Alert on it from SQL: SELECT * FROM movrec.status WHERE item = 'refresh_queue'
+    AND age > interval '10 minutes'.
+    """
     with connect(dsn) as conn:
         version = schema.installed_version(conn)
         click.echo(f"installed: {version or 'no'}")
@@ -62,17 +77,26 @@ def status(dsn: str | None) -> None:
                 *counts
             )
         )
-        champ = conn.execute(
-            "SELECT model_id, kind, metrics->>'val_rmse', deployed_at FROM model.champion"
-        ).fetchone()
-        click.echo(
-            f"champion: model {champ[0]} ({champ[1]}), val RMSE {float(champ[2]):.4f}, deployed {champ[3]:%Y-%m-%d %H:%M}"
-            if champ
-            else "champion: none (movrec train)"
-        )
+        rows = conn.execute("SELECT item, value, age, detail FROM movrec.status").fetchall()
+        if not any(r[0] == "champion" for r in rows):
+            click.echo("champion: none (movrec train)")
+    click.echo(
+        table([(i, v, _age(a), d) for i, v, a, d in rows], ["item", "value", "age", "detail"])
+    )
 
 
-@click.command()
+def _age(age: datetime.timedelta | None) -> str | None:
+    if age is None:
+        return None
+    s = int(age.total_seconds())
+    return (
+        f"{s // 86400}d {s % 86400 // 3600}h"
+        if s >= 86400
+        else f"{s // 3600}h {s % 3600 // 60:02d}m {s % 60:02d}s"
+    )
+
+
+@click.command(epilog=EPILOG)
 @dsn_option
 def doctor(dsn: str | None) -> None:
     """Check the backend: Python, packages, torch/CUDA, pgvector, threads, venv."""

@@ -7,38 +7,94 @@ from pathlib import Path
 from typing import Any
 
 import click
+from movrec.training import TrainOptions
 
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
-from movrec_cli.options import dsn_option
+from movrec_cli.options import EPILOG, dsn_option
 from movrec_cli.output import table
 
+KINDS = ("hybrid", "mf", "functional", "mlp")
+_TRAIN_HELP = {
+    "epochs": "passes over the training ratings",
+    "dim": "latent dimension",
+    "lr": "learning rate (Adam)",
+    "reg": "L2 regularisation",
+    "batch_size": "ratings per step",
+    "seed": "seed of the split and the initialisation",
+    "ranking": "weight of the ranking loss (0: rank by predicted rating)",
+    "device": "auto, cpu or cuda",
+}
 
-@click.command()
+
+def _defaults(name: str) -> str:
+    """`hybrid/functional 8, mf/mlp 40`: a training option's default for each model kind."""
+    by_value: dict[Any, list[str]] = {}
+    for kind in KINDS:
+        opts = TrainOptions.for_kind(kind)
+        value = opts.ranking_weight(kind) if name == "ranking" else getattr(opts, name)
+        by_value.setdefault(value, []).append(kind)
+    if len(by_value) == 1:
+        return str(next(iter(by_value)))
+    return ", ".join(f"{'/'.join(kinds)} {value}" for value, kinds in by_value.items())
+
+
+def _train_option(name: str, type_: Any) -> Any:
+    return click.option(
+        f"--{name.replace('_', '-')}",
+        name,
+        type=type_,
+        help=f"{_TRAIN_HELP[name]} [default: {_defaults(name)}]",
+    )
+
+
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.option(
     "--model",
     "kind",
     default="hybrid",
     show_default=True,
-    type=click.Choice(["hybrid", "mf", "functional", "mlp"]),
+    type=click.Choice(KINDS),
     help="hybrid: content sub-network + ranking head; mf: matrix factorisation; "
     "functional, mlp: experimental baselines",
 )
-@click.option("--epochs", type=int)
-@click.option("--dim", type=int)
-@click.option("--lr", type=float)
-@click.option("--seed", type=int)
-@click.option("--reg", type=float)
-@click.option("--batch-size", type=int)
+@_train_option("epochs", int)
+@_train_option("dim", int)
+@_train_option("lr", float)
+@_train_option("reg", float)
+@_train_option("batch_size", int)
+@_train_option("seed", int)
+@_train_option("ranking", float)
+@_train_option("device", click.Choice(["auto", "cpu", "cuda"]))
 @click.option(
-    "--ranking", type=float, help="weight of the ranking loss (0: rank by predicted rating)"
+    "--options",
+    "options_json",
+    metavar="JSON",
+    default="{}",
+    help='any training option of movrec.train(), e.g. \'{"schedule": "constant", '
+    '"patience": 3}\'; the flags above win',
 )
-@click.option("--device", type=click.Choice(["auto", "cpu", "cuda"]))
 @click.option("--no-deploy", is_flag=True, help="register the model without making it the champion")
-def train(dsn: str | None, kind: str, no_deploy: bool, **options: Any) -> None:
-    """Train a model in the database (SELECT movrec.train(...)); progress on stderr."""
-    opts = {k: v for k, v in options.items() if v is not None}
+def train(dsn: str | None, kind: str, no_deploy: bool, options_json: str, **options: Any) -> None:
+    """Train a model in the database (SELECT movrec.train(KIND, OPTIONS, deploy)).
+
+    Progress arrives as NOTICEs on stderr, one per epoch.  Defaults differ per
+    kind (shown per option); an unknown option is an error listing the known ones.
+
+    \b
+    Examples:
+      movrec train --model mf                  seconds on the demo data
+      movrec train --epochs 4 --seed 1         the hybrid, shorter
+      movrec train --model mf --options '{"val_fraction": 0.1}' --no-deploy
+    """
+    try:
+        opts = json.loads(options_json)
+    except json.JSONDecodeError as e:
+        raise CliError(f"--options is not JSON: {e}") from None
+    if not isinstance(opts, dict):
+        raise CliError("--options must be a JSON object, e.g. '{\"epochs\": 5}'")
+    opts.update({k: v for k, v in options.items() if v is not None})
     with connect(dsn) as conn:
         model_id = one(
             conn.execute(
@@ -55,7 +111,7 @@ def train(dsn: str | None, kind: str, no_deploy: bool, **options: Any) -> None:
     )
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.argument("model_id", type=int, required=False)
 @click.option(
@@ -85,7 +141,7 @@ def deploy(dsn: str | None, model_id: int | None, best_metric: str | None, rollb
     click.echo(f"model {model_id} deployed")
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.argument("model_id", type=int)
 @click.option(
@@ -102,7 +158,7 @@ def evaluate(dsn: str | None, model_id: int, test_table: str | None) -> None:
     click.echo(table(rows, ["metric", "value"]))
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.option(
     "-o",

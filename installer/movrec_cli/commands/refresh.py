@@ -10,7 +10,7 @@ import psycopg
 
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
-from movrec_cli.options import dsn_option
+from movrec_cli.options import EPILOG, dsn_option
 from movrec_cli.output import note, progress
 
 ALL_USERS_SQL = """
@@ -24,7 +24,7 @@ def batches(users: Sequence[int], size: int) -> list[list[int]]:
     return [list(users[i : i + size]) for i in range(0, len(users), size)]
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.option("--user", "user_ids", type=int, multiple=True, help="only this user (repeatable)")
 @click.option(
@@ -58,9 +58,11 @@ def refresh(
             raise CliError("no model is deployed: train one first (`movrec train`)")
         if drain:
             total, started = 0, time.perf_counter()
-            while n := one(conn.execute("SELECT movrec.serving_drain(%s)", (batch_size,)))[0]:
-                total += n
-                note(f"drained {total} jobs")
+            queued = one(conn.execute("SELECT count(*) FROM model.refresh_queue"))[0]
+            with progress(None, "refresh --drain", total=queued, unit="job") as bar:
+                while n := one(conn.execute("SELECT movrec.serving_drain(%s)", (batch_size,)))[0]:
+                    total += n
+                    bar.update(n)
             left = one(conn.execute("SELECT count(*) FROM model.refresh_queue"))[0]
             click.echo(
                 f"{total} queued users refreshed in {time.perf_counter() - started:.1f} s; "
@@ -78,17 +80,14 @@ def refresh(
             note(f"popularity statistics for {n} movies")
         users = list(user_ids) or [r[0] for r in conn.execute(ALL_USERS_SQL)]
         rows, started = 0, time.perf_counter()
-        with progress(
-            batches(users, batch_size),
-            "refresh",
-            item_show_func=lambda b: f"users {b[0]}..{b[-1]}" if b else "",
-        ) as bar:
-            for batch in bar:
+        with progress(None, "refresh", total=len(users), unit="user") as bar:
+            for batch in batches(users, batch_size):
                 rows += one(
                     conn.execute(
                         "SELECT movrec.refresh_recommendations_batch(%s::int4[])", (batch,)
                     )
                 )[0]
+                bar.update(len(batch))
     elapsed = time.perf_counter() - started
     click.echo(
         f"{len(users)} users in {elapsed:.1f} s ({len(users) / max(elapsed, 1e-9):.0f} users/s); "

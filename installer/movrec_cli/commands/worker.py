@@ -1,4 +1,6 @@
-"""`movrec worker`: the daemon that drains the CF queue (LISTEN movrec_cf, SELECT movrec.cf_drain)."""
+"""`movrec worker`: the daemon that drains every movrec queue: model.cf_queue (LISTEN movrec_cf,
+SELECT movrec.cf_drain) and model.refresh_queue (SELECT movrec.serving_drain), pruning the jobs of
+users that are gone (movrec.prune_queues)."""
 
 from __future__ import annotations
 
@@ -13,8 +15,8 @@ import psycopg
 
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
-from movrec_cli.options import dsn_option
-from movrec_cli.output import note
+from movrec_cli.options import EPILOG, dsn_option
+from movrec_cli.output import note, table
 
 
 @contextmanager
@@ -31,7 +33,7 @@ def _stop_on_sigterm() -> Iterator[None]:
         signal.signal(signal.SIGTERM, previous)
 
 
-@click.command()
+@click.command(epilog=EPILOG)
 @dsn_option
 @click.option("--batch", default=10, show_default=True, help="jobs per transaction (cf_drain)")
 @click.option("--once", is_flag=True, help="drain the jobs that are due, then exit")
@@ -43,7 +45,14 @@ def _stop_on_sigterm() -> Iterator[None]:
 )
 @click.option("--quiet", is_flag=True, help="only errors")
 def worker(dsn: str | None, batch: int, once: bool, poll: float, quiet: bool) -> None:
-    """Recompute queued users' CF recommendations (LISTEN movrec_cf; SELECT movrec.cf_drain).
+    """Drain every queue: CF recommendations and stored top lists of users who rated.
+
+    \b
+    Queues and the function that drains each (what `movrec schedule` runs with pg_cron):
+      model.cf_queue       SELECT movrec.cf_drain(BATCH)        woken by NOTIFY movrec_cf
+      model.refresh_queue  SELECT movrec.serving_drain(BATCH)   looked at every POLL seconds
+    Jobs of users without any rating left are pruned (movrec.prune_queues) at start and
+    every minute.  The refresh queue is drained only while a model is deployed.
 
     Several workers can run at once: each job is claimed with FOR UPDATE SKIP
     LOCKED and deleted in the transaction that writes its result, so a job runs
@@ -68,7 +77,11 @@ def worker(dsn: str | None, batch: int, once: bool, poll: float, quiet: bool) ->
                     note(f"worker: {str(e).strip()}; reconnecting in {wait:.0f} s")
                     time.sleep(wait)
         except KeyboardInterrupt:
-            note("worker: stopped; a batch in flight was rolled back and stays queued")
+            note(
+                "worker: stopped; the batch in flight was rolled back and stays queued"
+                if progress.in_flight
+                else "worker: stopped (idle: nothing was in flight)"
+            )
     progress.summary()
 
 
@@ -79,6 +92,7 @@ class _Progress:
         self.quiet = quiet
         self.total = 0
         self.unreported = 0
+        self.in_flight = False  # a drain statement is running (Ctrl-C rolls its batch back)
         self.started = self.reported = time.perf_counter()
 
     def add(self, n: int) -> None:
@@ -99,17 +113,37 @@ class _Progress:
             note(f"worker: {self.total} jobs in {elapsed:.1f} s")
 
 
+PRUNE_EVERY_S = 60.0
+
+
+def _drain(conn: psycopg.Connection, statement: str, batch: int, progress: _Progress) -> int:
+    progress.in_flight = True
+    try:
+        return int(one(conn.execute(statement, (batch,)))[0])
+    finally:
+        progress.in_flight = False
+
+
 def _work(dsn: str | None, batch: int, once: bool, poll: float, progress: _Progress) -> None:
-    """One connection's life: LISTEN, then drain whenever there may be work."""
+    """One connection's life: LISTEN, then drain every queue whenever there may be work."""
     with connect(dsn) as conn:
         conn.execute("LISTEN movrec_cf")
         if not progress.quiet:
             pid = conn.info.backend_pid
-            note(f"worker: listening on movrec_cf (backend pid {pid})")
+            note(f"worker: draining model.cf_queue and model.refresh_queue (backend pid {pid})")
+        pruned_at = -PRUNE_EVERY_S
         while True:
-            n = one(conn.execute("SELECT movrec.cf_drain(%s)", (batch,)))[0]
-            progress.add(n)
-            if n >= batch:
+            if time.monotonic() - pruned_at >= PRUNE_EVERY_S:
+                pruned = one(conn.execute("SELECT movrec.prune_queues()"))[0]
+                if pruned and not progress.quiet:
+                    note(f"worker: pruned {pruned} jobs of users without ratings")
+                pruned_at = time.monotonic()
+            n_cf = _drain(conn, "SELECT movrec.cf_drain(%s)", batch, progress)
+            n_refresh = 0
+            if one(conn.execute("SELECT count(*) FROM model.champion"))[0]:
+                n_refresh = _drain(conn, "SELECT movrec.serving_drain(%s)", batch, progress)
+            progress.add(n_cf + n_refresh)
+            if max(n_cf, n_refresh) >= batch:
                 continue  # more may be due
             progress.flush()
             if once:
@@ -119,4 +153,33 @@ def _work(dsn: str | None, batch: int, once: bool, poll: float, progress: _Progr
                 pass
 
 
-COMMANDS = [worker]
+@click.command(epilog=EPILOG)
+@dsn_option
+@click.option("--every", "schedule", default="* * * * *", show_default=True, help="cron schedule")
+@click.option("--max-jobs", default=100, show_default=True, help="jobs per run and queue")
+@click.option("--remove", is_flag=True, help="remove every movrec pg_cron job instead")
+def schedule(dsn: str | None, schedule: str, max_jobs: int, remove: bool) -> None:
+    """Register pg_cron jobs for every queue (SELECT movrec.schedule()): what `movrec worker`
+    does, run by the server.
+
+    \b
+    Jobs (scheduling again replaces them):
+      movrec-cf-drain       SELECT movrec.cf_drain(MAX_JOBS)        at EVERY
+      movrec-serving-drain  SELECT movrec.serving_drain(MAX_JOBS)   at EVERY
+      movrec-prune-queues   SELECT movrec.prune_queues()            hourly
+    pg_cron must be in shared_preload_libraries, with cron.database_name this
+    database (README: Jobs and monitoring); elsewhere it is an error saying so.
+    `movrec status` shows each job's last successful run.
+    """
+    with connect(dsn) as conn:
+        if remove:
+            n = one(conn.execute("SELECT movrec.unschedule()"))[0]
+            click.echo(f"{n} pg_cron job(s) removed")
+            return
+        rows = conn.execute(
+            "SELECT job_name, job_id, command FROM movrec.schedule(%s, %s)", (schedule, max_jobs)
+        ).fetchall()
+    click.echo(table(rows, ["job", "pg_cron id", "command"]))
+
+
+COMMANDS = [worker, schedule]

@@ -18,11 +18,17 @@ FROM movrec.watch_events w JOIN movrec.movies m USING (movie_id) WHERE w.user_id
 
 
 def closeness(similarity: float) -> str:
+    """How the reason words a cosine similarity.  A negative one is not likeness: it says
+    "unlike" (a movie the user rated below their average supports a candidate unlike it)."""
     if similarity >= 0.5:
         return "close to"
     if similarity >= 0.2:
         return "somewhat like"
-    return "a little like"
+    if similarity >= 0:
+        return "a little like"
+    if similarity > -0.2:
+        return "a little unlike"
+    return "unlike"
 
 
 def explain_rows(

@@ -241,7 +241,7 @@ BEGIN
     IF user_id IS NULL THEN
         RAISE EXCEPTION 'user_to_user(): user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF min_corr IS NULL OR min_corr < -1 OR min_corr > 1 THEN
+    IF min_corr IS NULL OR NOT (min_corr BETWEEN -1 AND 1) THEN
         RAISE EXCEPTION 'user_to_user(): min_corr must be between -1 and 1, got %', coalesce(min_corr::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -253,8 +253,10 @@ BEGIN
         RAISE EXCEPTION 'user_to_user(): min_raters must be at least 1, got %', coalesce(min_raters::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF shrinkage IS NULL OR shrinkage < 0 OR damping IS NULL OR damping < 0 THEN
-        RAISE EXCEPTION 'user_to_user(): shrinkage and damping must be >= 0, got % and %',
+    -- NaN sorts above every number in SQL and Infinity passes >= 0: both are refused
+    IF shrinkage IS NULL OR NOT (shrinkage >= 0 AND shrinkage < 'Infinity')
+       OR damping IS NULL OR NOT (damping >= 0 AND damping < 'Infinity') THEN
+        RAISE EXCEPTION 'user_to_user(): shrinkage and damping must be finite numbers >= 0, got % and %',
             coalesce(shrinkage::text, 'NULL'), coalesce(damping::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF baseline IS NULL OR store IS NULL THEN
@@ -296,8 +298,9 @@ LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, publ
 DECLARE
     scheduled_job bigint;
 BEGIN
-    IF max_jobs IS NULL OR max_jobs < 1 THEN
-        RAISE EXCEPTION 'cf_schedule(): max_jobs must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    IF max_jobs IS NULL OR max_jobs < 1 OR max_jobs > 4096 THEN  -- 4096: movrec.jobs.MAX_JOBS
+        RAISE EXCEPTION 'cf_schedule(): max_jobs must be between 1 and 4096, got %', coalesce(max_jobs::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF NOT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron') THEN
         IF coalesce(current_setting('cron.database_name', true), '') <> current_database() THEN

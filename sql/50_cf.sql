@@ -309,7 +309,10 @@ BEGIN
                 USING HINT = 'add pg_cron to shared_preload_libraries and set cron.database_name, or run `movrec worker`';
             RETURN NULL;
         END IF;
-        CREATE EXTENSION pg_cron;
+        -- in pg_catalog, not the first schema of this function's search_path (movrec): an
+        -- extension in schema movrec would go with DROP SCHEMA movrec (uninstall --drop-data),
+        -- every database's jobs with it, and would block DROP EXTENSION movrec
+        CREATE EXTENSION pg_cron SCHEMA pg_catalog;
     END IF;
     -- a named job: scheduling again replaces it
     scheduled_job := cron.schedule('movrec-cf-drain', schedule, format('SELECT movrec.cf_drain(%s)', max_jobs));

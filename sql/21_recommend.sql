@@ -29,7 +29,7 @@ BEGIN
     END IF;
     IF genres IS NOT NULL AND (cardinality(genres) = 0 OR array_ndims(genres) > 1
                                OR array_position(genres, NULL) IS NOT NULL) THEN
-        RAISE EXCEPTION 'recommend(): genres must be NULL (any genre) or a non-empty one-dimensional array without NULLs'
+        RAISE EXCEPTION 'recommend(): genres must be NULL (any genre) or a non-empty array without NULLs, of one dimension'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF min_year > max_year THEN

@@ -27,8 +27,9 @@ BEGIN
         RAISE EXCEPTION 'recommend(): k must be between 1 and 10000, got %', coalesce(k::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF genres IS NOT NULL AND (cardinality(genres) = 0 OR array_position(genres, NULL) IS NOT NULL) THEN
-        RAISE EXCEPTION 'recommend(): genres must be NULL (any genre) or a non-empty array without NULLs'
+    IF genres IS NOT NULL AND (cardinality(genres) = 0 OR array_ndims(genres) > 1
+                               OR array_position(genres, NULL) IS NOT NULL) THEN
+        RAISE EXCEPTION 'recommend(): genres must be NULL (any genre) or a non-empty array without NULLs, of one dimension'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF min_year > max_year THEN
@@ -106,11 +107,26 @@ BEGIN
         RAISE EXCEPTION 'predict(): user_ids and movie_ids must be arrays of one length'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- Pairs are matched by position: a 2-D array has no one order, and a NULL id names no pair.
+    IF array_ndims(user_ids) > 1 OR array_ndims(movie_ids) > 1 THEN
+        RAISE EXCEPTION 'predict(): user_ids and movie_ids must be one-dimensional arrays, got % and % dimensions',
+            array_ndims(user_ids), array_ndims(movie_ids) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF array_position(user_ids, NULL) IS NOT NULL OR array_position(movie_ids, NULL) IS NOT NULL THEN
+        RAISE EXCEPTION 'predict(): user_ids and movie_ids must not contain NULLs (user_ids[%], movie_ids[%])',
+            coalesce(array_position(user_ids, NULL)::text, '-'), coalesce(array_position(movie_ids, NULL)::text, '-')
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF cardinality(user_ids) > 1000000 THEN
+        RAISE EXCEPTION 'predict(): at most 1000000 pairs a call, got %', cardinality(user_ids)
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'call it in batches';
+    END IF;
     IF NOT EXISTS (SELECT FROM model.champion) THEN
         RAISE EXCEPTION 'predict(): no model is deployed' USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
     RETURN QUERY SELECT * FROM movrec._predict_many(user_ids, movie_ids);
 END $$;
 COMMENT ON FUNCTION movrec.predict(integer[], integer[]) IS
-    'Batch scoring: predicted rating for each (user_ids[i], movie_ids[i]) pair; NULL for a movie the model does not know';
+    'Batch scoring: predicted rating for each (user_ids[i], movie_ids[i]) pair; NULL for a movie the model does not know. '
+    'One-dimensional arrays of one length, at most 1000000 pairs, no NULL elements (SQLSTATE 22004; 22023 for the others)';
 

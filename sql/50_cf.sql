@@ -237,7 +237,7 @@ BEGIN
     IF user_id IS NULL THEN
         RAISE EXCEPTION 'user_to_user(): user_id must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF min_corr IS NULL OR min_corr < -1 OR min_corr > 1 THEN
+    IF min_corr IS NULL OR NOT (min_corr BETWEEN -1 AND 1) THEN
         RAISE EXCEPTION 'user_to_user(): min_corr must be between -1 and 1, got %', coalesce(min_corr::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -249,8 +249,10 @@ BEGIN
         RAISE EXCEPTION 'user_to_user(): min_raters must be at least 1, got %', coalesce(min_raters::text, 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF shrinkage IS NULL OR shrinkage < 0 OR damping IS NULL OR damping < 0 THEN
-        RAISE EXCEPTION 'user_to_user(): shrinkage and damping must be >= 0, got % and %',
+    -- NaN sorts above every number in SQL and Infinity passes >= 0: both are refused
+    IF shrinkage IS NULL OR NOT (shrinkage >= 0 AND shrinkage < 'Infinity')
+       OR damping IS NULL OR NOT (damping >= 0 AND damping < 'Infinity') THEN
+        RAISE EXCEPTION 'user_to_user(): shrinkage and damping must be finite numbers >= 0, got % and %',
             coalesce(shrinkage::text, 'NULL'), coalesce(damping::text, 'NULL') USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF baseline IS NULL OR store IS NULL THEN
@@ -299,8 +301,9 @@ CREATE OR REPLACE FUNCTION movrec.cf_schedule(schedule text DEFAULT '* * * * *',
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 BEGIN
-    IF max_jobs IS NULL OR max_jobs < 1 THEN
-        RAISE EXCEPTION 'cf_schedule(): max_jobs must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    IF max_jobs IS NULL OR max_jobs < 1 OR max_jobs > 4096 THEN  -- 4096: movrec.jobs.MAX_JOBS
+        RAISE EXCEPTION 'cf_schedule(): max_jobs must be between 1 and 4096, got %', coalesce(max_jobs::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN movrec._cron_job('movrec-cf-drain', schedule, format('SELECT movrec.cf_drain(%s)', max_jobs));
 END $$;

@@ -238,8 +238,9 @@ CREATE OR REPLACE FUNCTION movrec.serving_drain(max_jobs integer DEFAULT 100) RE
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 BEGIN
     PERFORM movrec._require_primary('serving_drain()');
-    IF max_jobs IS NULL OR max_jobs < 1 THEN
-        RAISE EXCEPTION 'serving_drain(): max_jobs must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    IF max_jobs IS NULL OR max_jobs < 1 OR max_jobs > 4096 THEN  -- 4096: movrec.jobs.MAX_JOBS
+        RAISE EXCEPTION 'serving_drain(): max_jobs must be between 1 and 4096, got %', coalesce(max_jobs::text, 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF EXISTS (SELECT FROM model.champion c WHERE c.kind IN ('hybrid', 'functional'))
        AND EXISTS (SELECT FROM movrec.movies m

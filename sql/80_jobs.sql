@@ -21,7 +21,10 @@ BEGIN
                                     'cron.database_name = %L, restart the server, then schedule again; '
                                     'or run `movrec worker` instead', current_database());
         END IF;
-        CREATE EXTENSION pg_cron;
+        -- in pg_catalog, not the first schema of this function's search_path (movrec): an
+        -- extension in schema movrec would go with DROP SCHEMA movrec (uninstall --drop-data),
+        -- every database's jobs with it, and would block DROP EXTENSION movrec
+        CREATE EXTENSION pg_cron SCHEMA pg_catalog;
     END IF;
     -- a named job: scheduling again replaces it
     scheduled_job := cron.schedule(job_name, schedule, command);

@@ -186,11 +186,19 @@ def _install_extension(conn: psycopg.Connection, venv: str) -> InstallResult:
 
 
 def uninstall(conn: psycopg.Connection, drop_data: bool = False) -> str:
+    """Remove movrec's code (and with drop_data its schemas), its pg_cron jobs and this
+    database's shared serving files (movrec.cleanup(), where this install has it)."""
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")
+        cleaned = ""
+        if one(conn.execute("SELECT to_regprocedure('movrec.cleanup()') IS NOT NULL"))[0]:
+            cleaned = "; " + one(conn.execute("SELECT movrec.cleanup()"))[0]
         if drop_data:
             conn.execute("DROP SCHEMA IF EXISTS movrec, model, staging, etl CASCADE")
-            return "movrec removed with its data (schemas movrec, model, staging and etl dropped)"
+            return (
+                "movrec removed with its data (schemas movrec, model, staging and etl dropped)"
+                + cleaned
+            )
         functions = conn.execute(
             """SELECT p.oid::regprocedure::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
                WHERE n.nspname IN ('movrec', 'model', 'staging', 'etl')"""
@@ -201,7 +209,10 @@ def uninstall(conn: psycopg.Connection, drop_data: bool = False) -> str:
             conn.execute(
                 "INSERT INTO movrec.installs (version, sql_sha256) VALUES ('-', 'uninstalled')"
             )
-    return f"movrec functions, procedures and triggers removed ({len(functions)}); data tables kept"
+    return (
+        f"movrec functions, procedures and triggers removed ({len(functions)}); data tables kept"
+        + cleaned
+    )
 
 
 def installed_version(conn: psycopg.Connection) -> str | None:

@@ -31,6 +31,7 @@ import numpy as np
 
 from movrec import backend
 from movrec.content import NUMERIC, MovieContent
+from movrec.errors import InvalidArgument
 from movrec.tokenizer import FIELDS, UNK, Vocabulary, tokens
 
 if TYPE_CHECKING:
@@ -105,7 +106,10 @@ def _literal(v: np.ndarray) -> str:
 
 @backend.sql_entry
 def embed_new_movies(limit: int | None = None) -> int:
-    """Vectors for up to ``limit`` movies the champion lacks; returns how many were embedded."""
+    """Vectors for up to ``limit`` movies the champion lacks (NULL: all); returns how many
+    were embedded."""
+    if limit is not None and limit < 0:
+        raise InvalidArgument(f"max_movies must be NULL (all) or >= 0, got {limit}")
     champ = backend.execute("SELECT c.model_id, c.kind FROM model.champion c")
     if not champ:
         return 0

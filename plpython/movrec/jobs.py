@@ -79,13 +79,24 @@ WHERE user_id = $1
 """
 
 
+# A job holds a row lock and an advisory lock per user until the caller commits; the server's
+# lock table holds max_locks_per_transaction x max_connections (6,400 by default) for every
+# session together, so one call takes at most this many jobs.
+MAX_JOBS = 4096
+
+
 def drain(queue: JobQueue, max_jobs: int | None, work: Callable[[int], object]) -> int:
-    """Run up to max_jobs queued users through ``work``; returns how many were attempted."""
-    if max_jobs is None or max_jobs < 1:
-        raise InvalidArgument(f"max_jobs must be at least 1, got {max_jobs}")
+    """Run up to max_jobs (1..MAX_JOBS) queued users through ``work``; returns how many were
+    attempted."""
+    if max_jobs is None or not 1 <= max_jobs <= MAX_JOBS:
+        raise InvalidArgument(
+            f"max_jobs must be between 1 and {MAX_JOBS}, got {max_jobs}",
+            hint="drain in several calls (each commits its batch)",
+        )
     plpy = backend.plpy
     attempted: list[int] = []
     while len(attempted) < max_jobs:
+        backend.check_interrupts()
         rows = backend.execute(queue.claim_sql, ["int4[]"], [attempted])
         if not rows:
             break
@@ -95,7 +106,7 @@ def drain(queue: JobQueue, max_jobs: int | None, work: Callable[[int], object]) 
             with plpy.subtransaction():
                 work(user_id)
         except Exception as e:  # the subtransaction is rolled back; the job stays with its error
-            if str(getattr(e, "sqlstate", "") or "").startswith("57"):
+            if backend.is_interrupt(e):
                 raise  # a cancel (Ctrl-C, statement_timeout) or shutdown: the whole call rolls back
             message = f"{type(e).__name__}: {e}"
             backend.execute(queue.fail_sql, ["int4", "text"], [user_id, message[:2000]])

@@ -1,7 +1,8 @@
 """Offline evaluation: the benchmark protocol's split, rating and top-k metrics.
 
-Pure numpy (no torch, no plpy), so benchmarks, tests and the peers' runner share
-one definition of every number.
+Pure numpy (no torch; no plpy beyond backend.check_interrupts(), which does nothing
+outside a backend), so benchmarks, tests and the peers' runner share one definition of
+every number.
 
 The protocol
     ``split(n)``: rows are shuffled with ``numpy.random.default_rng(42).permutation(n)``;
@@ -32,6 +33,8 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import numpy as np
+
+from movrec import backend
 
 ScoreFn = Callable[[np.ndarray], np.ndarray]
 
@@ -154,6 +157,7 @@ def ranking_metrics(
     sums = {f"{name}@{k}": 0.0 for k in ks for name in ("precision", "recall", "ndcg")}
 
     for start in range(0, len(users), batch):
+        backend.check_interrupts()  # minutes over every user on large data
         u = users[start : start + batch]
         scores = np.array(score_fn(u), dtype=np.float64)  # a copy: masking writes into it
         if scores.shape != (len(u), n_items):

@@ -254,10 +254,15 @@ def verify_serving(model_id: int, model: Model) -> tuple[list[float], float]:
 
 
 def _publish(sql: str, ids: Any, vectors: Any, bias: Any, model_id: int) -> None:
+    literals = []
+    for i, v in enumerate(vectors.numpy()):  # seconds for 100k+ users: a cancel must get in
+        if i % 4096 == 0:
+            backend.check_interrupts()
+        literals.append(vector_literal(v))
     backend.execute(
         sql,
         ["int4[]", "text[]", "float4[]", "int8"],
-        [ids.tolist(), [vector_literal(v) for v in vectors.numpy()], bias.tolist(), model_id],
+        [ids.tolist(), literals, bias.tolist(), model_id],
     )
 
 
@@ -303,7 +308,9 @@ def deploy_model(model_id: int, reason: str = "deploy") -> int:
 
     try:
         serving.current_champion()
-    except Exception as e:  # any failure: never fail a deploy over a cache
+    except Exception as e:  # any failure but a cancel: never fail a deploy over a cache
+        if backend.is_interrupt(e):
+            raise
         backend.notice(f"movrec deploy: serving cache not prepared ({e}); the first request will")
     return model_id
 

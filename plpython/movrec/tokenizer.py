@@ -18,6 +18,8 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
+from movrec import backend
+
 PAD, UNK = 0, 1
 _WORD = re.compile(r"[^\W_]+")
 _CJK = re.compile(
@@ -124,7 +126,11 @@ def build(
     vocabs: dict[str, Vocabulary] = {}
     arrays: dict[str, list[list[int]]] = {}
     for name, spec in fields.items():
-        docs = [tokens(spec, m.get(spec.column)) for m in movies]  # type: ignore[arg-type]
+        docs = []
+        for i, m in enumerate(movies):
+            if i % 1024 == 0:
+                backend.check_interrupts()
+            docs.append(tokens(spec, m.get(spec.column)))  # type: ignore[arg-type]
         vocab = vocabs[name] = Vocabulary.build(name, docs, spec.min_freq)
         arrays[name] = [vocab.encode(d, spec.length) for d in docs]
     return vocabs, arrays
@@ -133,33 +139,47 @@ def build(
 # --- SQL glue ---------------------------------------------------------------------
 
 
+# Bounds of the per-field options: a field longer than 1024 tokens would make every movie's
+# array (and the sub-network's input) that long; min_freq 1 keeps every token.
+TOKEN_BOUNDS = {"length": (1, 1024), "min_freq": (1, 1_000_000)}
+
+
 def fields_from_options(options: str | None) -> dict[str, FieldSpec]:
-    """options: {"overview": {"length": 128, "min_freq": 3}, ...} overrides the defaults."""
+    """options: {"overview": {"length": 128, "min_freq": 3}, ...} overrides the defaults.
+
+    Each value is an integer within TOKEN_BOUNDS (2.0 counts as 2; 1.5, -5, true or "8" are
+    refused with InvalidArgument naming the field and key, never truncated)."""
     from movrec.errors import InvalidArgument
 
-    overrides = json.loads(options) if options else {}
+    hint = f"fields: {', '.join(FIELDS)}; keys: length, min_freq"
+    try:
+        overrides = json.loads(options) if options else {}
+    except json.JSONDecodeError as e:
+        raise InvalidArgument(f"tokenizer options are not valid JSON: {e}") from None
+    if not isinstance(overrides, dict):
+        raise InvalidArgument("tokenizer options must be a JSON object", hint=hint)
     fields = dict(FIELDS)
     for name, change in overrides.items():
-        if (
-            name not in fields
-            or not isinstance(change, dict)
-            or set(change) - {"length", "min_freq"}
-        ):
-            raise InvalidArgument(
-                f"bad tokenizer option {name!r}",
-                hint=f"fields: {', '.join(FIELDS)}; keys: length, min_freq",
-            )
-        fields[name] = FieldSpec(
-            **{**asdict(fields[name]), **{k: int(v) for k, v in change.items()}}
-        )
+        if name not in fields or not isinstance(change, dict) or set(change) - set(TOKEN_BOUNDS):
+            raise InvalidArgument(f"bad tokenizer option {name!r}", hint=hint)
+        values: dict[str, int] = {}
+        for key, v in change.items():
+            low, high = TOKEN_BOUNDS[key]
+            integral = isinstance(v, int) or (isinstance(v, float) and v.is_integer())
+            if isinstance(v, bool) or not integral or not low <= v <= high:
+                raise InvalidArgument(
+                    f"bad tokenizer option {name}.{key}: must be an integer in "
+                    f"[{low}, {high}], got {json.dumps(v)}",
+                    hint=hint,
+                )
+            values[key] = int(v)
+        fields[name] = FieldSpec(**{**asdict(fields[name]), **values})
     return fields
 
 
 def tokenize_from_sql(options: str | None) -> list[tuple[str, int, int, float]]:
     """Rebuild movrec.vocab and movrec.movie_tokens from movrec.movies (in the caller's transaction)."""
     import plpy  # type: ignore[import-not-found]
-
-    from movrec import backend
 
     fields = fields_from_options(options)
     columns = sorted({s.column for s in fields.values()})

@@ -18,7 +18,7 @@ import numpy as np
 from movrec import backend
 from movrec.content import MovieContent
 from movrec.content import empty as empty_content
-from movrec.errors import InvalidArgument, NotEnoughData
+from movrec.errors import InvalidArgument, NotEnoughData, NullArgument
 from movrec.metrics import ranking_metrics, rating_metrics, split
 
 if TYPE_CHECKING:
@@ -67,6 +67,10 @@ class TrainOptions:
     def parse(cls, options: dict[str, Any] | None, kind: str = "mf") -> TrainOptions:
         """The kind's defaults overridden by ``options``; a clear error for anything unknown
         or out of range."""
+        if options is not None and not isinstance(options, dict):
+            raise InvalidArgument(
+                f"training options must be a JSON object, got {json.dumps(options)[:80]}"
+            )
         options = dict(options or {})
         known = [f.name for f in fields(cls)]
         unknown = sorted(set(options) - set(known))
@@ -78,33 +82,95 @@ class TrainOptions:
         base = cls.for_kind(kind)
         if options.get("in_batch") is False and "negatives" not in options:
             options["negatives"] = cls.negatives  # sampled negatives only: the usual number
-        values = {}
-        for k, v in options.items():
-            want = type(getattr(base, k))
-            if (want is bool) != isinstance(v, bool):
-                kind_of = {bool: "true or false", int: "an integer", float: "a number"}
-                raise InvalidArgument(
-                    f"bad training option: {k} must be {kind_of.get(want, 'a string')}, got {v!r}"
-                )
-            try:
-                values[k] = want(v)
-            except (TypeError, ValueError) as e:
-                raise InvalidArgument(f"bad training option {k}: {e}") from None
+        values = {k: _option_value(k, v, type(getattr(base, k))) for k, v in options.items()}
         opts = replace(base, **values)
-        if opts.epochs < 1 or opts.dim < 1 or opts.batch_size < 1 or opts.lr <= 0 or opts.reg < 0:
-            raise InvalidArgument("epochs, dim, batch_size and lr must be positive, reg >= 0")
-        if not 0 < opts.val_fraction < 1:
-            raise InvalidArgument(f"val_fraction must be in (0, 1), got {opts.val_fraction}")
+        for name, (low, high) in BOUNDS.items():
+            value = getattr(opts, name)
+            if not low <= value <= high or (name in OPEN_LOW and value == low):
+                shown = f"({low}, {high}]" if name in OPEN_LOW else f"[{low}, {high}]"
+                raise InvalidArgument(
+                    f"bad training option: {name} must be in {shown}, got {value}",
+                    hint=BOUND_HINTS.get(name),
+                )
+        if opts.ranking < 0 and opts.ranking != -1:
+            raise InvalidArgument(
+                f"bad training option: ranking must be -1 (the kind's default) or >= 0, "
+                f"got {opts.ranking}"
+            )
         if opts.device not in ("auto", "cpu", "cuda"):
             raise InvalidArgument(f"device must be auto, cpu or cuda, got {opts.device!r}")
         if opts.schedule not in ("constant", "cosine"):
             raise InvalidArgument(f"schedule must be constant or cosine, got {opts.schedule!r}")
-        if opts.negatives < 0 or (opts.negatives == 0 and not opts.in_batch):
+        if opts.negatives == 0 and not opts.in_batch:
             raise InvalidArgument(
-                "negatives must be >= 0, and > 0 unless in_batch is true (the ranking "
+                "negatives must be > 0 unless in_batch is true (the ranking "
                 "softmax needs movies to compare with)"
             )
         return opts
+
+
+# The range of every numeric option.  Upper bounds keep a run within memory and time that
+# one machine has (dim 4096 x 1M users of float32 is 16 GB before Adam's two copies), and
+# refuse what is surely a typo; a float option must be finite.  OPEN_LOW: the low end is
+# excluded.
+BOUNDS: dict[str, tuple[float, float]] = {
+    "epochs": (1, 100_000),
+    "dim": (1, 4096),
+    "lr": (0.0, 10.0),
+    "reg": (0.0, 1000.0),
+    "batch_size": (1, 1 << 20),
+    "seed": (0, 2**32 - 1),
+    "val_fraction": (0.0, 0.99),
+    "patience": (1, 100_000),
+    "ranking": (-1.0, 1000.0),
+    "negatives": (0, 65_536),
+    "sampling": (0.0, 2.0),
+    "user_weighting": (0.0, 2.0),
+    "positive_min": (0.0, 5.0),
+    "field_dim": (1, 1024),
+    "hidden": (1, 16_384),
+    "dropout": (0.0, 0.99),
+}
+OPEN_LOW = frozenset({"lr", "val_fraction"})
+BOUND_HINTS = {
+    "dim": "served vectors are vector(100); larger models need memory for users x dim x 3 floats",
+    "val_fraction": "the share of ratings held out for validation, e.g. 0.05",
+}
+
+
+def _option_value(name: str, value: Any, want: type) -> Any:
+    """``value`` as the option's type, or InvalidArgument naming the option.
+
+    An integer option takes an integer (2.0 is 2; 1.9 is refused, never truncated); a float
+    option a finite number; a boolean true or false; a string a string.
+    """
+    kind_of = {bool: "true or false", int: "an integer", float: "a finite number", str: "a string"}
+
+    def bad() -> InvalidArgument:
+        return InvalidArgument(
+            f"bad training option: {name} must be {kind_of[want]}, got {json.dumps(value)}"
+        )
+
+    if want is bool:
+        if not isinstance(value, bool):
+            raise bad()
+        return value
+    if want is str:
+        if not isinstance(value, str):
+            raise bad()
+        return value
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise bad()
+    if isinstance(value, float) and not math.isfinite(value):
+        raise bad()
+    if want is int:
+        if isinstance(value, float) and not value.is_integer():
+            raise bad()
+        return int(value)  # out of range: the bounds say so
+    try:
+        return float(value)
+    except OverflowError:  # an integer beyond float (jsonb prints 1e400 as 401 digits)
+        raise bad() from None
 
 
 # Measured on ml-latest-small (the `movrec bench quality` split): for the hybrid, in-batch
@@ -257,6 +323,7 @@ class _Run:
         total, batches, said = 0.0, order.split(opts.batch_size), time.monotonic()
         started = said
         for step, batch in enumerate(batches, 1):
+            backend.check_interrupts()  # a cancel or terminate ends the run within a batch
             if time.monotonic() - said >= EPOCH_NOTICE_S:  # a long epoch is not silent
                 said, rate = time.monotonic(), (step - 1) / (time.monotonic() - started)
                 backend.notice(
@@ -356,6 +423,7 @@ class _Run:
         for blend in BLENDS:
             for popularity in POPULARITY:
                 model.config["rank_blend"], model.config["rank_popularity"] = blend, popularity
+                backend.check_interrupts()
                 val = self.validate(outputs, rating)
                 if val["ndcg@10"] > best["ndcg@10"] + 1e-4:
                     best, chosen = val, (blend, popularity)
@@ -507,11 +575,17 @@ def read_ratings() -> tuple[Ratings, dict[str, Any]]:
 
 
 @backend.sql_entry
-def train_from_sql(kind: str, options: str | None, deploy: bool) -> int:
+def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -> int:
+    """movrec.train(): options NULL means none; every check runs before any data is read."""
     import torch
 
     from movrec import registry
+    from movrec.models import MODELS
 
+    if kind is None or deploy is None:
+        raise NullArgument("train(): model and deploy must not be NULL")
+    if kind not in MODELS:
+        raise InvalidArgument(f"unknown model kind {kind!r}", hint=f"one of: {', '.join(MODELS)}")
     try:
         raw = json.loads(options) if options else {}
     except json.JSONDecodeError as e:

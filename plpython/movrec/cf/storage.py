@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 from movrec import backend, locks
 from movrec.cf.cache import current_index
 from movrec.cf.compute import recommend
@@ -36,10 +38,11 @@ def check_options(
         raise InvalidArgument(f"min_overlap must be at least 2, got {min_overlap}")
     if min_raters is None or min_raters < 1:
         raise InvalidArgument(f"min_raters must be at least 1, got {min_raters}")
-    if shrinkage is None or shrinkage < 0:
-        raise InvalidArgument(f"shrinkage must be >= 0, got {shrinkage}")
-    if damping is None or damping < 0:
-        raise InvalidArgument(f"damping must be >= 0, got {damping}")
+    # NaN compares false with everything: `not x >= 0` refuses it, `x < 0` would not
+    if shrinkage is None or not 0 <= shrinkage < math.inf:
+        raise InvalidArgument(f"shrinkage must be a finite number >= 0, got {shrinkage}")
+    if damping is None or not 0 <= damping < math.inf:
+        raise InvalidArgument(f"damping must be a finite number >= 0, got {damping}")
     return Options(
         min_corr=float(min_corr),
         min_overlap=int(min_overlap),

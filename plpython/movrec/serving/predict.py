@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 
 from movrec import backend
-from movrec.errors import NoChampion, NotFound, NullArgument
+from movrec.errors import InvalidArgument, NoChampion, NotFound, NullArgument
 from movrec.scoring import clip_rating
 from movrec.serving.caches import current_champion
 from movrec.serving.user import UserState, check_user, user_state
@@ -38,7 +38,15 @@ def predict(user_id: int | None, movie_id: int | None) -> float:
 
 @backend.sql_entry
 def predict_many(user_ids: list[int], movie_ids: list[int]) -> list[tuple[int, int, float | None]]:
-    """Batch predict: one query for the users' vectors, numpy for the rest."""
+    """Batch predict: one query for the users' vectors, numpy for the rest.  One-dimensional
+    arrays of one length without NULLs (the plpgsql front door checks the same)."""
+    for name, ids in (("user_ids", user_ids), ("movie_ids", movie_ids)):
+        if any(isinstance(x, list) for x in ids):
+            raise InvalidArgument(f"{name} must be a one-dimensional array")
+        if any(x is None for x in ids):
+            raise NullArgument(f"{name} must not contain NULLs")
+    if len(user_ids) != len(movie_ids):
+        raise InvalidArgument("user_ids and movie_ids must be arrays of one length")
     champ = current_champion()
     assert champ is not None  # the plpgsql front door checked
     rows = backend.execute(

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 
 from movrec import backend, locks
-from movrec.errors import NullArgument
+from movrec.errors import InvalidArgument, NullArgument
 from movrec.scoring import MovieSide, top_k
 from movrec.serving.caches import current_champion
 from movrec.serving.user import DEFAULT_MIN_PREDICTED
@@ -49,6 +49,7 @@ def top_for_users(
     """Per user: (positions, ranking scores, predicted ratings) of the top k, as recommend() ranks."""
     out = []
     for start in range(0, len(vectors), REFRESH_CHUNK):
+        backend.check_interrupts()
         u = vectors[start : start + REFRESH_CHUNK]
         b = biases[start : start + REFRESH_CHUNK]
         predicted = u @ champ.vectors.T + champ.bias + (b[:, None] + champ.global_mean)
@@ -123,8 +124,23 @@ def refresh_many(user_ids: Sequence[int]) -> int:
     return len(cols[0])
 
 
+# One advisory lock per user for the batch's transaction: the server's lock table holds
+# max_locks_per_transaction x max_connections (6,400 by default) for every session together.
+MAX_BATCH = 4096
+
+
 @backend.sql_entry
-def refresh_from_sql(user_ids: list[int] | None) -> int:
+def refresh_from_sql(user_ids: list[int | None] | None) -> int:
+    """user_ids: a one-dimensional array without NULLs of at most MAX_BATCH users."""
     if user_ids is None:
-        raise NullArgument("user_id must not be NULL")
-    return refresh_many(user_ids)
+        raise NullArgument("user_ids must not be NULL")
+    if any(isinstance(u, list) for u in user_ids):
+        raise InvalidArgument("user_ids must be a one-dimensional array")
+    if any(u is None for u in user_ids):
+        raise NullArgument(f"user_ids must not contain NULLs (element {user_ids.index(None) + 1})")
+    if len(user_ids) > MAX_BATCH:
+        raise InvalidArgument(
+            f"user_ids: at most {MAX_BATCH} users a call (one lock each), got {len(user_ids)}",
+            hint="call it in batches: movrec refresh --batch-size",
+        )
+    return refresh_many([u for u in user_ids if u is not None])

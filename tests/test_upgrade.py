@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -258,16 +259,32 @@ def test_extension_update_is_a_fresh_create_extension(
 # pg_dump / pg_restore ----------------------------------------------------------------------
 
 
-def dump_and_restore(cluster: Cluster, source: str, target_db: str) -> None:
-    env_args = ["-h", str(cluster.socket_dir), "-p", str(cluster.port), "-U", "postgres"]
-    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as admin:
+def _client(c: Cluster, program: str) -> list[str]:
+    return [str(bindir() / program), "-h", str(c.socket_dir), "-p", str(c.port), "-U", "postgres"]
+
+
+def dump_and_restore(source: Cluster, db: str, target: Cluster, target_db: str) -> None:
+    """pg_dump -Fc | pg_restore into a new database of ``target``, as a DBA would; into
+    another cluster, the roles go first (pg_dumpall --globals-only)."""
+    if target is not source:
+        roles = subprocess.run(
+            [*_client(source, "pg_dumpall"), "--globals-only"], capture_output=True, check=True
+        ).stdout
+        # "role postgres already exists" and the like: psql goes on past them
+        subprocess.run(
+            [*_client(target, "psql"), "-X", "-q", "-d", "postgres"],
+            input=roles,
+            capture_output=True,
+            check=True,
+        )
+    with psycopg.connect(target.dsn("postgres"), autocommit=True) as admin:
         admin.execute(f'DROP DATABASE IF EXISTS "{target_db}" WITH (FORCE)')
         admin.execute(f'CREATE DATABASE "{target_db}"')
     dump = subprocess.run(
-        [str(bindir() / "pg_dump"), *env_args, "-Fc", "-d", source], capture_output=True, check=True
+        [*_client(source, "pg_dump"), "-Fc", "-d", db], capture_output=True, check=True
     ).stdout
     restore = subprocess.run(
-        [str(bindir() / "pg_restore"), *env_args, "--exit-on-error", "-d", target_db],
+        [*_client(target, "pg_restore"), "--exit-on-error", "-d", target_db],
         input=dump,
         capture_output=True,
         check=False,
@@ -275,9 +292,24 @@ def dump_and_restore(cluster: Cluster, source: str, target_db: str) -> None:
     assert restore.returncode == 0, restore.stderr.decode()
 
 
+@pytest.fixture(scope="module")
+def new_cluster(cluster: Cluster) -> Iterator[Cluster]:
+    """A second, empty cluster on this machine."""
+    home = Path(tempfile.mkdtemp(prefix="movrec-restore-", dir="/tmp"))
+    home.chmod(0o755)  # the server's OS user must reach it
+    target = Cluster(home, port=cluster.port + 7)
+    target.init()
+    target.start()
+    try:
+        yield target
+    finally:
+        target.stop()
+        shutil.rmtree(home, ignore_errors=True)
+
+
 @pytest.mark.parametrize("path", ["movrec install", "CREATE EXTENSION"])
 def test_dump_and_restore_lose_nothing(
-    new_database: Callable[[str], str], cluster: Cluster, path: str
+    new_database: Callable[[str], str], cluster: Cluster, new_cluster: Cluster, path: str
 ) -> None:
     name = "t_dump_install" if path == "movrec install" else "t_dump_extension"
     dsn = new_database(name)
@@ -287,18 +319,27 @@ def test_dump_and_restore_lose_nothing(
         else:
             conn.execute("CREATE EXTENSION movrec CASCADE")
         conn.execute("UPDATE movrec.settings SET backup_retention = 7, online_lr = 0.03")
+        if not conn.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = 'movrec_test_restored'"
+        ).fetchone():
+            conn.execute("CREATE ROLE movrec_test_restored LOGIN PASSWORD 'restored-pw'")
+        conn.execute("GRANT movrec_user TO movrec_test_restored")
         use(conn)
         before = contents(conn)
         settings = conn.execute(
             "SELECT backup_retention, online_lr FROM movrec.settings"
         ).fetchone()
-    dump_and_restore(cluster, name, f"{name}_restored")
-    with connect(cluster.dsn(f"{name}_restored")) as conn:
-        assert contents(conn) == before
-        assert (
-            conn.execute("SELECT backup_retention, online_lr FROM movrec.settings").fetchone()
-            == settings
-        )
-        # identities and sequences continue where they were: new rows do not collide
-        conn.execute("SELECT movrec.rate(7, 9, 2.5)")
-        conn.execute("SELECT movrec.deploy((SELECT model_id FROM model.champion))")
+    for target in (cluster, new_cluster):  # a new database, then a new cluster
+        dump_and_restore(cluster, name, target, f"{name}_restored")
+        with connect(target.dsn(f"{name}_restored")) as conn:
+            assert contents(conn) == before
+            assert (
+                conn.execute("SELECT backup_retention, online_lr FROM movrec.settings").fetchone()
+                == settings
+            )
+            # identities and sequences continue where they were: new rows do not collide
+            conn.execute("SELECT movrec.rate(7, 9, 2.5)")
+            conn.execute("SELECT movrec.deploy((SELECT model_id FROM model.champion))")
+        app = target.dsn(f"{name}_restored").replace("user=postgres", "user=movrec_test_restored")
+        with psycopg.connect(app + " password=restored-pw", autocommit=True) as conn:
+            assert len(conn.execute("SELECT * FROM movrec.recommend(7, 10)").fetchall()) == 10

@@ -12,7 +12,7 @@ LOCK_CALL = re.compile(r"pg_(?:try_)?advisory_(?:xact_)?lock(?:_shared)?\(\s*([^
 
 
 def test_sql_lock_classes_are_registered() -> None:
-    registered = {str(locks.REFRESH), str(locks.SHARED_BUILD), locks.CF_USER_SQL}
+    registered = {str(locks.REFRESH), str(locks.SHARED_BUILD), str(locks.DEPLOY), locks.CF_USER_SQL}
     found = {
         (path.name, m.group(1).strip())
         for path in sorted(SQL.rglob("*.sql"))
@@ -23,5 +23,5 @@ def test_sql_lock_classes_are_registered() -> None:
 
 
 def test_lock_classes_do_not_collide() -> None:
-    classes = [locks.REFRESH, locks.SHARED_BUILD]
+    classes = [locks.REFRESH, locks.SHARED_BUILD, locks.DEPLOY]
     assert len(set(classes)) == len(classes)

@@ -16,6 +16,10 @@ REFRESH = 28022
 # (movrec.shared); taken with pg_try_advisory_xact_lock, never waited on.
 SHARED_BUILD = 28023
 
+# (DEPLOY, 0): one deploy (or rollback) at a time.  Each rewrites every published vector;
+# two at once met in the same primary keys and one failed with a unique violation.
+DEPLOY = 28024
+
 # (CF_USER, user_id): one Pearson CF computation of a user's model.user_recommendation
 # rows at a time (the worker and `movrec cf refresh`).  The class is the SQL expression,
 # not an int, because sessions outside Python (tests, operators) take the same key by it.

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from movrec import backend
+from movrec import backend, locks
 from movrec.errors import CorruptCheckpoint, InvalidArgument, NotFound, NullArgument
 from movrec.online import vector_literal
 
@@ -267,6 +267,9 @@ def _publish(sql: str, ids: Any, vectors: Any, bias: Any, model_id: int) -> None
 
 
 def deploy_model(model_id: int, reason: str = "deploy") -> int:
+    # Deploys take turns, and each reads the registry after its turn came (a new snapshot
+    # per statement), so the later one publishes over the earlier one's committed rows.
+    backend.execute("SELECT pg_advisory_xact_lock($1, 0)", ["int4"], [locks.DEPLOY])
     rows = backend.execute(
         "SELECT kind, dim, checkpoint FROM model.registry WHERE model_id = $1", ["int8"], [model_id]
     )

@@ -163,9 +163,18 @@ COMMENT ON FUNCTION movrec._train(text, jsonb, boolean) IS 'Implementation of mo
 CREATE OR REPLACE FUNCTION movrec.train(model text DEFAULT 'hybrid', options jsonb DEFAULT '{}', deploy boolean DEFAULT true)
 RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+DECLARE
+    msg text;
+    state text;
+    hint text;
+    detail text;
 BEGIN
     PERFORM movrec._require_primary('train()');
     RETURN movrec._train(model, options, deploy);
+EXCEPTION WHEN OTHERS THEN
+    GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE, hint = PG_EXCEPTION_HINT,
+        detail = PG_EXCEPTION_DETAIL;
+    PERFORM movrec._reraise(msg, state, hint, detail);
 END $$;
 COMMENT ON FUNCTION movrec.train(text, jsonb, boolean) IS
     'Trains a model (hybrid, mf, functional, mlp) on watch_events with a seeded train/validation split, registers '
@@ -181,6 +190,11 @@ COMMENT ON FUNCTION movrec._deploy(bigint) IS 'Implementation of movrec.deploy()
 
 CREATE OR REPLACE FUNCTION movrec.deploy(model_id bigint) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+DECLARE
+    msg text;
+    state text;
+    hint text;
+    detail text;
 BEGIN
     PERFORM movrec._require_primary('deploy()');
     IF NOT EXISTS (SELECT FROM model.registry r WHERE r.model_id = deploy.model_id) THEN
@@ -188,7 +202,13 @@ BEGIN
             USING ERRCODE = 'no_data_found', HINT = 'SELECT model_id, kind, metrics FROM model.registry';
     END IF;
     PERFORM movrec._require_current_catalogue(model_id, 'deploy()');
-    RETURN movrec._deploy(model_id);
+    BEGIN
+        RETURN movrec._deploy(model_id);
+    EXCEPTION WHEN OTHERS THEN
+        GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE, hint = PG_EXCEPTION_HINT,
+            detail = PG_EXCEPTION_DETAIL;
+        PERFORM movrec._reraise(msg, state, hint, detail);
+    END;
 END $$;
 COMMENT ON FUNCTION movrec.deploy(bigint) IS
     'Makes a registered model the champion: publishes its movie and user vectors. Atomic; a corrupt checkpoint, or a '

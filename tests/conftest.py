@@ -7,6 +7,7 @@ read, on a port of its own; nothing touches a system cluster.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
@@ -22,11 +23,12 @@ from movrec_cli.demo_data import load_demo
 DEMO_USERS = 300
 
 
-@pytest.fixture(scope="session")
-def cluster() -> Iterator[Cluster]:
-    home = Path(tempfile.mkdtemp(prefix="movrec-test-", dir="/tmp"))
+@contextlib.contextmanager
+def running_cluster(port: int, prefix: str = "movrec-test-") -> Iterator[Cluster]:
+    """A new cluster in a temporary directory the server's OS user can reach; removed after."""
+    home = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
     home.chmod(0o755)
-    c = Cluster(home, port=56000 + os.getpid() % 1000)
+    c = Cluster(home, port=port)
     c.init()
     c.start()
     try:
@@ -34,6 +36,12 @@ def cluster() -> Iterator[Cluster]:
     finally:
         c.stop()
         shutil.rmtree(home, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    with running_cluster(56000 + os.getpid() % 1000) as c:
+        yield c
 
 
 @pytest.fixture(scope="session")

@@ -7,13 +7,10 @@ backend and recover the cluster, so that test runs on a cluster of its own.
 from __future__ import annotations
 
 import os
-import shutil
 import signal
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
-from pathlib import Path
 
 import psycopg
 import pytest
@@ -21,7 +18,7 @@ from movrec_cli import schema
 from movrec_cli.cluster import Cluster
 from movrec_cli.demo_data import load_demo
 
-from tests.conftest import connect, table_digest
+from tests.conftest import connect, running_cluster, table_digest
 
 STORED = (
     "model.registry",
@@ -40,20 +37,12 @@ def digests(conn: psycopg.Connection) -> dict[str, tuple[int, str]]:
 @pytest.fixture(scope="module")
 def own_cluster(cluster: Cluster) -> Iterator[str]:
     """A cluster of this module's own, movrec installed, demo data, an MF champion."""
-    home = Path(tempfile.mkdtemp(prefix="movrec-crash-", dir="/tmp"))
-    home.chmod(0o755)  # the server's OS user must reach it
-    c = Cluster(home, port=cluster.port + 11)
-    c.init()
-    c.start()
-    try:
+    with running_cluster(cluster.port + 11, prefix="movrec-crash-") as c:
         with connect(c.dsn("movrec")) as conn:
             schema.install(conn)
             load_demo(conn, n_users=120, seed=11)
             conn.execute("""SELECT movrec.train('mf', '{"epochs": 5, "seed": 1}')""")
         yield c.dsn("movrec")
-    finally:
-        c.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 def test_a_backend_killed_mid_train_loses_nothing(own_cluster: str) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import hashlib
 import shutil
 import subprocess
-import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -22,7 +21,7 @@ from movrec_cli.cluster import Cluster, bindir
 from movrec_cli.demo_data import load_demo
 from psycopg import sql
 
-from tests.conftest import connect
+from tests.conftest import connect, running_cluster
 
 FIXTURE = Path(__file__).parent / "fixtures" / "movrec--0.1.0.sql"
 USERS = 80
@@ -295,16 +294,8 @@ def dump_and_restore(source: Cluster, db: str, target: Cluster, target_db: str) 
 @pytest.fixture(scope="module")
 def new_cluster(cluster: Cluster) -> Iterator[Cluster]:
     """A second, empty cluster on this machine."""
-    home = Path(tempfile.mkdtemp(prefix="movrec-restore-", dir="/tmp"))
-    home.chmod(0o755)  # the server's OS user must reach it
-    target = Cluster(home, port=cluster.port + 7)
-    target.init()
-    target.start()
-    try:
+    with running_cluster(cluster.port + 7, prefix="movrec-restore-") as target:
         yield target
-    finally:
-        target.stop()
-        shutil.rmtree(home, ignore_errors=True)
 
 
 @pytest.mark.parametrize("path", ["movrec install", "CREATE EXTENSION"])

@@ -206,6 +206,11 @@ class Cluster:
     def start(self) -> None:
         if self.running():
             return
+        self._start_server("PostgreSQL")
+        self.ensure_database(DATABASE)
+
+    def _start_server(self, what: str) -> None:
+        """pg_ctl start, secured first; ``what`` names the server in the error."""
         self.secure()
         if not self.logfile.exists():
             self.logfile.touch()
@@ -224,8 +229,7 @@ class Cluster:
         )
         if r.returncode != 0:
             tail = self.logfile.read_text(errors="replace")[-2000:] if self.logfile.exists() else ""
-            raise CliError(f"PostgreSQL did not start (port {self.port} taken?):\n{r.stderr}{tail}")
-        self.ensure_database(DATABASE)
+            raise CliError(f"{what} did not start (port {self.port} taken?):\n{r.stderr}{tail}")
 
     def ensure_database(self, name: str) -> None:
         ensure_database(self.dsn("postgres"), name)
@@ -332,27 +336,7 @@ class Standby(Cluster):
         """Start it (no CREATE DATABASE: a standby has the primary's databases)."""
         if self.running():
             return
-        self.secure()
-        if not self.logfile.exists():
-            self.logfile.touch()
-            self._chown(self.logfile)
-        r = self._run(
-            str(bindir() / "pg_ctl"),
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.logfile),
-            "-w",
-            "-t",
-            "60",
-            "start",
-            capture=True,
-        )
-        if r.returncode != 0:
-            tail = self.logfile.read_text(errors="replace")[-2000:] if self.logfile.exists() else ""
-            raise CliError(
-                f"the standby did not start (port {self.port} taken?):\n{r.stderr}{tail}"
-            )
+        self._start_server("the standby")
 
     def stop(self) -> bool:
         """Stop it.  The champion matrices in /dev/shm stay: a copy has the primary's system

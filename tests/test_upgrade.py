@@ -1,6 +1,6 @@
-"""Lifecycle: upgrades from the 0.1.0 release and pg_dump/pg_restore, on both install paths.
+"""Lifecycle: upgrades from earlier releases and pg_dump/pg_restore, on both install paths.
 
-0.1.0 is tests/fixtures/movrec--0.1.0.sql (the release's sql/ files).  Each path installs it,
+Each release is tests/fixtures/movrec--VERSION.sql (its sql/ files).  Each path installs 0.1.0,
 loads data, trains and deploys, rates online, then upgrades; every row, the champion and
 recommend() must come through, and the upgraded catalogue must equal a fresh install's.
 """
@@ -23,7 +23,8 @@ from psycopg import sql
 
 from tests.conftest import connect, running_cluster
 
-FIXTURE = Path(__file__).parent / "fixtures" / "movrec--0.1.0.sql"
+FIXTURES = Path(__file__).parent / "fixtures"
+FIXTURE = FIXTURES / "movrec--0.1.0.sql"
 USERS = 80
 
 # Everything an install defines, by name rather than OID, so that two databases compare.
@@ -212,8 +213,30 @@ def test_extension_update_from_0_1_0_keeps_everything(
         assert schema.installed_version(conn) == f"{__version__} (extension)"
     with connect(dsn) as conn:
         conn.execute("ALTER DATABASE t_upgrade_extension RESET movrec.venv")
-    with connect(dsn) as conn:  # served with the venv the 0.2.0 script pinned
+    with connect(dsn) as conn:  # served with the venv the current script pinned
         assert kept(before, contents(conn, like=before)) == before
+
+
+def install_release(conn: psycopg.Connection, version: str) -> None:
+    """What `movrec install` of a release after 0.1.0 did: its SQL, the venv pinned in a row."""
+    if version == "0.1.0":
+        install_0_1_0(conn)
+        return
+    script = (FIXTURES / f"movrec--{version}.sql").read_text(encoding="utf-8")
+    db = sql.Identifier(conn.info.dbname)
+    with conn.transaction():
+        conn.execute("SET LOCAL client_min_messages = warning")
+        conn.execute(
+            "CREATE EXTENSION IF NOT EXISTS plpython3u; CREATE EXTENSION IF NOT EXISTS vector"
+        )
+        conn.execute(script)
+        conn.execute(
+            sql.SQL('ALTER DATABASE {} SET search_path = "$user", public, movrec').format(db)
+        )
+        conn.execute(
+            "INSERT INTO movrec.installs (version, sql_sha256, venv) VALUES (%s, %s, %s)",
+            (version, hashlib.sha256(script.encode()).hexdigest(), schema.default_venv()),
+        )
 
 
 def catalogue(dsn: str) -> list[str]:
@@ -222,13 +245,23 @@ def catalogue(dsn: str) -> list[str]:
         return [row[0] for row in conn.execute(CATALOGUE).fetchall()]
 
 
-def test_upgraded_schema_is_a_fresh_install(new_database: Callable[[str], str]) -> None:
+RELEASES = sorted(
+    p.name.split("--")[1].removesuffix(".sql") for p in FIXTURES.glob("movrec--*.sql")
+)
+
+
+@pytest.mark.parametrize("release", RELEASES)
+def test_upgraded_schema_is_a_fresh_install(
+    new_database: Callable[[str], str], release: str
+) -> None:
+    assert release != __version__, "a released version's fixture must be older than the code"
     fresh, upgraded = new_database("t_schema_fresh"), new_database("t_schema_upgraded")
     with connect(fresh) as conn:
         schema.install(conn)
     with connect(upgraded) as conn:
-        install_0_1_0(conn)
-        schema.install(conn)
+        install_release(conn, release)
+        result = schema.install(conn)
+        assert result.changed and f"upgraded from {release}" in result.message
     a, b = catalogue(fresh), catalogue(upgraded)
     assert sorted(set(a) - set(b)) == [] and sorted(set(b) - set(a)) == []
 

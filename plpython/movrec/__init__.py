@@ -5,4 +5,4 @@ serving paths (recommend, predict, the rating trigger) use numpy only; torch is
 imported by training and deploy alone (it costs ~1.1 s per new backend).
 """
 
-__version__ = "0.2.0"
+__version__ = "0.3.0"

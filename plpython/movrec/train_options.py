@@ -38,6 +38,7 @@ class TrainOptions:
     field_dim: int = 32
     hidden: int = 256
     dropout: float = 0.1
+    solver: str = "adam"  # adam: minibatch Adam; als: exact alternating solves (mf only)
 
     def ranking_weight(self, kind: str) -> float:
         if self.ranking >= 0:
@@ -86,6 +87,15 @@ class TrainOptions:
             raise InvalidArgument(f"device must be auto, cpu or cuda, got {opts.device!r}")
         if opts.schedule not in ("constant", "cosine"):
             raise InvalidArgument(f"schedule must be constant or cosine, got {opts.schedule!r}")
+        if opts.solver not in SOLVERS:
+            raise InvalidArgument(
+                f"solver must be {' or '.join(SOLVERS)}, got {opts.solver!r}",
+            )
+        if opts.solver == "als" and kind != "mf":
+            raise InvalidArgument(
+                f"solver 'als' solves the rating objective of mf only, not {kind!r}",
+                hint="use solver 'adam' for models with a content or ranking network",
+            )
         if opts.negatives == 0 and not opts.in_batch:
             raise InvalidArgument(
                 "negatives must be > 0 unless in_batch is true (the ranking "
@@ -116,6 +126,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "hidden": (1, 16_384),
     "dropout": (0.0, 0.99),
 }
+SOLVERS = ("adam", "als")
 OPEN_LOW = frozenset({"lr", "val_fraction"})
 BOUND_HINTS = {
     "dim": "served vectors are vector(100); larger models need memory for users x dim x 3 floats",

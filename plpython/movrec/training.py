@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from movrec import backend
+from movrec.als import AlternatingLeastSquares
 from movrec.content import MovieContent
 from movrec.content import empty as empty_content
 from movrec.errors import InvalidArgument, NotEnoughData, NullArgument
@@ -106,7 +107,14 @@ class _Run:
         self.model: Any = build_model(
             kind, self.user_ids, self.movie_ids, self.mean, opts, content
         ).to(device)
-        self._optimiser()
+        self.als: AlternatingLeastSquares | None = None
+        if opts.solver == "als":
+            tr = self.train_rows
+            self.als = AlternatingLeastSquares(
+                self.model, self.u_idx[tr], self.m_idx[tr], data.ratings[tr], opts.reg
+            )
+        else:
+            self._optimiser()
         self.U = torch.from_numpy(self.u_idx.astype(np.int64)).to(device)
         self.M = torch.from_numpy(self.m_idx.astype(np.int64)).to(device)
         self.R = torch.from_numpy(data.ratings.astype(np.float32)).to(device)
@@ -163,8 +171,13 @@ class _Run:
         self.W = torch.from_numpy(w.astype(np.float32)).to(self.device)
 
     def epoch(self) -> float:
-        """One shuffled pass over the training rows; returns the summed squared rating error."""
+        """One shuffled pass over the training rows (or one ALS sweep); returns the summed
+        squared rating error."""
         import torch
+
+        if self.als is not None:
+            self.als.sweep()
+            return self.als.train_sse()
 
         opts, model, ranking = self.opts, self.model, self.ranking
         order = self.tr[torch.randperm(len(self.tr), generator=self.gen).to(self.device)]

@@ -24,6 +24,7 @@ _TRAIN_HELP = {
     "seed": "seed of the split and the initialisation",
     "ranking": "weight of the ranking loss (0: rank by predicted rating)",
     "device": "auto, cpu or cuda",
+    "solver": "adam (minibatches) or als (exact alternating solves; mf only)",
 }
 
 
@@ -67,6 +68,7 @@ def _train_option(name: str, type_: Any) -> Any:
 @_train_option("seed", int)
 @_train_option("ranking", float)
 @_train_option("device", click.Choice(["auto", "cpu", "cuda"]))
+@_train_option("solver", click.Choice(["adam", "als"]))
 @click.option(
     "--options",
     "options_json",

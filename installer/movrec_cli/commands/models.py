@@ -166,13 +166,36 @@ def evaluate(dsn: str | None, model_id: int, test_table: str | None) -> None:
     type=click.Path(path_type=Path),
     default=Path("reports/movrec.html"),
     show_default=True,
+    help="the HTML file to write",
 )
-def report(dsn: str | None, output: Path) -> None:
-    """Write an HTML page with plots: learning curves, metrics across models, score distribution."""
+@click.option(
+    "--bench",
+    "bench_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="a `movrec bench quality --json FILE` result to show as the peer table (repeatable)",
+)
+def report(dsn: str | None, output: Path, bench_files: tuple[Path, ...]) -> None:
+    """Write one self-contained HTML page (plotly, works offline): learning curves per
+    dataset, the models compared (parameters, durations, deployments), evaluate results,
+    search trials, the peer table, coverage and popularity bias of recommend(), per-genre
+    and cold vs heavy users, the ETL funnel, CF, online learning and serving.  A section
+    with no data yet says what would fill it.
+
+    \b
+    Examples:
+      movrec report && xdg-open reports/movrec.html
+      movrec bench quality --data DIR --json bench.json && movrec report --bench bench.json
+    """
     from movrec_cli.report import write_report
 
     with connect(dsn) as conn:
-        click.echo(f"wrote {write_report(conn, output)}")
+        try:
+            path = write_report(conn, output, bench_files)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CliError(f"--bench: not a bench quality JSON file: {e}") from None
+        click.echo(f"wrote {path}")
 
 
 COMMANDS = [train, deploy, evaluate, report]

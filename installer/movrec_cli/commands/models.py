@@ -1,4 +1,4 @@
-"""`movrec train`, `deploy`, `evaluate`, `report`: the model registry from the command line."""
+"""`movrec train`, `deploy`, `evaluate`, `retrain`, `report`: the model registry from the command line."""
 
 from __future__ import annotations
 
@@ -161,6 +161,52 @@ def evaluate(dsn: str | None, model_id: int, test_table: str | None) -> None:
 @click.command(epilog=EPILOG)
 @dsn_option
 @click.option(
+    "--model",
+    "kind",
+    type=click.Choice(KINDS),
+    help="kind to train [default: the champion's, with its options]",
+)
+@click.option(
+    "--options",
+    "options_json",
+    metavar="JSON",
+    default=None,
+    help="training options over the champion's, e.g. '{\"epochs\": 20}'",
+)
+def retrain(dsn: str | None, kind: str | None, options_json: str | None) -> None:
+    """Train a new model on the current data and deploy it only if it beats the champion
+    (SELECT * FROM movrec.retrain_and_promote(KIND, OPTIONS)).
+
+    Both are scored by `evaluate` on the same validation split of the current
+    data: NDCG@10 for kinds with a ranking head, else RMSE.  A model that loses
+    stays registered, not deployed, with the reason in its metrics.retrain.
+    `movrec schedule` runs this nightly with pg_cron.
+
+    \b
+    Examples:
+      movrec retrain                            the champion's kind and options
+      movrec retrain --options '{"epochs": 40}'
+    """
+    if options_json is not None:
+        try:
+            opts = json.loads(options_json)
+        except json.JSONDecodeError as e:
+            raise CliError(f"--options is not JSON: {e}") from None
+        if not isinstance(opts, dict):
+            raise CliError("--options must be a JSON object, e.g. '{\"epochs\": 5}'")
+    with connect(dsn) as conn:
+        row = one(
+            conn.execute(
+                "SELECT model_id, promoted, reason FROM movrec.retrain_and_promote(%s, %s::jsonb)",
+                (kind, options_json),
+            )
+        )
+    click.echo(f"model {row[0]}: {row[2]}")
+
+
+@click.command(epilog=EPILOG)
+@dsn_option
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
@@ -198,4 +244,4 @@ def report(dsn: str | None, output: Path, bench_files: tuple[Path, ...]) -> None
         click.echo(f"wrote {path}")
 
 
-COMMANDS = [train, deploy, evaluate, report]
+COMMANDS = [train, deploy, evaluate, retrain, report]

@@ -167,6 +167,9 @@ def schedule(dsn: str | None, schedule: str, max_jobs: int, remove: bool) -> Non
       movrec-cf-drain       SELECT movrec.cf_drain(MAX_JOBS)        at EVERY
       movrec-serving-drain  SELECT movrec.serving_drain(MAX_JOBS)   at EVERY
       movrec-prune-queues   SELECT movrec.prune_queues()            hourly
+      movrec-retrain        SELECT * FROM movrec.retrain_and_promote()  nightly, 03:00
+    The retrain deploys its model only when it beats the champion on the
+    current data's validation split (`movrec retrain` runs it now).
     pg_cron must be in shared_preload_libraries, with cron.database_name this
     database (README: Jobs and monitoring); elsewhere it is an error saying so.
     `movrec status` shows each job's last successful run.

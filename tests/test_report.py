@@ -7,14 +7,16 @@ import json
 import os
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
-from movrec_cli import bench_quality
+from movrec_cli import bench_quality, loaders, pipeline, schema
 from movrec_cli.main import cli
 from movrec_cli.report import build_report
 
+from tests import fixture_files
 from tests.conftest import connect
 
 HEADINGS = (
@@ -45,6 +47,27 @@ def test_every_section_says_when_it_has_no_data(installed: str) -> None:
     assert page.count('class="empty"') == len(HEADINGS)
     # self-contained: plotly.js inline, nothing fetched from elsewhere
     assert "Plotly" in page and not re.search(r"<script[^>]+src=", page)
+
+
+def test_the_etl_funnel_of_the_last_run(new_database: Callable[[str], str], tmp_path: Path) -> None:
+    """After an ETL run (the pipeline tests' small files) the funnel shows each stage's rows."""
+    files = fixture_files.write(tmp_path)
+    with connect(new_database("t_report_etl")) as conn:
+        schema.install(conn)
+        loaders.load_movielens(conn, files / "ml-latest")
+        loaders.load_tmdb(
+            conn, files / "tmdb" / "tmdb_5000_movies.csv", files / "tmdb" / "tmdb_5000_credits.csv"
+        )
+        run = pipeline.run_etl(conn, 2, 3, 5, None, echo=lambda _m: None)
+        stages = conn.execute(
+            "SELECT count(DISTINCT stage) FROM movrec.etl_runs WHERE etl_run = %s", (run,)
+        ).fetchone()[0]
+        page = build_report(conn)
+    etl = page[page.index('<section id="etl">') :]
+    etl = etl[: etl.index("</section>")]
+    assert f"ETL run {run}: rows kept at each stage" in etl and '"type":"funnel"' in etl
+    assert "No ETL run yet" not in etl and "This section failed" not in page
+    assert etl.count("<tr>") - 1 >= stages  # a table row per stage and output
 
 
 @pytest.fixture(scope="module")

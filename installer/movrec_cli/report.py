@@ -743,6 +743,7 @@ def section_segments(
 
 def section_etl(conn: psycopg.Connection) -> Section:
     import plotly.graph_objects as go
+    from plotly.subplots import make_subplots
 
     s = Section("etl", "ETL funnel")
     rows = conn.execute(
@@ -753,24 +754,36 @@ def section_etl(conn: psycopg.Connection) -> Section:
         s.empty = "No ETL run yet: movrec load movielens DIR, then movrec etl."
         return s
     run = rows[0][0]
-    outputs: dict[str, list[tuple[Any, ...]]] = {}
+    # each stage writes its own table (etl.ratings2, etl.ratings3, ...; publish: movrec.*):
+    # follow what flows through them, ratings and movies, not the table names
+    flows: dict[str, list[tuple[Any, ...]]] = {}
     for r in rows:
-        outputs.setdefault(r[2], []).append(r)
-    fig = go.Figure()
-    for i, (output, stages) in enumerate(outputs.items()):
-        labels = ["input", *(f"after {st[1]}" for st in stages)]
-        values = [stages[0][3], *(st[4] for st in stages)]
-        fig.add_trace(
-            go.Funnel(
-                name=output,
-                y=labels,
-                x=values,
-                textinfo="value+percent initial",
-                marker_color=PALETTE[i % len(PALETTE)],
-            )
+        name = str(r[2]).split(".")[-1].rstrip("0123456789")
+        entity = {"watch_events": "ratings"}.get(name, name)
+        if entity in ("ratings", "movies"):
+            flows.setdefault(entity, []).append(r)
+    if flows:
+        fig = make_subplots(
+            rows=1,
+            cols=len(flows),
+            subplot_titles=[f"{k}: rows after each stage" for k in flows],
+            horizontal_spacing=0.18,
         )
-    fig.update_layout(title_text=f"ETL run {run}: rows kept at each stage")
-    s.blocks.append(figure_html(fig, height=120 + 60 * max(len(v) + 1 for v in outputs.values())))
+        for i, (entity, stages) in enumerate(flows.items(), start=1):
+            fig.add_trace(
+                go.Funnel(
+                    name=entity,
+                    y=["loaded", *(str(st[1]) for st in stages)],
+                    x=[stages[0][3], *(st[4] for st in stages)],
+                    textinfo="value+percent initial",
+                    marker_color=PALETTE[i - 1],
+                    showlegend=False,
+                ),
+                row=1,
+                col=i,
+            )
+        fig.update_layout(title_text=f"ETL run {run}: rows kept at each stage")
+        s.blocks.append(figure_html(fig, height=140 + 55 * max(len(v) + 1 for v in flows.values())))
     s.blocks.append(
         html_table(
             ["stage", "output", "rows in", "rows out", "removed", "ms"],
@@ -781,7 +794,7 @@ def section_etl(conn: psycopg.Connection) -> Section:
                     r[3],
                     r[4],
                     ", ".join(f"{k} {v}" for k, v in (r[5] or {}).items() if v),
-                    float(r[6]),
+                    f"{r[6]:.1f}",
                 )
                 for r in rows
             ],

@@ -114,6 +114,17 @@ def report_data(trained: str, tmp_path_factory: pytest.TempPathFactory) -> tuple
             "fit_seconds": 3.1,
             "note": "surprise",
         },
+        {  # a validated peer carries the search that chose its options
+            "model": "ials",
+            "rmse": None,
+            "ndcg@10": 0.052,
+            "fit_seconds": 40.0,
+            "note": "chosen on validation",
+            "search": [
+                {"options": {"alpha": 1.0}, "metrics": {"val_ndcg@10": 0.05}, "seconds": 2.0},
+                {"options": {"alpha": 4.0}, "metrics": {"val_ndcg@10": 0.06}, "seconds": 2.1},
+            ],
+        },
     ]
     bench_quality.write_json(rows, bench, data="test rows")
     return trained, bench
@@ -129,7 +140,9 @@ def test_report_command_writes_the_page(report_data: tuple[str, Path], tmp_path:
     # with data, these sections show it instead of their empty note
     for needle in (
         "svd",
-        "2 trials",
+        "#2 mf: 2 trials",
+        "peer ials (benchmark): 2 trials",
+        "options.alpha",
         "catalogue coverage",
         "RMSE per genre",
         "test_rmse",

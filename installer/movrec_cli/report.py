@@ -410,22 +410,38 @@ def section_evaluations(models: list[Model]) -> Section:
     return s
 
 
+def _trials(found: Any) -> list[dict[str, Any]]:
+    """Trials as flat rows: a list of trials, or an object with a "trials" list; a trial's
+    nested objects (its options, its metrics) become columns "options.x", "metrics.y"."""
+    if isinstance(found, dict):
+        found = found.get("trials")
+    if not isinstance(found, list):
+        return []
+    rows = []
+    for t in found:
+        if not isinstance(t, dict):
+            t = {"trial": t}
+        flat: dict[str, Any] = {}
+        for k, v in t.items():
+            if isinstance(v, dict):
+                flat.update({f"{k}.{kk}": vv for kk, vv in v.items()})
+            else:
+                flat[k] = v
+        rows.append(flat)
+    return rows
+
+
 def _search_trials(m: Model) -> list[dict[str, Any]]:
-    """A hyper-parameter search's trials, wherever the search recorded them (params or metrics,
-    key "search": a list of trials, or an object with a "trials" list)."""
-    for where in (m.metrics, m.params):
-        found = where.get("search")
-        if isinstance(found, dict):
-            found = found.get("trials")
-        if isinstance(found, list):
-            return [t if isinstance(t, dict) else {"trial": t} for t in found]
-    return []
+    """A hyper-parameter search's trials, wherever the search recorded them (metrics or params,
+    key "search")."""
+    return _trials(m.metrics.get("search")) or _trials(m.params.get("search"))
 
 
-def section_search(models: list[Model]) -> Section:
+def section_search(models: list[Model], bench: Sequence[dict[str, Any]] = ()) -> Section:
     s = Section("search", "Hyper-parameter search trials")
-    for m in models:
-        trials = _search_trials(m)
+    searches = [(m.label, _search_trials(m)) for m in models]
+    searches += [(f"peer {r['model']} (benchmark)", _trials(r.get("search"))) for r in bench]
+    for label, trials in searches:
         if not trials:
             continue
         keys: list[str] = []
@@ -433,10 +449,10 @@ def section_search(models: list[Model]) -> Section:
             keys += [k for k in t if k not in keys]
         rows = [[t.get(k) for k in keys] for t in trials]
         s.blocks.append(
-            f"<h3>{_e(m.label)}: {len(trials)} trials</h3>" + html_table(keys, rows, "wide")
+            f"<h3>{_e(label)}: {len(trials)} trials</h3>" + html_table(keys, rows, "wide")
         )
     if not s.blocks:
-        s.empty = "No hyper-parameter search recorded in the registry yet."
+        s.empty = "No hyper-parameter search recorded in the registry (or the benchmark) yet."
     return s
 
 
@@ -461,7 +477,7 @@ def section_bench(bench: list[dict[str, Any]]) -> Section:
             "then movrec report --bench bench.json."
         )
         return s
-    skip = {"model", "note"}
+    skip = {"model", "note", "search"}  # a peer's search trials: in the search section
     keys: list[str] = []
     for r in bench:
         keys += [k for k in r if k not in keys and k not in skip]
@@ -951,7 +967,7 @@ def build_report(conn: psycopg.Connection, bench_files: Sequence[Path] = ()) -> 
         ("models", "Models compared", lambda: section_models(models, deployments, champion)),
         ("deployments", "Deployment history", lambda: section_deployments(models, deployments)),
         ("evaluate", "Evaluate results", lambda: section_evaluations(models)),
-        ("search", "Hyper-parameter search trials", lambda: section_search(models)),
+        ("search", "Hyper-parameter search trials", lambda: section_search(models, bench)),
         ("bench", "Benchmark: movrec and its peers", lambda: section_bench(bench)),
         (
             "coverage",

@@ -100,6 +100,8 @@ def _fmt(value: object, digits: int = 4) -> str:
     if isinstance(value, float):
         if not np.isfinite(value):
             return ""
+        if value.is_integer() and abs(value) >= 10:  # a count stored as a float (JSON)
+            return f"{value:,.0f}"
         return f"{value:.{digits}f}" if abs(value) < 1e5 else f"{value:,.0f}"
     if isinstance(value, int):
         return f"{value:,}"
@@ -403,10 +405,9 @@ def section_evaluations(models: list[Model]) -> Section:
         for k, v in m.metrics["evaluation"].items():
             if k not in keys and isinstance(v, int | float | str):
                 keys.append(k)
-    rows = [
-        [m.model_id, m.kind, *(m.metrics["evaluation"].get(k) for k in keys)] for m in evaluated
-    ]
-    s.blocks.append(html_table(["model", "kind", *keys], rows, "wide"))
+    # one column per model, one row per figure: a dozen figures fit down the page, not across
+    rows = [[k, *(m.metrics["evaluation"].get(k) for m in evaluated)] for k in keys]
+    s.blocks.append(html_table(["figure", *(m.label for m in evaluated)], rows))
     return s
 
 

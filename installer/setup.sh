@@ -39,6 +39,22 @@ else
     step "apt: PostgreSQL $PG_MAJOR, PL/Python 3, pg_cron present"
 fi
 
+# 1b. A headless browser for the report's test (tests/test_report.py opens the page in
+# Chromium through selenium).  Debian's packages, never a browser download: these machines
+# reach package registries only.  Not fatal: without it that one test skips, saying why.
+BROWSER_PKGS=(chromium chromium-driver)
+missing=()
+for p in "${BROWSER_PKGS[@]}"; do have_pkg "$p" || missing+=("$p"); done
+if [ ${#missing[@]} -gt 0 ]; then
+    step "apt: installing ${missing[*]} (headless browser for the report test)"
+    { $SUDO apt-get update -qq \
+      && DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends \
+             "${missing[@]}" >/dev/null; } \
+        || echo "setup: could not install ${missing[*]}; tests/test_report.py will skip" >&2
+else
+    step "apt: chromium and chromium-driver present"
+fi
+
 # 2. pgvector: the distro package when there is one, else Debian's source package.
 SHAREDIR=$($PG_CONFIG --sharedir)
 if [ -f "$SHAREDIR/extension/vector.control" ]; then
@@ -86,8 +102,9 @@ fi
 stamp="$VENV/.movrec-deps"
 want=$(sha1sum pyproject.toml | cut -c1-40)
 if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
-    step "venv: installing torch==2.13.0 (CPU), numpy, psycopg, pgvector, pandas, click, tqdm"
-    quiet "$VENV/bin/pip" install "torch==2.13.0" numpy "psycopg[binary]" pgvector pandas click tqdm pytest ruff mypy
+    step "venv: installing torch==2.13.0 (CPU), numpy, psycopg, pgvector, pandas, click, tqdm, plotly, tabulate, tenacity, pooch"
+    quiet "$VENV/bin/pip" install "torch==2.13.0" numpy "psycopg[binary]" pgvector pandas click tqdm \
+        plotly tabulate tenacity pooch pytest ruff mypy selenium
     echo "$want" > "$stamp"
 fi
 if [ "$EDITABLE" = 1 ]; then

@@ -84,7 +84,8 @@ BEGIN
         SELECT * FROM (VALUES
             ('movrec-cf-drain', schedule, format('SELECT movrec.cf_drain(%s)', max_jobs)),
             ('movrec-serving-drain', schedule, format('SELECT movrec.serving_drain(%s)', max_jobs)),
-            ('movrec-prune-queues', '17 * * * *', 'SELECT movrec.prune_queues()')) AS j (name, cron, cmd)
+            ('movrec-prune-queues', '17 * * * *', 'SELECT movrec.prune_queues()'),
+            ('movrec-retrain', '0 3 * * *', 'SELECT * FROM movrec.retrain_and_promote()')) AS j (name, cron, cmd)
     LOOP
         job_name := job.name;
         command := job.cmd;
@@ -94,8 +95,96 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION movrec.schedule(text, integer) IS
     'Registers the pg_cron jobs that drain every movrec queue (movrec-cf-drain, movrec-serving-drain, every minute '
-    'by default, max_jobs each run) and prune stale jobs (movrec-prune-queues, hourly); an error with the fix where '
-    'pg_cron is not available';
+    'by default, max_jobs each run), prune stale jobs (movrec-prune-queues, hourly) and retrain (movrec-retrain, '
+    'nightly at 03:00: retrain_and_promote()); an error with the fix where pg_cron is not available';
+
+-- The nightly retrain-and-promote loop: a new model of the champion's kind on the current data,
+-- deployed only when it beats the champion on the same data's validation split.  Both models
+-- are scored by evaluate() on one split (the champion's seed and val_fraction, forced onto the
+-- new model), so neither wins by having seen the other's validation rows.  The comparison
+-- metric is NDCG@10 for a kind with a ranking head (that is what recommend() orders by),
+-- else RMSE.  A champion that no longer fits the catalogue cannot serve, so any new model wins.
+-- The outcome is recorded in the new model's metrics.retrain either way.
+CREATE OR REPLACE FUNCTION movrec.retrain_and_promote(kind text DEFAULT NULL, options jsonb DEFAULT NULL)
+RETURNS TABLE (model_id bigint, champion_id bigint, promoted boolean, metric text, value double precision,
+               champion_value double precision, reason text)
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+DECLARE
+    champ record;
+    train_kind text;
+    opts jsonb;
+    higher_is_better boolean;
+    mismatch text;
+BEGIN
+    PERFORM movrec._require_primary('retrain_and_promote()');
+    IF options IS NOT NULL AND jsonb_typeof(options) <> 'object' THEN
+        RAISE EXCEPTION 'retrain_and_promote(): options must be a JSON object, got %', jsonb_typeof(options)
+            USING ERRCODE = 'invalid_parameter_value', HINT = 'e.g. ''{"epochs": 20}''';
+    END IF;
+    SELECT c.model_id, c.kind, r.params, r.metrics INTO champ
+    FROM model.champion c JOIN model.registry r USING (model_id);
+    train_kind := coalesce(retrain_and_promote.kind, champ.kind);
+    IF train_kind IS NULL THEN
+        RAISE EXCEPTION 'retrain_and_promote(): there is no champion, so no kind to retrain'
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'name the kind (SELECT * FROM movrec.retrain_and_promote(''mf'')) or train one first '
+                         '(SELECT movrec.train()); nothing was changed';
+    END IF;
+    -- the champion's own options when the kind is the same (its device is the database's
+    -- default now, not what it had then); the split is the champion's in any case
+    opts := CASE WHEN champ.kind = train_kind THEN champ.params - 'device' ELSE '{}' END
+            || coalesce(options, '{}');
+    IF champ.model_id IS NOT NULL THEN
+        opts := opts || jsonb_strip_nulls(jsonb_build_object('seed', champ.params -> 'seed',
+                                                             'val_fraction', champ.params -> 'val_fraction'));
+    END IF;
+    model_id := movrec.train(train_kind, opts, false);
+    champion_id := champ.model_id;
+    higher_is_better := (SELECT r.metrics ? 'val_ndcg@10' FROM model.registry r
+                         WHERE r.model_id = retrain_and_promote.model_id);
+    metric := CASE WHEN higher_is_better THEN 'ndcg@10' ELSE 'test_rmse' END;
+    PERFORM FROM movrec.evaluate(model_id);
+    value := (SELECT (r.metrics -> 'evaluation' ->> metric)::double precision FROM model.registry r
+              WHERE r.model_id = retrain_and_promote.model_id);
+    IF champ.model_id IS NULL THEN
+        promoted := true;
+        reason := 'promoted: there was no champion';
+    ELSE
+        mismatch := movrec._catalogue_mismatch(champ.model_id);
+        IF mismatch IS NOT NULL THEN
+            promoted := true;
+            reason := format('promoted: the champion cannot serve the current catalogue (%s)', mismatch);
+        ELSE
+            PERFORM FROM movrec.evaluate(champ.model_id);
+            champion_value := (SELECT (r.metrics -> 'evaluation' ->> metric)::double precision
+                               FROM model.registry r WHERE r.model_id = champ.model_id);
+            promoted := champion_value IS NULL OR value IS NOT NULL
+                        AND CASE WHEN higher_is_better THEN value > champion_value ELSE value < champion_value END;
+            reason := format('%s: %s %s %s the champion''s (model %s) %s on the validation split of the current data',
+                             CASE WHEN promoted THEN 'promoted' ELSE 'not promoted, the champion stays' END,
+                             metric, round(value::numeric, 4),
+                             CASE WHEN promoted THEN CASE WHEN higher_is_better THEN 'above' ELSE 'below' END
+                                  ELSE 'does not beat' END,
+                             champ.model_id, round(champion_value::numeric, 4));
+        END IF;
+    END IF;
+    UPDATE model.registry r
+    SET metrics = r.metrics || jsonb_build_object('retrain', jsonb_build_object(
+        'champion', champion_id, 'promoted', promoted, 'metric', metric, 'value', value,
+        'champion_value', champion_value, 'reason', reason, 'at', now()))
+    WHERE r.model_id = retrain_and_promote.model_id;
+    IF promoted THEN
+        PERFORM movrec.deploy(model_id);
+        UPDATE model.deployments d SET reason = 'retrain_and_promote'
+        WHERE d.deployment_id = (SELECT max(x.deployment_id) FROM model.deployments x);
+    END IF;
+    RETURN NEXT;
+END $$;
+COMMENT ON FUNCTION movrec.retrain_and_promote(text, jsonb) IS
+    'Trains a new model (kind: the champion''s by default, with its options and split; options override) on the '
+    'current data, scores it and the champion with evaluate() on that data''s validation split (NDCG@10 for ranked '
+    'kinds, else RMSE) and deploys it only when it is better; records the outcome in its metrics.retrain. The '
+    'nightly pg_cron job movrec-retrain (movrec.schedule()) runs it';
 
 CREATE OR REPLACE FUNCTION movrec.unschedule() RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$

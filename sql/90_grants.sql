@@ -57,6 +57,7 @@ GRANT EXECUTE ON FUNCTION
     movrec.serving_drain(integer), movrec.embed_new_movies(integer), movrec.refresh_movie_stats(),
     movrec.cf_drain(integer), movrec.cf_rebuild_stats(), movrec.cf_schedule(text, integer),
     movrec.schedule(text, integer), movrec.unschedule(), movrec.prune_queues(),
+    movrec.retrain_and_promote(text, jsonb),
     movrec.cf_unschedule(), movrec.cf_cache_info(), movrec.forget_user(integer)
     TO movrec_admin;
 GRANT EXECUTE ON PROCEDURE

@@ -68,14 +68,19 @@ def test_schedule_registers_every_queue_with_pg_cron(cluster: Cluster) -> None:
             "movrec-cf-drain": "SELECT movrec.cf_drain(100)",
             "movrec-serving-drain": "SELECT movrec.serving_drain(100)",
             "movrec-prune-queues": "SELECT movrec.prune_queues()",
+            "movrec-retrain": "SELECT * FROM movrec.retrain_and_promote()",
         }
         # again: replaced, not doubled
         conn.execute("SELECT * FROM movrec.schedule('*/5 * * * *', 50)")
         assert conn.execute(
             "SELECT count(*), min(schedule) FROM cron.job WHERE jobname LIKE 'movrec-%'"
-        ).fetchone() == (3, "*/5 * * * *")
+        ).fetchone() == (4, "*/5 * * * *")
+        # the retrain keeps its nightly time: a drain schedule is not a training schedule
+        assert conn.execute(
+            "SELECT schedule FROM cron.job WHERE jobname = 'movrec-retrain'"
+        ).fetchone() == ("0 3 * * *",)
         assert {k for k in status(conn) if k.startswith("cron ")} == {
             f"cron {name}" for name, _ in jobs
         }
-        assert conn.execute("SELECT movrec.unschedule()").fetchone()[0] == 3
+        assert conn.execute("SELECT movrec.unschedule()").fetchone()[0] == 4
         assert conn.execute("SELECT count(*) FROM cron.job").fetchone()[0] == 0

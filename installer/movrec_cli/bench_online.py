@@ -19,7 +19,7 @@ from movrec.metrics import ndcg
 
 from movrec_cli.bench_serving import load_average
 from movrec_cli.connection import one
-from movrec_cli.output import note
+from movrec_cli.output import note, table
 
 ONLINE_DB = "movrec_online"
 CHECKPOINTS = (5, 10, 20)
@@ -248,10 +248,10 @@ def run_online(
             note(f"full retrain with {k} ratings each: {time.perf_counter() - t:.1f} s")
             conn.execute("DELETE FROM movrec.watch_events WHERE user_id = ANY(%s)", (users,))
         rows["full retrain"] = res
-    header = "".join(f"  {f'RMSE n={k}':>9} {f'NDCG@10 n={k}':>12}" for k in CHECKPOINTS)
-    click.echo(f"{'held-out users, n ratings':<26}{header}")
-    for name, res in rows.items():
-        click.echo(
-            f"{name:<26}" + "".join(f"  {res[k][0]:9.4f} {res[k][1]:12.4f}" for k in CHECKPOINTS)
-        )
+    headers = ["held-out users, n ratings"]
+    headers += [h for k in CHECKPOINTS for h in (f"RMSE n={k}", f"NDCG@10 n={k}")]
+    cells = [
+        [name, *(f"{v:.4f}" for k in CHECKPOINTS for v in res[k][:2])] for name, res in rows.items()
+    ]
+    click.echo(table(cells, headers, align=["left", *["right"] * (len(headers) - 1)]))
     note(f"total {time.perf_counter() - t0:.0f} s; load {load_average()}")

@@ -17,7 +17,7 @@ from movrec.metrics import split
 
 from movrec_cli.baselines import COLUMNS, MODELS, run_baselines
 from movrec_cli.connection import one
-from movrec_cli.output import note
+from movrec_cli.output import note, table
 
 
 def load_split(ratings_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -38,15 +38,34 @@ def peer_table(ratings_csv: Path, **kwargs: Any) -> list[dict[str, Any]]:
 
 
 def format_table(rows: list[dict[str, Any]]) -> str:
+    """The peer table as Markdown (what the README quotes), 4 decimals, fit time 2."""
     head = ["model", *COLUMNS, "fit_s", "note"]
-    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    for row in rows:
-        cells = [row["model"]]
-        cells += ["" if row[c] is None else f"{row[c]:.4f}" for c in COLUMNS]
-        cells.append("" if row["fit_seconds"] is None else f"{row['fit_seconds']:.2f}")
-        cells.append(row.get("note", ""))
-        lines.append("| " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    cells = [
+        [
+            row["model"],
+            *("" if row[c] is None else f"{row[c]:.4f}" for c in COLUMNS),
+            "" if row["fit_seconds"] is None else f"{row['fit_seconds']:.2f}",
+            row.get("note", ""),
+        ]
+        for row in rows
+    ]
+    return table(cells, head, style="github")
+
+
+def write_json(rows: list[dict[str, Any]], path: Path, **about: Any) -> Path:
+    """The rows as `{"protocol": ..., "rows": [...]}` for `movrec report --bench FILE`."""
+    import datetime as dt
+    import json
+
+    doc = {
+        "protocol": "ratings.csv, numpy default_rng(42) permutation, 90 % train / 10 % test",
+        "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        **about,
+        "rows": rows,
+    }
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(doc, indent=1, default=str), encoding="utf-8")
+    return path
 
 
 def main(argv: list[str]) -> int:

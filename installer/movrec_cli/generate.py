@@ -172,6 +172,13 @@ def rating_chunks(
 def binary_rows(
     users: np.ndarray, movies: np.ndarray, ratings: np.ndarray, seconds: np.ndarray
 ) -> bytes:
+    """A block of ratings as binary COPY tuples, encoded by numpy in one pass.
+
+    Kept instead of psycopg's copy.set_types() + write_row(): on the same 1.05M generated
+    ratings into an unlogged table, write_row loaded 124k rows/s and this 325k-429k rows/s
+    (2.6-3.5x), a Python call per row against one array per block (20M rows: about 2.7 min
+    against 50 s).
+    """
     rows = np.empty(len(users), dtype=ROW)
     rows["n"] = 4
     rows["l1"] = rows["l2"] = rows["l3"] = 4

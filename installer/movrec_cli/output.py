@@ -18,20 +18,34 @@ def note(message: str) -> None:
     click.echo(message, err=True)
 
 
-def table(rows: Sequence[Sequence[Any]], headers: Sequence[str]) -> str:
-    """Rows as left-aligned columns under a dashed header; floats to 3 decimals, None blank."""
+def table(
+    rows: Sequence[Sequence[Any]],
+    headers: Sequence[str],
+    *,
+    style: str = "simple",
+    align: Sequence[str] | None = None,
+) -> str:
+    """The one text-table printer of the CLI (tabulate): left-aligned columns under a dashed
+    header by default, floats to 3 decimals, None blank.  ``style`` is a tabulate format
+    ("github": Markdown); ``align`` per column ("left", "right") where numbers should line up."""
+    import tabulate as tabulate_module
+    from tabulate import tabulate
+
+    # columns as wide as their widest cell (tabulate pads headers by 2 by default)
+    tabulate_module.MIN_PADDING = 0
     cells = [
         [("" if v is None else f"{v:.3f}" if isinstance(v, float) else str(v)) for v in r]
         for r in rows
     ]
-    widths = [
-        max(len(h), *(len(c[i]) for c in cells)) if cells else len(h) for i, h in enumerate(headers)
-    ]
-
-    def line(vals: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) for v, w in zip(vals, widths, strict=True)).rstrip()
-
-    return "\n".join([line(headers), line(["-" * w for w in widths]), *(line(c) for c in cells)])
+    text = tabulate(
+        cells,
+        headers=list(headers),
+        tablefmt=style,
+        disable_numparse=True,
+        stralign="left",
+        colalign=list(align) if align else None,
+    )
+    return "\n".join(line.rstrip() for line in text.splitlines())
 
 
 class _Lines:

@@ -34,7 +34,16 @@ def bench() -> None:
     default="{}",
     help='per-model training options, e.g. \'{"hybrid": {"epochs": 20}}\'',
 )
-def bench_quality(dsn: str | None, data_dir: Path, models: str, peers: str, options: str) -> None:
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="also write the rows as JSON (for `movrec report --bench FILE`)",
+)
+def bench_quality(
+    dsn: str | None, data_dir: Path, models: str, peers: str, options: str, json_out: Path | None
+) -> None:
     """movrec's models and the peers on one split, in one table.
 
     \b
@@ -66,6 +75,9 @@ def bench_quality(dsn: str | None, data_dir: Path, models: str, peers: str, opti
     if which:
         rows += bq.peer_table(ml / "ratings.csv", which=which, progress=echo)
     click.echo(bq.format_table(rows))
+    if json_out is not None:
+        bq.write_json(rows, json_out, data=str(data_dir))
+        note(f"bench: wrote {json_out}")
 
 
 @bench.command("serving")

@@ -1,4 +1,4 @@
-"""`movrec train`, `deploy`, `evaluate`, `report`: the model registry from the command line."""
+"""`movrec train`, `deploy`, `evaluate`, `retrain`, `report`: the model registry from the command line."""
 
 from __future__ import annotations
 
@@ -163,18 +163,87 @@ def evaluate(dsn: str | None, model_id: int, test_table: str | None) -> None:
 @click.command(epilog=EPILOG)
 @dsn_option
 @click.option(
+    "--model",
+    "kind",
+    type=click.Choice(KINDS),
+    help="kind to train [default: the champion's, with its options]",
+)
+@click.option(
+    "--options",
+    "options_json",
+    metavar="JSON",
+    default=None,
+    help="training options over the champion's, e.g. '{\"epochs\": 20}'",
+)
+def retrain(dsn: str | None, kind: str | None, options_json: str | None) -> None:
+    """Train a new model on the current data and deploy it only if it beats the champion
+    (SELECT * FROM movrec.retrain_and_promote(KIND, OPTIONS)).
+
+    Both are scored by `evaluate` on the same validation split of the current
+    data: NDCG@10 for kinds with a ranking head, else RMSE.  A model that loses
+    stays registered, not deployed, with the reason in its metrics.retrain.
+    `movrec schedule` runs this nightly with pg_cron.
+
+    \b
+    Examples:
+      movrec retrain                            the champion's kind and options
+      movrec retrain --options '{"epochs": 40}'
+    """
+    if options_json is not None:
+        try:
+            opts = json.loads(options_json)
+        except json.JSONDecodeError as e:
+            raise CliError(f"--options is not JSON: {e}") from None
+        if not isinstance(opts, dict):
+            raise CliError("--options must be a JSON object, e.g. '{\"epochs\": 5}'")
+    with connect(dsn) as conn:
+        row = one(
+            conn.execute(
+                "SELECT model_id, promoted, reason FROM movrec.retrain_and_promote(%s, %s::jsonb)",
+                (kind, options_json),
+            )
+        )
+    click.echo(f"model {row[0]}: {row[2]}")
+
+
+@click.command(epilog=EPILOG)
+@dsn_option
+@click.option(
     "-o",
     "--output",
     type=click.Path(path_type=Path),
     default=Path("reports/movrec.html"),
     show_default=True,
+    help="the HTML file to write",
 )
-def report(dsn: str | None, output: Path) -> None:
-    """Write an HTML page with plots: learning curves, metrics across models, score distribution."""
+@click.option(
+    "--bench",
+    "bench_files",
+    multiple=True,
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="a `movrec bench quality --json FILE` result to show as the peer table (repeatable)",
+)
+def report(dsn: str | None, output: Path, bench_files: tuple[Path, ...]) -> None:
+    """Write one self-contained HTML page (plotly, works offline): learning curves per
+    dataset, the models compared (parameters, durations, deployments), evaluate results,
+    search trials, the peer table, coverage and popularity bias of recommend(), per-genre
+    and cold vs heavy users, the ETL funnel, CF, online learning and serving.  A section
+    with no data yet says what would fill it.
+
+    \b
+    Examples:
+      movrec report && xdg-open reports/movrec.html
+      movrec bench quality --data DIR --json bench.json && movrec report --bench bench.json
+    """
     from movrec_cli.report import write_report
 
     with connect(dsn) as conn:
-        click.echo(f"wrote {write_report(conn, output)}")
+        try:
+            path = write_report(conn, output, bench_files)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise CliError(f"--bench: not a bench quality JSON file: {e}") from None
+        click.echo(f"wrote {path}")
 
 
-COMMANDS = [train, deploy, evaluate, report]
+COMMANDS = [train, deploy, evaluate, retrain, report]

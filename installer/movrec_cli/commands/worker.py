@@ -12,6 +12,14 @@ from typing import Any
 
 import click
 import psycopg
+from tenacity import (
+    RetryCallState,
+    Retrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    stop_never,
+    wait_exponential,
+)
 
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
@@ -62,20 +70,25 @@ def worker(dsn: str | None, batch: int, once: bool, poll: float, quiet: bool) ->
     if batch < 1:
         raise CliError("--batch must be at least 1")
     progress = _Progress(quiet)
-    failures = 0
+    # A lost connection (server restart, network) is retried with a growing wait, 2 s doubling
+    # to 30 s, forever: a daemon outlives its server's restarts.  --once gives up at once.
+    retrying = Retrying(
+        retry=retry_if_exception_type((psycopg.OperationalError, CliError)),
+        wait=wait_exponential(multiplier=2, max=30),
+        stop=stop_after_attempt(1) if once else stop_never,
+        before_sleep=lambda state: note(
+            f"worker: {_reason(state)}; reconnecting in {state.next_action.sleep:.0f} s"  # type: ignore[union-attr]
+        ),
+        reraise=True,
+    )
     with _stop_on_sigterm():
         try:
-            while True:
-                try:
-                    _work(dsn, batch, once, poll, progress)
-                    break  # --once finished
-                except (psycopg.OperationalError, CliError) as e:
-                    if once:
-                        raise CliError(f"worker: {str(e).strip()}") from None
-                    failures += 1
-                    wait = min(30.0, 2.0**failures)
-                    note(f"worker: {str(e).strip()}; reconnecting in {wait:.0f} s")
-                    time.sleep(wait)
+            try:
+                for attempt in retrying:
+                    with attempt:
+                        _work(dsn, batch, once, poll, progress)
+            except (psycopg.OperationalError, CliError) as e:
+                raise CliError(f"worker: {str(e).strip()}") from None
         except KeyboardInterrupt:
             note(
                 "worker: stopped; the batch in flight was rolled back and stays queued"
@@ -83,6 +96,11 @@ def worker(dsn: str | None, batch: int, once: bool, poll: float, quiet: bool) ->
                 else "worker: stopped (idle: nothing was in flight)"
             )
     progress.summary()
+
+
+def _reason(state: RetryCallState) -> str:
+    error = state.outcome.exception() if state.outcome else None
+    return str(error).strip()
 
 
 class _Progress:
@@ -167,6 +185,9 @@ def schedule(dsn: str | None, schedule: str, max_jobs: int, remove: bool) -> Non
       movrec-cf-drain       SELECT movrec.cf_drain(MAX_JOBS)        at EVERY
       movrec-serving-drain  SELECT movrec.serving_drain(MAX_JOBS)   at EVERY
       movrec-prune-queues   SELECT movrec.prune_queues()            hourly
+      movrec-retrain        SELECT * FROM movrec.retrain_and_promote()  nightly, 03:00
+    The retrain deploys its model only when it beats the champion on the
+    current data's validation split (`movrec retrain` runs it now).
     pg_cron must be in shared_preload_libraries, with cron.database_name this
     database (README: Jobs and monitoring); elsewhere it is an error saying so.
     `movrec status` shows each job's last successful run.

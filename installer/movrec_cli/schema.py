@@ -154,7 +154,8 @@ def install(
     return InstallResult(__version__, True, f"movrec {__version__} {verb} (venv {venv})")
 
 
-ROLE_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_$]{0,62}$")
+# Substituted for movrec_user / movrec_admin as they are spelled there: plain lower-case names.
+ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_$]{0,62}$")
 
 
 def _roles_sql(
@@ -166,7 +167,7 @@ def _roles_sql(
         if role is None:
             continue
         if not ROLE_NAME.match(role):
-            raise CliError(f"{flag} {role!r} is not a plain role name")
+            raise CliError(f"{flag} {role!r} is not a plain (lower-case) role name")
         if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
             raise CliError(
                 f"{flag} {role}: no such role (create it first, or let movrec create "
@@ -188,7 +189,7 @@ def _roles_sql(
         )
     for default, role in (("movrec_user", app_role), ("movrec_admin", admin_role)):
         if role is not None:
-            script = re.sub(rf"\b{default}\b", f'"{role}"', script)
+            script = re.sub(rf"\b{default}\b", role, script)
     return script
 
 

@@ -135,10 +135,10 @@ def roleless(cluster: Cluster, new_database: Callable[[str], str]) -> Iterator[s
     yield psycopg.conninfo.make_conninfo(dsn, user="plain_owner", password="pw")
 
 
-def test_an_owner_without_createrole_names_existing_roles(roleless: str) -> None:
+def test_an_owner_without_createrole_names_existing_roles(roleless: str, full_db: str) -> None:
     # (Without names, an owner without CREATEROLE gets an error naming --app-role where
     # movrec_user does not exist yet; roles are cluster-wide, and the other modules' installs
-    # made it here, so that case is not reachable in this cluster.)
+    # made it here (full_db: made before this test), so that case is not reachable in this cluster.)
     with connect(roleless) as conn:
         with pytest.raises(CliError, match="no such role"):
             schema.install(conn, portable=True, app_role="nobody_here", admin_role="app_jobs")
@@ -221,3 +221,20 @@ def test_hnsw_search_recall_at_10_and_always_k_rows(generated_pair: tuple[str, s
         finally:
             set_settings(port, recommend_search="exact")
     assert hits / total >= 0.98
+
+
+def test_the_worker_runs_cf_in_the_cli_and_refresh_in_sql(portable_trained: str) -> None:
+    from click.testing import CliRunner
+    from movrec_cli.main import cli
+
+    with connect(portable_trained) as conn:
+        conn.execute("DELETE FROM model.cf_queue; DELETE FROM model.refresh_queue")
+        conn.execute("DELETE FROM model.user_recommendation WHERE user_id = 3")
+        conn.execute("SELECT movrec.rate(3, (SELECT min(movie_id) FROM movrec.movies), 4)")
+        assert conn.execute("SELECT count(*) FROM model.cf_queue").fetchone() == (1,)
+        result = CliRunner().invoke(cli, ["worker", "--once", "--quiet", "--dsn", portable_trained])
+        assert result.exit_code == 0, result.output
+        assert conn.execute(
+            "SELECT (SELECT count(*) FROM model.cf_queue), (SELECT count(*) FROM model.refresh_queue), "
+            "(SELECT count(*) FROM model.model_recommendation WHERE user_id = 3)"
+        ).fetchone() == (0, 0, 150)  # each job deleted with its result

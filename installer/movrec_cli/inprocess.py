@@ -173,3 +173,32 @@ def deploy(conn: psycopg.Connection, model_id: int) -> int:
             [model_id],
         )
         return int(registry.deploy(model_id))
+
+
+def cf_drain(conn: psycopg.Connection, max_jobs: int) -> int:
+    """movrec.cf_drain() of a portable install, here: the full install's CF drain (its sparse
+    matrix cached in this process, as a backend caches it), one subtransaction per job."""
+    from movrec import cf
+
+    with backend(conn) as plpy:
+        plpy.execute("SELECT movrec._require_primary('cf_drain()')")
+        return int(cf.drain_from_sql(max_jobs))
+
+
+def user_to_user(conn: psycopg.Connection, user_id: int, **options: Any) -> int:
+    """movrec.user_to_user(user, ..., store => true) of a portable install, here; returns rows."""
+    from movrec import cf
+
+    o = options
+    with backend(conn):
+        rows = cf.user_to_user_from_sql(
+            user_id,
+            o["min_corr"],
+            o["min_overlap"],
+            o["min_raters"],
+            o["shrinkage"],
+            o["damping"],
+            o["baseline"],
+            o.get("store", True),
+        )
+        return len(rows)

@@ -99,9 +99,12 @@ LANGUAGE plpgsql STABLE SET search_path = movrec, model, public, pg_temp AS $$
 #variable_conflict use_column
 DECLARE
     q vector := (u::real[] || 1::real)::vector;
-    mu double precision := (SELECT r.global_mean FROM model.registry r WHERE r.model_id = champ);
+    -- predicted rating = base - (rating <#> q); the ranking score = -(ranking <#> q) with a
+    -- ranking head, else the predicted rating (whose order is the same)
+    base double precision := (SELECT r.global_mean FROM model.registry r WHERE r.model_id = champ) + b_u;
     has_ranking boolean := (SELECT r.serving_ranking IS NOT NULL FROM model.registry r WHERE r.model_id = champ);
     lg text[] := (SELECT array_agg(lower(g)) FROM unnest(genres) g);
+    filtered boolean := genres IS NOT NULL OR min_year IS NOT NULL OR max_year IS NOT NULL;
     mode text;
     ef integer;
 BEGIN
@@ -110,34 +113,64 @@ BEGIN
         PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true),
                 set_config('hnsw.ef_search', greatest(ef, want)::text, true),
                 set_config('hnsw.max_scan_tuples', '1000000', true);
-        RETURN QUERY
-            WITH found AS MATERIALIZED (
-                SELECT v.movie_id, m.title, v.ranking <#> q AS d, mu + b_u - (v.rating <#> q) AS p
-                FROM model.movie_serving_vectors v JOIN movrec.movies m ON m.movie_id = v.movie_id
-                WHERE v.model_id = champ AND v.movie_id <> ALL (excluded)
-                  AND mu + b_u - (v.rating <#> q) >= min_pred
-                  AND (lg IS NULL OR EXISTS (SELECT FROM unnest(m.genres) g WHERE lower(g) = ANY (lg)))
-                  AND (min_year IS NULL OR m.year >= min_year) AND (max_year IS NULL OR m.year <= max_year)
-                ORDER BY v.ranking <#> q
-                LIMIT want)
-            SELECT f.movie_id, f.title, (CASE WHEN has_ranking THEN -f.d ELSE f.p END)::real,
-                   least(greatest(f.p, 0.5), 5.0)::real
-            FROM found f ORDER BY f.d, f.movie_id;
+        IF filtered THEN
+            RETURN QUERY
+                WITH found AS MATERIALIZED (
+                    SELECT v.movie_id, m.title, v.ranking <#> q AS d, base - (v.rating <#> q) AS p
+                    FROM model.movie_serving_vectors v JOIN movrec.movies m ON m.movie_id = v.movie_id
+                    WHERE v.model_id = champ AND v.movie_id <> ALL (excluded) AND base - (v.rating <#> q) >= min_pred
+                      AND (lg IS NULL OR EXISTS (SELECT FROM unnest(m.genres) g WHERE lower(g) = ANY (lg)))
+                      AND (min_year IS NULL OR m.year >= min_year) AND (max_year IS NULL OR m.year <= max_year)
+                    ORDER BY v.ranking <#> q
+                    LIMIT want)
+                SELECT f.movie_id, f.title, (CASE WHEN has_ranking THEN -f.d ELSE f.p END)::real,
+                       least(greatest(f.p, 0.5), 5.0)::real
+                FROM found f ORDER BY f.d, f.movie_id;
+        ELSE
+            RETURN QUERY
+                WITH found AS MATERIALIZED (
+                    SELECT v.movie_id, v.ranking <#> q AS d, base - (v.rating <#> q) AS p
+                    FROM model.movie_serving_vectors v
+                    WHERE v.model_id = champ AND v.movie_id <> ALL (excluded) AND base - (v.rating <#> q) >= min_pred
+                    ORDER BY v.ranking <#> q
+                    LIMIT want)
+                SELECT f.movie_id, m.title, (CASE WHEN has_ranking THEN -f.d ELSE f.p END)::real,
+                       least(greatest(f.p, 0.5), 5.0)::real
+                FROM found f JOIN movrec.movies m ON m.movie_id = f.movie_id
+                ORDER BY f.d, f.movie_id;
+        END IF;
         PERFORM set_config('hnsw.iterative_scan', 'off', true);
         RETURN;
     END IF;
-    RETURN QUERY
-        SELECT v.movie_id, m.title,
-               (CASE WHEN has_ranking THEN -(v.ranking <#> q) ELSE mu + b_u - (v.rating <#> q) END)::real,
-               least(greatest(mu + b_u - (v.rating <#> q), 0.5), 5.0)::real
-        FROM model.movie_serving_vectors v JOIN movrec.movies m ON m.movie_id = v.movie_id
-        WHERE v.model_id = champ AND v.movie_id <> ALL (excluded)
-          AND mu + b_u - (v.rating <#> q) >= min_pred
-          AND (lg IS NULL OR EXISTS (SELECT FROM unnest(m.genres) g WHERE lower(g) = ANY (lg)))
-          AND (min_year IS NULL OR m.year >= min_year) AND (max_year IS NULL OR m.year <= max_year)
-        -- "+ 0": an expression the index does not order by, so this is a scan of every vector
-        ORDER BY (v.ranking <#> q) + 0, v.movie_id
-        LIMIT want;
+    -- exact: every vector scored once, in a subquery (OFFSET 0) so that only numbers, not
+    -- vectors, reach the join with the catalogue and the top-k sort
+    IF filtered THEN
+        RETURN QUERY
+            SELECT s.movie_id, m.title, (CASE WHEN has_ranking THEN -s.d ELSE base - s.r END)::real,
+                   least(greatest(base - s.r, 0.5), 5.0)::real
+            FROM (SELECT v.movie_id, v.ranking <#> q AS d, v.rating <#> q AS r FROM model.movie_serving_vectors v
+                  WHERE v.model_id = champ AND v.movie_id <> ALL (excluded) OFFSET 0) s
+            JOIN movrec.movies m ON m.movie_id = s.movie_id
+            WHERE base - s.r >= min_pred
+              AND (lg IS NULL OR EXISTS (SELECT FROM unnest(m.genres) g WHERE lower(g) = ANY (lg)))
+              AND (min_year IS NULL OR m.year >= min_year) AND (max_year IS NULL OR m.year <= max_year)
+            ORDER BY s.d, s.movie_id
+            LIMIT want;
+    ELSE
+        -- the best `want`, then their titles (a movie deleted from the catalogue since is left
+        -- out, as the numpy path does)
+        RETURN QUERY
+            SELECT t.movie_id, m.title, (CASE WHEN has_ranking THEN -t.d ELSE base - t.r END)::real,
+                   least(greatest(base - t.r, 0.5), 5.0)::real
+            FROM (SELECT s.movie_id, s.d, s.r
+                  FROM (SELECT v.movie_id, v.ranking <#> q AS d, v.rating <#> q AS r FROM model.movie_serving_vectors v
+                        WHERE v.model_id = champ AND v.movie_id <> ALL (excluded) OFFSET 0) s
+                  WHERE base - s.r >= min_pred
+                  ORDER BY s.d, s.movie_id
+                  LIMIT want) t
+            JOIN movrec.movies m ON m.movie_id = t.movie_id
+            ORDER BY t.d, t.movie_id;
+    END IF;
 END $$;
 COMMENT ON FUNCTION movrec._recommend_model(bigint, vector, double precision, integer, integer[], text[], integer,
                                             integer, double precision) IS

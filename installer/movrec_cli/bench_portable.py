@@ -70,6 +70,7 @@ def copy_data(full: psycopg.Connection, portable: psycopg.Connection) -> int:
         (champ[1],),
     ).fetchone()
     if have:
+        sync_user_vectors(full, portable, int(have[0]))
         return int(have[0])
     row = one(
         full.execute(
@@ -88,7 +89,32 @@ def copy_data(full: psycopg.Connection, portable: psycopg.Connection) -> int:
         )[0]
     note(f"deploying model {model_id} (the full database's champion {champ[0]}) in the CLI")
     inprocess.deploy(portable, int(model_id))
+    sync_user_vectors(full, portable, int(model_id))
     return int(model_id)
+
+
+def sync_user_vectors(
+    full: psycopg.Connection, portable: psycopg.Connection, model_id: int
+) -> None:
+    """The full database's live user vectors (ratings since the deploy moved them) into the
+    portable one, so that both rank for the same users."""
+    cols = "user_id, embedding, bias"
+    with portable.transaction():
+        portable.execute(
+            "CREATE TEMP TABLE bench_users (user_id integer, embedding vector(100), bias real) ON COMMIT DROP"
+        )
+        with (
+            full.cursor().copy(f"COPY model.user_latent_attributes ({cols}) TO STDOUT") as out,
+            portable.cursor().copy(f"COPY bench_users ({cols}) FROM STDIN") as into,
+        ):
+            for block in out:
+                into.write(block)
+        portable.execute(
+            """INSERT INTO model.user_latent_attributes AS a (user_id, embedding, bias, model_id)
+               SELECT user_id, embedding, bias, %s FROM bench_users
+               ON CONFLICT (user_id) DO UPDATE SET embedding = excluded.embedding, bias = excluded.bias""",
+            (model_id,),
+        )
 
 
 def _top10(conn: psycopg.Connection, users: list[int]) -> list[set[int]]:

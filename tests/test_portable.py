@@ -238,3 +238,15 @@ def test_the_worker_runs_cf_in_the_cli_and_refresh_in_sql(portable_trained: str)
             "SELECT (SELECT count(*) FROM model.cf_queue), (SELECT count(*) FROM model.refresh_queue), "
             "(SELECT count(*) FROM model.model_recommendation WHERE user_id = 3)"
         ).fetchone() == (0, 0, 150)  # each job deleted with its result
+
+
+def test_tokenize_runs_in_the_cli(portable_trained: str) -> None:
+    from click.testing import CliRunner
+    from movrec_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["tokenize", "--dsn", portable_trained])
+    assert result.exit_code == 0, result.output
+    with connect(portable_trained) as conn:
+        assert conn.execute(
+            "SELECT count(*) > 0, count(DISTINCT field) > 1 FROM movrec.vocab"
+        ).fetchone() == (True, True)

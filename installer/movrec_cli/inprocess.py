@@ -202,3 +202,25 @@ def user_to_user(conn: psycopg.Connection, user_id: int, **options: Any) -> int:
             o.get("store", True),
         )
         return len(rows)
+
+
+def tokenize(conn: psycopg.Connection, options: str) -> list[tuple[str, int, int, float]]:
+    """movrec.tokenize() of a portable install, here: the full install's tokenizer."""
+    from movrec import backend as movrec_backend
+    from movrec import tokenizer
+
+    with backend(conn):
+        return list(movrec_backend.sql_entry(tokenizer.tokenize_from_sql)(options))
+
+
+def embed_new_movies(conn: psycopg.Connection, max_movies: int | None = None) -> int:
+    """movrec.embed_new_movies() of a portable install, here (torch: the champion's movie
+    sub-network); then the serving vectors follow the new rows."""
+    from movrec import backend as movrec_backend
+    from movrec import coldstart
+
+    with backend(conn) as plpy:
+        n = int(movrec_backend.sql_entry(coldstart.embed_new_movies)(max_movies))
+        if n:
+            plpy.execute("SELECT movrec.publish_serving_vectors()")
+        return n

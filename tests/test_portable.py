@@ -250,3 +250,14 @@ def test_tokenize_runs_in_the_cli(portable_trained: str) -> None:
         assert conn.execute(
             "SELECT count(*) > 0, count(DISTINCT field) > 1 FROM movrec.vocab"
         ).fetchone() == (True, True)
+
+
+def test_evaluate_runs_in_the_cli(portable_trained: str) -> None:
+    from click.testing import CliRunner
+    from movrec_cli.main import cli
+
+    with connect(portable_trained) as conn:
+        model_id = conn.execute("SELECT model_id FROM model.champion").fetchone()[0]
+    result = CliRunner().invoke(cli, ["evaluate", str(model_id), "--dsn", portable_trained])
+    assert result.exit_code == 0, result.output
+    assert "rmse" in result.output and "ndcg@10" in result.output

@@ -224,3 +224,19 @@ def embed_new_movies(conn: psycopg.Connection, max_movies: int | None = None) ->
         if n:
             plpy.execute("SELECT movrec.publish_serving_vectors()")
         return n
+
+
+def evaluate(conn: psycopg.Connection, model_id: int, test_table: str | None) -> list[Any]:
+    """movrec.evaluate() of a portable install, here; the table is read with this session's own
+    rights (the front door's privilege check is the connection itself)."""
+    from movrec import backend as movrec_backend
+    from movrec import evaluation
+
+    with backend(conn) as plpy:
+        plpy.execute("SELECT movrec._require_primary('evaluate()')")
+        table = None
+        if test_table is not None:  # a name the server resolves, never text spliced as given
+            table = plpy.execute(
+                plpy.prepare("SELECT $1::regclass::text AS t", ["text"]), [test_table]
+            )[0]["t"]
+        return list(movrec_backend.sql_entry(evaluation.evaluate_from_sql)(model_id, table))

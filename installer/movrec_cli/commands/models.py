@@ -161,9 +161,12 @@ def deploy(dsn: str | None, model_id: int | None, best_metric: str | None, rollb
 def evaluate(dsn: str | None, model_id: int, test_table: str | None) -> None:
     """RMSE, MAE, Precision@10, Recall@10/20, NDCG@10 of MODEL_ID (stored in the registry)."""
     with connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT * FROM movrec.evaluate(%s, %s)", (model_id, test_table)
-        ).fetchall()
+        if schema.install_kind(conn) == "portable":  # torch runs here, not there
+            rows = inprocess.evaluate(conn, model_id, test_table)
+        else:
+            rows = conn.execute(
+                "SELECT * FROM movrec.evaluate(%s, %s)", (model_id, test_table)
+            ).fetchall()
     click.echo(table(rows, ["metric", "value"]))
 
 

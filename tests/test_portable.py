@@ -12,6 +12,7 @@ from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from movrec import __version__
 from movrec_cli import bench_portable, schema
 from movrec_cli.cluster import Cluster
 from movrec_cli.errors import CliError
@@ -96,6 +97,7 @@ def test_rerun_changes_nothing_and_kinds_do_not_mix(
     with connect(owner) as conn:
         assert not schema.install(conn, portable=True).changed
         assert schema.install_kind(conn) == "portable"
+        assert schema.installed_version(conn) == f"{__version__} (portable)"
         with pytest.raises(CliError, match="holds the portable install"):
             schema.install(conn)
     with connect(full_db) as conn, pytest.raises(CliError, match="holds the full install"):

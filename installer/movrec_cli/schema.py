@@ -340,4 +340,6 @@ def installed_version(conn: psycopg.Connection) -> str | None:
     if ext:
         return f"{ext[0]} (extension)"
     last = _last_install(conn)
-    return last[0] if last and last[0] != "-" else None
+    if not last or last[0] == "-":
+        return None
+    return f"{last[0]} (portable)" if last[1].startswith(sqlfiles.PORTABLE_TAG) else last[0]

@@ -23,6 +23,10 @@ CREATE TABLE IF NOT EXISTS movrec.settings (
         CONSTRAINT refit_reg_is_above_0_up_to_1e6 CHECK (refit_reg > 0 AND refit_reg <= 1e6),
     backup_retention integer NOT NULL DEFAULT 20
         CONSTRAINT backup_retention_is_0_to_10000 CHECK (backup_retention BETWEEN 0 AND 10000),
+    recommend_search text NOT NULL DEFAULT 'exact'
+        CONSTRAINT recommend_search_is_exact_or_hnsw CHECK (recommend_search IN ('exact', 'hnsw')),
+    hnsw_ef_search   integer NOT NULL DEFAULT 100
+        CONSTRAINT hnsw_ef_search_is_10_to_1000 CHECK (hnsw_ef_search BETWEEN 10 AND 1000),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     updated_by       text NOT NULL DEFAULT session_user
 );
@@ -42,6 +46,11 @@ COMMENT ON COLUMN movrec.settings.online_reg IS 'sgd''s L2 weight on the user ve
 COMMENT ON COLUMN movrec.settings.refit_reg IS 'refit''s ridge weight, shrinking toward the champion''s default vector';
 COMMENT ON COLUMN movrec.settings.backup_retention IS
     'Archived vectors kept per user in model.user_latent_attributes_backups (0: all)';
+COMMENT ON COLUMN movrec.settings.recommend_search IS
+    'Portable install: how recommend() finds the top k, exact (a scan of every movie vector) or hnsw (pgvector''s '
+    'iterative HNSW scan, approximate, faster); the full install ranks exactly in numpy and ignores it';
+COMMENT ON COLUMN movrec.settings.hnsw_ef_search IS
+    'Portable install, recommend_search = hnsw: hnsw.ef_search of the scan (higher: better recall, slower)';
 
 -- Who changed what, whoever updates the row.
 CREATE OR REPLACE FUNCTION movrec._settings_stamp() RETURNS trigger
@@ -73,6 +82,7 @@ BEGIN
     SET threads = NEW.threads, train_threads = NEW.train_threads, device = NEW.device,
         online_update = NEW.online_update, online_lr = NEW.online_lr, online_reg = NEW.online_reg,
         refit_reg = NEW.refit_reg, backup_retention = NEW.backup_retention,
+        recommend_search = NEW.recommend_search, hnsw_ef_search = NEW.hnsw_ef_search,
         updated_at = NEW.updated_at, updated_by = NEW.updated_by;
     RETURN NULL;
 END $$;

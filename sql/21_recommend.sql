@@ -1,16 +1,8 @@
 -- The application's calls: recommend(), predict(), rate().
 
--- recommend() and predict() are plpgsql front doors: they check arguments and
--- raise plain errors (no Python traceback), then call the numpy implementation.
-CREATE OR REPLACE FUNCTION movrec._recommend(user_id integer, k integer, genres text[], min_year integer,
-                                             max_year integer)
-RETURNS TABLE (movie_id integer, title text, score real, predicted_rating real, source text)
-LANGUAGE plpython3u STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import serving; return serving.recommend(user_id, k, genres, min_year, max_year)
-$$;
-COMMENT ON FUNCTION movrec._recommend(integer, integer, text[], integer, integer) IS
-    'Implementation of movrec.recommend(); call that instead';
+-- recommend() and predict() are plpgsql front doors: they check arguments and raise plain
+-- errors, then call the implementation (_recommend, _predict, _predict_many): numpy in
+-- 21_recommend_python.sql, plpgsql and pgvector in portable/21_recommend_portable.sql.
 
 CREATE OR REPLACE FUNCTION movrec.recommend(user_id integer, k integer DEFAULT 10, genres text[] DEFAULT NULL,
                                             min_year integer DEFAULT NULL, max_year integer DEFAULT NULL)
@@ -52,13 +44,6 @@ COMMENT ON FUNCTION movrec.recommend(integer, integer, text[], integer, integer)
     'model (the user''s vector), cf (model.user_recommendation), model (the default vector, for a rater without a '
     'vector), popular (damped mean rating, model.movie_rating_stats). Read-only: runs on a hot standby';
 
-CREATE OR REPLACE FUNCTION movrec._predict(user_id integer, movie_id integer) RETURNS real
-LANGUAGE plpython3u STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import serving; return serving.predict(user_id, movie_id)
-$$;
-COMMENT ON FUNCTION movrec._predict(integer, integer) IS 'Implementation of movrec.predict(); call that instead';
-
 CREATE OR REPLACE FUNCTION movrec.predict(user_id integer, movie_id integer) RETURNS real
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 BEGIN
@@ -91,14 +76,6 @@ $$;
 COMMENT ON FUNCTION movrec.rate(integer, integer, real) IS
     'Records (or updates) a rating; the trigger moves the user''s vector toward it';
 
-CREATE OR REPLACE FUNCTION movrec._predict_many(user_ids integer[], movie_ids integer[])
-RETURNS TABLE (user_id integer, movie_id integer, predicted_rating real)
-LANGUAGE plpython3u STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import serving; return serving.predict_many(user_ids, movie_ids)
-$$;
-COMMENT ON FUNCTION movrec._predict_many(integer[], integer[]) IS 'Implementation of movrec.predict(int[], int[])';
-
 CREATE OR REPLACE FUNCTION movrec.predict(user_ids integer[], movie_ids integer[])
 RETURNS TABLE (user_id integer, movie_id integer, predicted_rating real)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
@@ -129,4 +106,3 @@ END $$;
 COMMENT ON FUNCTION movrec.predict(integer[], integer[]) IS
     'Batch scoring: predicted rating for each (user_ids[i], movie_ids[i]) pair; NULL for a movie the model does not know. '
     'One-dimensional arrays of one length, at most 1000000 pairs, no NULL elements (SQLSTATE 22004; 22023 for the others)';
-

@@ -152,13 +152,6 @@ COMMENT ON COLUMN model.deployments.previous_deployment_id IS
 COMMENT ON COLUMN model.deployments.rolled_back_from IS
     'For a rollback: the deployment it undid; NULL for a deploy';
 
-CREATE OR REPLACE FUNCTION movrec._train(model text, options jsonb, deploy boolean) RETURNS bigint
-LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import training; return training.train_from_sql(model, options, deploy)
-$$;
-COMMENT ON FUNCTION movrec._train(text, jsonb, boolean) IS 'Implementation of movrec.train(); call that instead';
-
 -- A plpgsql front door: a standby refuses before minutes of training, not at the first write.
 CREATE OR REPLACE FUNCTION movrec.train(model text DEFAULT 'hybrid', options jsonb DEFAULT '{}', deploy boolean DEFAULT true)
 RETURNS bigint
@@ -180,13 +173,6 @@ COMMENT ON FUNCTION movrec.train(text, jsonb, boolean) IS
     'Trains a model (hybrid, mf, functional, mlp) on watch_events with a seeded train/validation split, registers '
     'it, and deploys it unless deploy => false. options: epochs, dim, lr, reg, batch_size, seed, val_fraction, '
     'patience, device, ranking, negatives, field_dim, hidden, dropout. Returns model_id';
-
-CREATE OR REPLACE FUNCTION movrec._deploy(model_id bigint) RETURNS bigint
-LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import registry; return registry.deploy(model_id)
-$$;
-COMMENT ON FUNCTION movrec._deploy(bigint) IS 'Implementation of movrec.deploy(); call that instead';
 
 CREATE OR REPLACE FUNCTION movrec.deploy(model_id bigint) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
@@ -283,14 +269,6 @@ END $$;
 COMMENT ON FUNCTION movrec.deploy_best(text) IS
     'Deploys the registered model with the best value of a metric (lowest for errors, highest for ndcg/precision/recall) '
     'among the models trained on the current catalogue; 55000 when there is none';
-
-CREATE OR REPLACE FUNCTION movrec._evaluate(model_id bigint, test_ratings regclass)
-RETURNS TABLE (metric text, value float8)
-LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import backend, evaluation; return backend.sql_entry(evaluation.evaluate_from_sql)(model_id, test_ratings)
-$$;
-COMMENT ON FUNCTION movrec._evaluate(bigint, regclass) IS 'Implementation of movrec.evaluate(); call that instead';
 
 -- The table is read as the owner: the session's own user must be allowed to read it, or
 -- evaluate() would be a way around the table's privileges.

@@ -20,16 +20,6 @@ CREATE TABLE IF NOT EXISTS movrec.movie_tokens (
 );
 COMMENT ON TABLE movrec.movie_tokens IS 'Per movie and field: token ids, padded with 0 or truncated to the field''s length';
 
-CREATE OR REPLACE FUNCTION movrec.tokenize(options jsonb DEFAULT '{}')
-RETURNS TABLE (field text, vocab_size integer, length integer, unk_rate real)
-LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import backend, tokenizer; return backend.sql_entry(tokenizer.tokenize_from_sql)(options)
-$$;
-COMMENT ON FUNCTION movrec.tokenize(jsonb) IS
-    'Rebuilds movrec.vocab and movrec.movie_tokens from movrec.movies. options: {"overview": {"length": 128, '
-    '"min_freq": 3}, ...}. Returns each field''s vocabulary size (with PAD, UNK), length and share of UNK tokens';
-
 CREATE OR REPLACE FUNCTION movrec.detokenize(movie_id integer, field text)
 RETURNS text[] LANGUAGE sql STABLE SET search_path = movrec, pg_temp AS $$
     SELECT array_agg(coalesce(v.token, CASE t.id WHEN 1 THEN '<unk>' END) ORDER BY t.ord)

@@ -215,18 +215,6 @@ BEGIN
     END IF;
 END $$;
 
--- user_to_user: a plpgsql front door (plain errors with a SQLSTATE) over the numpy implementation.
-CREATE OR REPLACE FUNCTION movrec._user_to_user(
-    user_id integer, min_corr double precision, min_overlap integer, min_raters integer,
-    shrinkage double precision, damping double precision, baseline boolean, store boolean)
-RETURNS TABLE (rank integer, movie_id integer, title text, score real, neighbours integer)
-LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import cf; return cf.user_to_user_from_sql(user_id, min_corr, min_overlap, min_raters, shrinkage, damping, baseline, store)
-$$;
-COMMENT ON FUNCTION movrec._user_to_user(integer, double precision, integer, integer, double precision, double precision, boolean, boolean) IS
-    'Implementation of movrec.user_to_user(); call that instead';
-
 CREATE OR REPLACE FUNCTION movrec.user_to_user(
     user_id integer, min_corr double precision DEFAULT 0.65, min_overlap integer DEFAULT 14,
     min_raters integer DEFAULT 1, shrinkage double precision DEFAULT 0, damping double precision DEFAULT 0,
@@ -269,13 +257,6 @@ COMMENT ON FUNCTION movrec.user_to_user(integer, double precision, integer, inte
     'corr * n / (n + shrinkage)), damping (divide by sum |w| + damping), baseline (centre on mu + b_u + b_m). '
     'Definitions: plpython/movrec/cf/compute.py';
 
-CREATE OR REPLACE FUNCTION movrec._cf_drain(max_jobs integer) RETURNS integer
-LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import cf; return cf.drain_from_sql(max_jobs)
-$$;
-COMMENT ON FUNCTION movrec._cf_drain(integer) IS 'Implementation of movrec.cf_drain(); call that instead';
-
 CREATE OR REPLACE FUNCTION movrec.cf_drain(max_jobs integer DEFAULT 100) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
 BEGIN
@@ -286,14 +267,6 @@ COMMENT ON FUNCTION movrec.cf_drain(integer) IS
     'Runs up to max_jobs jobs of model.cf_queue (FOR UPDATE SKIP LOCKED: workers in parallel never share one), each in '
     'a subtransaction; a job is deleted with its result, or kept with its error and a backoff. Returns the jobs '
     'attempted. Its locks last until the caller commits: keep batches small where ratings arrive';
-
-CREATE OR REPLACE FUNCTION movrec.cf_cache_info() RETURNS jsonb
-LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-import json; from movrec import cf; return json.dumps(cf.cache_info())
-$$;
-COMMENT ON FUNCTION movrec.cf_cache_info() IS
-    'What this backend''s CF cache holds: users, movies, ratings, the overlay of reloaded users, loads, watermark';
 
 -- pg_cron: scheduled draining, where the extension can live (cron.database_name).
 -- movrec.schedule() (sql/80_jobs.sql) registers this job with the others, the same way.

@@ -118,15 +118,6 @@ COMMENT ON FUNCTION movrec.similar_movies(integer, integer) IS
     'The k movies nearest to a movie by cosine similarity of the champion''s movie vectors (HNSW, approximate), '
     'best first; similarity = 1 - cosine distance';
 
-CREATE OR REPLACE FUNCTION movrec._explain(user_id integer, movie_id integer, k integer)
-RETURNS TABLE (rated_movie_id integer, rated_title text, rating real, similarity real, contribution real,
-               reason text)
-LANGUAGE plpython3u STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import serving; return serving.explain(user_id, movie_id, k)
-$$;
-COMMENT ON FUNCTION movrec._explain(integer, integer, integer) IS 'Implementation of movrec.explain(); call that instead';
-
 CREATE OR REPLACE FUNCTION movrec.explain(user_id integer, movie_id integer, k integer DEFAULT 3)
 RETURNS TABLE (rated_movie_id integer, rated_title text, rating real, similarity real, contribution real,
                reason text)
@@ -154,20 +145,13 @@ COMMENT ON FUNCTION movrec.explain(integer, integer, integer) IS
 -- (an integer[] overload of refresh_recommendations made calls with an untyped argument ambiguous)
 DROP FUNCTION IF EXISTS movrec.refresh_recommendations(integer[]);
 
-CREATE OR REPLACE FUNCTION movrec.refresh_recommendations_batch(user_ids integer[]) RETURNS integer
-LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import serving; return serving.refresh_from_sql(user_ids)
-$$;
-COMMENT ON FUNCTION movrec.refresh_recommendations_batch(integer[]) IS
-    'Replaces these users'' rows of model.model_recommendation with the champion''s top 150 (as recommend() ranks '
-    'them, 3-star filter included) in the caller''s transaction; returns rows written. `movrec refresh` calls it in batches';
-
 CREATE OR REPLACE FUNCTION movrec.refresh_recommendations(user_id integer) RETURNS integer
-LANGUAGE sql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-    SELECT movrec._require_primary('refresh_recommendations()');
-    SELECT movrec.refresh_recommendations_batch(ARRAY[user_id]);
-$$;
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    -- plpgsql, not sql: the batch it calls is defined by a later file of either install
+    PERFORM movrec._require_primary('refresh_recommendations()');
+    RETURN movrec.refresh_recommendations_batch(ARRAY[user_id]);
+END $$;
 COMMENT ON FUNCTION movrec.refresh_recommendations(integer) IS
     'Replaces one user''s rows of model.model_recommendation (at most 150), atomically; returns rows written';
 
@@ -215,24 +199,6 @@ CREATE OR REPLACE TRIGGER movrec_refresh_enqueue_update
     FOR EACH STATEMENT EXECUTE FUNCTION movrec.refresh_on_ratings_changed();
 COMMENT ON TRIGGER movrec_refresh_enqueue_update ON movrec.watch_events IS
     'Queues re-raters for a refresh of model.model_recommendation (movrec.refresh_on_ratings_changed)';
-
-CREATE OR REPLACE FUNCTION movrec.embed_new_movies(max_movies integer DEFAULT NULL) RETURNS integer
-LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import coldstart; return coldstart.embed_new_movies(max_movies)
-$$;
-COMMENT ON FUNCTION movrec.embed_new_movies(integer) IS
-    'A job (imports torch): movies in movrec.movies without a vector of the champion get one from its movie '
-    'sub-network and their content (hybrid/functional champions; an MF champion cannot, a NOTICE says so). '
-    'Written to model.movie_latent_extra and model.movie_latent_attributes; recommend() sees them at once. '
-    'Returns movies embedded';
-
-CREATE OR REPLACE FUNCTION movrec._serving_drain(max_jobs integer) RETURNS integer
-LANGUAGE plpython3u VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import serving; return serving.drain_from_sql(max_jobs)
-$$;
-COMMENT ON FUNCTION movrec._serving_drain(integer) IS 'Implementation of movrec.serving_drain(); call that instead';
 
 CREATE OR REPLACE FUNCTION movrec.serving_drain(max_jobs integer DEFAULT 100) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$

@@ -75,5 +75,6 @@ GRANT SELECT, INSERT, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA staging TO movrec
 GRANT INSERT, DELETE ON movrec.loads, movrec.quarantine TO movrec_admin;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA movrec TO movrec_admin;
 -- Settings: the values, not the bookkeeping (movrec_settings_stamp writes that).
-GRANT UPDATE (threads, train_threads, device, online_update, online_lr, online_reg, refit_reg, backup_retention)
+GRANT UPDATE (threads, train_threads, device, online_update, online_lr, online_reg, refit_reg, backup_retention,
+               recommend_search, hnsw_ef_search)
     ON movrec.settings TO movrec_admin;

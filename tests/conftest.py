@@ -16,7 +16,7 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from movrec_cli import schema
+from movrec_cli import inprocess, schema
 from movrec_cli.cluster import Cluster, Standby
 from movrec_cli.demo_data import load_demo
 
@@ -74,13 +74,86 @@ def connect(dsn: str) -> psycopg.Connection:
     return psycopg.connect(dsn, autocommit=True)
 
 
+INSTALL_KINDS = ("full", "portable")
+# The portable install's owner in the test cluster: a database owner that may create roles,
+# as on a managed host; never a superuser.
+PORTABLE_OWNER = "movrec_owner"
+PORTABLE_OWNER_PASSWORD = "owner-pw"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """A module that sets INSTALL_KINDS = conftest.INSTALL_KINDS runs its tests that use the
+    database fixtures once per install kind (full: PL/Python; portable: plpgsql + pgvector)."""
+    kinds = getattr(metafunc.module, "INSTALL_KINDS", None)
+    if kinds and "install_kind" in metafunc.fixturenames:
+        metafunc.parametrize("install_kind", kinds, indirect=True, scope="module")
+
+
 @pytest.fixture(scope="module")
-def installed(new_database: Callable[[str], str], request: pytest.FixtureRequest) -> str:
-    """A database with movrec installed and no data."""
-    dsn = new_database(f"t_{request.module.__name__.split('.')[-1]}")
+def install_kind(request: pytest.FixtureRequest) -> str:
+    """Which install the database fixtures make: "full" unless the module asks for both."""
+    return str(getattr(request, "param", "full"))
+
+
+def portable_database(cluster: Cluster, dsn: str) -> str:
+    """Make an empty database ready for the portable install as a managed host has it: owned
+    by a non-superuser role with CREATEROLE, pgvector created by the superuser, no
+    plpython3u; returns the owner's DSN."""
+    with psycopg.connect(cluster.dsn("postgres"), autocommit=True) as conn:
+        if not conn.execute(
+            "SELECT 1 FROM pg_roles WHERE rolname = %s", (PORTABLE_OWNER,)
+        ).fetchone():
+            conn.execute(
+                f"CREATE ROLE {PORTABLE_OWNER} LOGIN CREATEROLE PASSWORD '{PORTABLE_OWNER_PASSWORD}'"
+            )
+        name = psycopg.conninfo.conninfo_to_dict(dsn)["dbname"]
+        conn.execute(f'ALTER DATABASE "{name}" OWNER TO {PORTABLE_OWNER}')
+    with connect(dsn) as conn:
+        conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        assert not conn.execute(
+            "SELECT 1 FROM pg_extension WHERE extname = 'plpython3u'"
+        ).fetchone()
+    return psycopg.conninfo.make_conninfo(
+        dsn, user=PORTABLE_OWNER, password=PORTABLE_OWNER_PASSWORD
+    )
+
+
+@pytest.fixture(scope="module")
+def installed(
+    cluster: Cluster,
+    new_database: Callable[[str], str],
+    request: pytest.FixtureRequest,
+    install_kind: str,
+) -> str:
+    """A database with movrec installed and no data; the tests' DSN is the superuser's either way
+    (the portable install itself ran as the owner, not a superuser)."""
+    suffix = "" if install_kind == "full" else "_portable"
+    return install_into(
+        cluster, new_database(f"t_{request.module.__name__.split('.')[-1]}{suffix}"), install_kind
+    )
+
+
+def install_into(cluster: Cluster, dsn: str, kind: str) -> str:
+    """movrec's full install (as the superuser), or the portable one (as the owner); ``dsn``."""
+    if kind == "portable":
+        with connect(portable_database(cluster, dsn)) as conn:
+            schema.install(conn, portable=True)
+        return dsn
     with connect(dsn) as conn:
         schema.install(conn)
     return dsn
+
+
+def train(
+    conn: psycopg.Connection, kind: str = "mf", options: str = "{}", deploy: bool = True
+) -> int:
+    """movrec.train() in the database, or in this process for a portable install (what
+    `movrec train` does)."""
+    if schema.install_kind(conn) == "portable":
+        return inprocess.train(conn, kind, options, deploy)
+    return conn.execute(
+        "SELECT movrec.train(%s, %s::jsonb, %s)", (kind, options, deploy)
+    ).fetchone()[0]
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +161,7 @@ def trained(installed: str) -> str:
     """movrec installed, demo data loaded, the MF model trained and deployed."""
     with connect(installed) as conn:
         load_demo(conn, n_users=DEMO_USERS, seed=7)
-        conn.execute("""SELECT movrec.train('mf', '{"epochs": 30}')""")
+        train(conn, "mf", '{"epochs": 30}')
     return installed
 
 

@@ -10,7 +10,10 @@ import psycopg
 import pytest
 from movrec.scoring import sgd_step
 
-from tests.conftest import connect, reset_settings, set_settings
+from tests.conftest import INSTALL_KINDS, connect, reset_settings, set_settings
+
+# Every test on the database fixtures runs on the full and the portable install.
+INSTALL_KINDS = INSTALL_KINDS
 
 
 @pytest.fixture(autouse=True)

@@ -6,9 +6,12 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
-from movrec_cli import schema
+from movrec_cli.cluster import Cluster
 
-from tests.conftest import connect
+from tests.conftest import INSTALL_KINDS, connect, install_into
+
+# Every test on the database fixtures runs on the full and the portable install.
+INSTALL_KINDS = INSTALL_KINDS
 
 
 def test_recommend_returns_k_unseen_movies_best_first(conn: psycopg.Connection) -> None:
@@ -57,10 +60,11 @@ def test_user_who_has_seen_everything_gets_no_rows(conn: psycopg.Connection) -> 
     assert conn.execute("SELECT count(*) FROM recommend(4242)").fetchone()[0] == 0
 
 
-def test_without_a_model_everyone_gets_popular(new_database: Callable[[str], str]) -> None:
-    dsn = new_database("t_no_model")
+def test_without_a_model_everyone_gets_popular(
+    cluster: Cluster, new_database: Callable[[str], str], install_kind: str
+) -> None:
+    dsn = install_into(cluster, new_database(f"t_no_model_{install_kind}"), install_kind)
     with connect(dsn) as conn:
-        schema.install(conn)
         conn.execute("INSERT INTO movrec.movies (movie_id, title) VALUES (1, 'Alien'), (2, 'Heat')")
         conn.execute(
             "INSERT INTO movrec.watch_events (user_id, movie_id, rating) VALUES (1, 1, 5), (2, 2, 4)"

@@ -7,6 +7,7 @@ the same version, SQL and venv changes nothing.
 from __future__ import annotations
 
 import hashlib
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -90,12 +91,35 @@ def _db_setting(conn: psycopg.Connection, name: str) -> str | None:
     return dict(rows).get(name)  # type: ignore[call-overload]
 
 
-def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:
+def install_kind(conn: psycopg.Connection) -> str | None:
+    """'portable' or 'full' for the install this database holds (None: none)."""
+    last = _last_install(conn)
+    if last is None or last[0] == "-":
+        return None
+    return "portable" if last[1].startswith(sqlfiles.PORTABLE_TAG) else "full"
+
+
+def install(
+    conn: psycopg.Connection,
+    venv: str | None = None,
+    portable: bool = False,
+    app_role: str | None = None,
+    admin_role: str | None = None,
+) -> InstallResult:
+    if portable:
+        return install_portable(conn, app_role, admin_role)
+    if app_role or admin_role:
+        raise CliError("--app-role and --admin-role are for --portable installs")
     venv = venv or default_venv()
     if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'movrec'").fetchone():
         return _install_extension(conn, venv)
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")  # no 'already exists' noise
+        if install_kind(conn) == "portable":
+            raise CliError(
+                "this database holds the portable install: rerun `movrec install --portable`, "
+                "or `movrec uninstall` first to change kinds"
+            )
         last = _last_install(conn)
         release = _release(conn)
         script = _script_for(release)
@@ -128,6 +152,102 @@ def install(conn: psycopg.Connection, venv: str | None = None) -> InstallResult:
         )
     verb = f"upgraded from {release}" if release and release != __version__ else "installed"
     return InstallResult(__version__, True, f"movrec {__version__} {verb} (venv {venv})")
+
+
+# Substituted for movrec_user / movrec_admin as they are spelled there: plain lower-case names.
+ROLE_NAME = re.compile(r"^[a-z_][a-z0-9_$]{0,62}$")
+
+
+def _roles_sql(
+    conn: psycopg.Connection, script: str, app_role: str | None, admin_role: str | None
+) -> str:
+    """The script with movrec_user / movrec_admin replaced by the roles named, which must
+    exist; without names, the owner must be able to create the two roles (CREATEROLE)."""
+    for flag, role in (("--app-role", app_role), ("--admin-role", admin_role)):
+        if role is None:
+            continue
+        if not ROLE_NAME.match(role):
+            raise CliError(f"{flag} {role!r} is not a plain (lower-case) role name")
+        if not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (role,)).fetchone():
+            raise CliError(
+                f"{flag} {role}: no such role (create it first, or let movrec create "
+                "movrec_user/movrec_admin as a role with CREATEROLE)"
+            )
+    missing = [
+        r
+        for r, given in (("movrec_user", app_role), ("movrec_admin", admin_role))
+        if given is None
+        and not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s", (r,)).fetchone()
+    ]
+    may_create = one(
+        conn.execute("SELECT rolsuper OR rolcreaterole FROM pg_roles WHERE rolname = current_user")
+    )[0]
+    if missing and not may_create:
+        raise CliError(
+            f"the roles {' and '.join(missing)} do not exist and {conn.info.user} may not create "
+            "roles (no CREATEROLE): name existing ones with --app-role ROLE --admin-role ROLE"
+        )
+    for default, role in (("movrec_user", app_role), ("movrec_admin", admin_role)):
+        if role is not None:
+            script = re.sub(rf"\b{default}\b", role, script)
+    return script
+
+
+def install_portable(
+    conn: psycopg.Connection, app_role: str | None = None, admin_role: str | None = None
+) -> InstallResult:
+    """The portable install (sql/portable): SQL, plpgsql and pgvector only, as the database's
+    owner; no plpython3u, no superuser, no venv.  Idempotent like the full install."""
+    if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'movrec'").fetchone():
+        raise CliError(
+            "movrec is installed here as an extension (the full install): "
+            "DROP EXTENSION movrec first to install the portable one"
+        )
+    with conn.transaction():
+        conn.execute("SET LOCAL client_min_messages = warning")
+        if install_kind(conn) == "full":
+            raise CliError(
+                "this database holds the full install (PL/Python): `movrec install` "
+                "upgrades it; `movrec uninstall` first to change kinds"
+            )
+        release = _release(conn)
+        if release is not None and _version_key(release) > _version_key(__version__):
+            raise CliError(
+                f"this database holds movrec {release}, newer than this movrec "
+                f"({__version__}): install the newer movrec to manage it"
+            )
+        try:
+            script = sqlfiles.portable_script()
+        except sqlfiles.SqlFilesError as e:
+            raise CliError(str(e)) from None
+        script = _roles_sql(conn, script, app_role, admin_role)
+        sha = sqlfiles.PORTABLE_TAG + hashlib.sha256(script.encode()).hexdigest()
+        search_path = _db_setting(conn, "search_path")
+        if (
+            _last_install(conn) == (__version__, sha, None)
+            and search_path
+            and "movrec" in search_path
+        ):
+            return InstallResult(
+                __version__, False, f"movrec {__version__} (portable) is installed; nothing to do"
+            )
+        if not conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'vector'").fetchone():
+            try:
+                with conn.transaction():
+                    conn.execute("CREATE EXTENSION vector")
+            except psycopg.Error as e:
+                raise CliError(
+                    f"CREATE EXTENSION vector failed: {str(e).strip()}; on a managed host ask "
+                    "for pgvector (as its admin role: CREATE EXTENSION vector), then rerun"
+                ) from None
+        conn.execute(script)
+        _set_search_path(conn, search_path)
+        conn.execute(
+            "INSERT INTO movrec.installs (version, sql_sha256, venv) VALUES (%s, %s, NULL)",
+            (__version__, sha),
+        )
+    verb = "upgraded from " + release if release and release != __version__ else "installed"
+    return InstallResult(__version__, True, f"movrec {__version__} (portable) {verb}")
 
 
 def _set_search_path(conn: psycopg.Connection, search_path: str | None) -> bool:
@@ -220,4 +340,6 @@ def installed_version(conn: psycopg.Connection) -> str | None:
     if ext:
         return f"{ext[0]} (extension)"
     last = _last_install(conn)
-    return last[0] if last and last[0] != "-" else None
+    if not last or last[0] == "-":
+        return None
+    return f"{last[0]} (portable)" if last[1].startswith(sqlfiles.PORTABLE_TAG) else last[0]

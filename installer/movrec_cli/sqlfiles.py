@@ -1,6 +1,8 @@
 """movrec's SQL: the current full install and the upgrade steps, for both install paths.
 
 ``sql/*.sql`` is the current install, in file order, and every statement in it is idempotent.
+``sql/portable/*.sql`` replace the ``sql/*_python.sql`` files in the portable install (managed
+PostgreSQL: no untrusted language), which shares every other file.
 ``sql/upgrade/movrec--A--B.sql`` holds what going from release A to B needs beyond running
 the current install again: data migrations, and drops of objects that B no longer has.
 An upgrade from A is the chain of steps from A to the current version, then the full install,
@@ -41,6 +43,34 @@ def full_script(folder: Traversable | None = None) -> str:
     if not files:
         raise SqlFilesError("movrec's SQL files are missing from this installation")
     return "\n".join(f"\n-- sql/{f.name}\n" + f.read_text(encoding="utf-8") for f in files)
+
+
+# Files of the full install that need PL/Python; the portable install runs the other files of
+# sql/ and, in their place, sql/portable/*.sql (named *_portable.sql), all in name order: one
+# definition of every table, trigger and front door, two of the implementations behind them.
+PYTHON_SUFFIX = "_python.sql"
+PORTABLE_DIR = "portable"
+# movrec.installs.sql_sha256 of a portable install starts with this (the full install's is the
+# bare checksum): which kind a database holds.
+PORTABLE_TAG = "portable:"
+
+
+def portable_files(folder: Traversable | None = None) -> list[tuple[str, Traversable]]:
+    """(shown name, file) of the portable install, in the order it runs."""
+    folder = folder or _folder()
+    own = folder.joinpath(PORTABLE_DIR)
+    if not own.is_dir():
+        raise SqlFilesError("movrec's portable SQL files are missing from this installation")
+    files = [(f"sql/{f.name}", f) for f in _sql_files(folder) if not f.name.endswith(PYTHON_SUFFIX)]
+    files += [(f"sql/{PORTABLE_DIR}/{f.name}", f) for f in _sql_files(own)]
+    return sorted(files, key=lambda nf: nf[1].name)
+
+
+def portable_script(folder: Traversable | None = None) -> str:
+    """The portable install: SQL, plpgsql and pgvector only (no plpython3u, no superuser)."""
+    return "\n".join(
+        f"\n-- {name}\n" + f.read_text(encoding="utf-8") for name, f in portable_files(folder)
+    )
 
 
 def steps(folder: Traversable | None = None) -> dict[str, tuple[str, str]]:

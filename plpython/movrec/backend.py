@@ -29,6 +29,12 @@ _plans: dict[str, Any] = {}
 _threads = 1
 
 
+def in_server() -> bool:
+    """True in a PostgreSQL backend; False where this code runs in the CLI's process over a
+    connection (movrec_cli.inprocess: the portable install's jobs), or outside both."""
+    return plpy is not None and not getattr(plpy, "in_cli", False)
+
+
 def activate(threads: int = 1) -> str:
     """Called once per backend by movrec._activate() after thread caps are set."""
     global _threads

@@ -307,6 +307,9 @@ def deploy_model(model_id: int, reason: str = "deploy") -> int:
     # Build the shared serving matrix and its top-k index now, so that no request after the
     # deploy pays for it (0.3-1 s at 27k movies); backends map the files on their next call.
     # Only a head start: whatever goes wrong here, the first request builds them instead.
+    # (Not from the CLI's process: its backends are elsewhere, and a portable install has none.)
+    if not backend.in_server():
+        return model_id
     from movrec import serving
 
     try:

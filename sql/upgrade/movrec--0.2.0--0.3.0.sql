@@ -1,3 +1,10 @@
 -- 0.2.0 -> 0.3.0: what the upgrade needs before the 0.3.0 install runs again over it.
 -- Add a column to a 0.2.0 table here (ALTER TABLE ... ADD COLUMN IF NOT EXISTS) as well as in
 -- its CREATE TABLE; drop here what 0.3.0 no longer has.
+
+-- The portable install's recommend() search (from 0.1.0 the table is created later, whole).
+ALTER TABLE IF EXISTS movrec.settings
+    ADD COLUMN IF NOT EXISTS recommend_search text NOT NULL DEFAULT 'exact'
+        CONSTRAINT recommend_search_is_exact_or_hnsw CHECK (recommend_search IN ('exact', 'hnsw')),
+    ADD COLUMN IF NOT EXISTS hnsw_ef_search integer NOT NULL DEFAULT 100
+        CONSTRAINT hnsw_ef_search_is_10_to_1000 CHECK (hnsw_ef_search BETWEEN 10 AND 1000);

@@ -90,9 +90,32 @@ def bench_quality(
 @click.option(
     "--skip-refit", is_flag=True, help="do not measure inserts with movrec.online_update = refit"
 )
-def bench_serving(**options: Any) -> None:
+@click.option(
+    "--portable",
+    "portable_dsn",
+    metavar="DSN",
+    help="compare with the portable install in this database (`movrec install --portable` "
+    "there first; it gets --dsn's data and champion): recall@10, recommend and insert tps",
+)
+@click.option(
+    "--recall-users", default=500, show_default=True, help="--portable: users sampled for recall"
+)
+def bench_serving(portable_dsn: str | None, recall_users: int, **options: Any) -> None:
     """recommend tps/p50/p99, rating tps with the online update vs a plain insert,
     first recommend on a new connection, memory per backend (pgbench, 2 clients)."""
+    if portable_dsn:
+        from movrec_cli.bench_portable import run
+        from movrec_cli.bench_serving import _resolve
+        from movrec_cli.generate import DATABASE
+
+        run(
+            _resolve(options["dsn"], DATABASE),
+            portable_dsn,
+            options["seconds"],
+            options["clients"],
+            recall_users,
+        )
+        return
     from movrec_cli.bench_serving import run_serving
 
     run_serving(**options)

@@ -8,6 +8,7 @@ from typing import Any
 
 import click
 
+from movrec_cli import inprocess, schema
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
 from movrec_cli.options import cf_options, dsn_option
@@ -44,6 +45,7 @@ def cf_refresh(dsn: str | None, user_ids: tuple[int, ...], all_users: bool, **op
         raise CliError("say which users: --user N (repeatable) or --all")
     opts = dict(options)
     with connect(dsn) as conn:
+        portable = schema.install_kind(conn) == "portable"
         if all_users:
             users = [
                 r[0]
@@ -59,7 +61,12 @@ def cf_refresh(dsn: str | None, user_ids: tuple[int, ...], all_users: bool, **op
         with progress(users, "cf refresh") as bar:
             for user in bar:
                 t = time.perf_counter()
-                n = one(conn.execute(USER_TO_USER_SQL, {"user": user, "store": True, **opts}))[0]
+                if portable:  # no PL/Python there: CF runs in this process
+                    n = inprocess.user_to_user(conn, user, **opts)
+                else:
+                    n = one(conn.execute(USER_TO_USER_SQL, {"user": user, "store": True, **opts}))[
+                        0
+                    ]
                 timings.append((time.perf_counter() - t) * 1000)
                 with_recs += n > 0
                 rows += n

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from movrec_cli import inprocess, schema
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
 from movrec_cli.options import EPILOG, dsn_option
@@ -229,7 +230,10 @@ def tokenize(dsn: str | None, options: str, export_dir: Path | None) -> None:
     from movrec_cli import pipeline
 
     with connect(dsn) as conn:
-        rows = conn.execute("SELECT * FROM movrec.tokenize(%s::jsonb)", (options,)).fetchall()
+        if schema.install_kind(conn) == "portable":  # no PL/Python there: tokenize here
+            rows = inprocess.tokenize(conn, options)
+        else:
+            rows = conn.execute("SELECT * FROM movrec.tokenize(%s::jsonb)", (options,)).fetchall()
         click.echo(table(rows, ["field", "vocab size", "length", "unk rate"]))
         if export_dir:
             for path in pipeline.export_tokens(conn, export_dir):

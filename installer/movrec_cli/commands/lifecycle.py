@@ -19,7 +19,25 @@ from movrec_cli.output import table
 @click.option(
     "--venv", metavar="PATH", help="venv the backends load movrec from [default: this CLI's]"
 )
-def install(dsn: str | None, venv: str | None) -> None:
+@click.option(
+    "--portable",
+    is_flag=True,
+    help="SQL, plpgsql and pgvector only, for managed PostgreSQL (no plpython3u, no superuser: "
+    "the database owner suffices); training and the other jobs then run in this CLI",
+)
+@click.option(
+    "--app-role", metavar="ROLE", help="--portable: an existing role to use as movrec_user"
+)
+@click.option(
+    "--admin-role", metavar="ROLE", help="--portable: an existing role to use as movrec_admin"
+)
+def install(
+    dsn: str | None,
+    venv: str | None,
+    portable: bool,
+    app_role: str | None,
+    admin_role: str | None,
+) -> None:
     """Install or upgrade movrec's SQL in one transaction; a rerun changes nothing.
 
     Also pins the venv backends load movrec from (movrec.installs) and adds movrec
@@ -30,10 +48,11 @@ def install(dsn: str | None, venv: str | None) -> None:
     Examples:
       movrec install
       movrec install --dsn 'host=db1 dbname=app user=postgres'
+      movrec install --portable --dsn 'host=x.rds.amazonaws.com dbname=app user=app_owner'
     """
     with connect(dsn) as conn:
         try:
-            click.echo(schema.install(conn, venv).message)
+            click.echo(schema.install(conn, venv, portable, app_role, admin_role).message)
         except psycopg.Error as e:
             raise CliError(f"install failed, the database is unchanged: {str(e).strip()}") from None
 

@@ -9,6 +9,7 @@ from typing import Any
 import click
 from movrec.training import TrainOptions
 
+from movrec_cli import inprocess, schema
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
 from movrec_cli.options import EPILOG, dsn_option
@@ -79,7 +80,8 @@ def _train_option(name: str, type_: Any) -> Any:
 )
 @click.option("--no-deploy", is_flag=True, help="register the model without making it the champion")
 def train(dsn: str | None, kind: str, no_deploy: bool, options_json: str, **options: Any) -> None:
-    """Train a model in the database (SELECT movrec.train(KIND, OPTIONS, deploy)).
+    """Train a model in the database (SELECT movrec.train(KIND, OPTIONS, deploy)); in a
+    portable install (no PL/Python there) in this process, with the same code.
 
     Progress arrives as NOTICEs on stderr, one per epoch.  Defaults differ per
     kind (shown per option); an unknown option is an error listing the known ones.
@@ -98,11 +100,15 @@ def train(dsn: str | None, kind: str, no_deploy: bool, options_json: str, **opti
         raise CliError("--options must be a JSON object, e.g. '{\"epochs\": 5}'")
     opts.update({k: v for k, v in options.items() if v is not None})
     with connect(dsn) as conn:
-        model_id = one(
-            conn.execute(
-                "SELECT movrec.train(%s, %s::jsonb, %s)", (kind, json.dumps(opts), not no_deploy)
-            )
-        )[0]
+        if schema.install_kind(conn) == "portable":  # no PL/Python there: torch runs here
+            model_id = inprocess.train(conn, kind, json.dumps(opts), not no_deploy)
+        else:
+            model_id = one(
+                conn.execute(
+                    "SELECT movrec.train(%s, %s::jsonb, %s)",
+                    (kind, json.dumps(opts), not no_deploy),
+                )
+            )[0]
         metrics = one(
             conn.execute("SELECT metrics FROM model.registry WHERE model_id = %s", (model_id,))
         )[0]
@@ -138,6 +144,9 @@ def deploy(dsn: str | None, model_id: int | None, best_metric: str | None, rollb
             model_id = one(conn.execute("SELECT movrec.rollback()"))[0]
         elif best_metric:
             model_id = one(conn.execute("SELECT movrec.deploy_best(%s)", (best_metric,)))[0]
+        elif schema.install_kind(conn) == "portable":
+            assert model_id is not None
+            inprocess.deploy(conn, model_id)
         else:
             conn.execute("SELECT movrec.deploy(%s)", (model_id,))
     click.echo(f"model {model_id} deployed")
@@ -154,9 +163,12 @@ def deploy(dsn: str | None, model_id: int | None, best_metric: str | None, rollb
 def evaluate(dsn: str | None, model_id: int, test_table: str | None) -> None:
     """RMSE, MAE, Precision@10, Recall@10/20, NDCG@10 of MODEL_ID (stored in the registry)."""
     with connect(dsn) as conn:
-        rows = conn.execute(
-            "SELECT * FROM movrec.evaluate(%s, %s)", (model_id, test_table)
-        ).fetchall()
+        if schema.install_kind(conn) == "portable":  # torch runs here, not there
+            rows = inprocess.evaluate(conn, model_id, test_table)
+        else:
+            rows = conn.execute(
+                "SELECT * FROM movrec.evaluate(%s, %s)", (model_id, test_table)
+            ).fetchall()
     click.echo(table(rows, ["metric", "value"]))
 
 

@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import click
 import psycopg
 
+from movrec_cli import inprocess, schema
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
 from movrec_cli.options import EPILOG, dsn_option
@@ -71,10 +72,15 @@ def refresh(
             return
         if not skip_embed:
             try:
-                n = one(conn.execute("SELECT movrec.embed_new_movies()"))[0]
+                if schema.install_kind(conn) == "portable":  # torch runs here, not there
+                    n = inprocess.embed_new_movies(conn)
+                else:
+                    n = one(conn.execute("SELECT movrec.embed_new_movies()"))[0]
                 note(f"embedded {n} new movie(s)")
             except psycopg.Error as e:  # e.g. a checkpoint this code cannot load: refresh anyway
                 note(f"warning: new movies not embedded: {e.diag.message_primary}")
+            except CliError as e:  # the same, from the CLI's own process
+                note(f"warning: new movies not embedded: {e}")
         if not skip_stats:
             n = one(conn.execute("SELECT movrec.refresh_movie_stats()"))[0]
             note(f"popularity statistics for {n} movies")

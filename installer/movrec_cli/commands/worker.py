@@ -21,6 +21,7 @@ from tenacity import (
     wait_exponential,
 )
 
+from movrec_cli import inprocess, schema
 from movrec_cli.connection import connect, one
 from movrec_cli.errors import CliError
 from movrec_cli.options import EPILOG, dsn_option
@@ -146,6 +147,7 @@ def _work(dsn: str | None, batch: int, once: bool, poll: float, progress: _Progr
     """One connection's life: LISTEN, then drain every queue whenever there may be work."""
     with connect(dsn) as conn:
         conn.execute("LISTEN movrec_cf")
+        portable = schema.install_kind(conn) == "portable"
         if not progress.quiet:
             pid = conn.info.backend_pid
             note(f"worker: draining model.cf_queue and model.refresh_queue (backend pid {pid})")
@@ -156,7 +158,10 @@ def _work(dsn: str | None, batch: int, once: bool, poll: float, progress: _Progr
                 if pruned and not progress.quiet:
                     note(f"worker: pruned {pruned} jobs of users without ratings")
                 pruned_at = time.monotonic()
-            n_cf = _drain(conn, "SELECT movrec.cf_drain(%s)", batch, progress)
+            if portable:  # no PL/Python there: the CF jobs run in this process
+                n_cf = inprocess.cf_drain(conn, batch)
+            else:
+                n_cf = _drain(conn, "SELECT movrec.cf_drain(%s)", batch, progress)
             n_refresh = 0
             if one(conn.execute("SELECT count(*) FROM model.champion"))[0]:
                 n_refresh = _drain(conn, "SELECT movrec.serving_drain(%s)", batch, progress)

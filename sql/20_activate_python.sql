@@ -41,25 +41,6 @@ COMMENT ON FUNCTION movrec._activate() IS
     'Loads movrec into this backend once: caps BLAS threads (movrec.settings.threads), adds the venv pinned in '
     'movrec.installs to sys.path. Called by movrec''s own functions; nobody else may execute it';
 
--- PL/Python reports an uncaught error as "plpy.Error: message" (or "spiexceptions.X: ...")
--- with the Python traceback as context.  Front doors over PL/Python catch it and raise it
--- again through this, so the caller sees the message, SQLSTATE, hint and detail alone.
-CREATE OR REPLACE FUNCTION movrec._reraise(msg text, state text, hint text, detail text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog AS $$
-BEGIN
-    msg := regexp_replace(msg, '^(plpy\.Error|spiexceptions\.[A-Za-z]+): ', '');
-    IF coalesce(hint, '') <> '' AND coalesce(detail, '') <> '' THEN
-        RAISE EXCEPTION USING MESSAGE = msg, ERRCODE = state, HINT = hint, DETAIL = detail;
-    ELSIF coalesce(hint, '') <> '' THEN
-        RAISE EXCEPTION USING MESSAGE = msg, ERRCODE = state, HINT = hint;
-    ELSIF coalesce(detail, '') <> '' THEN
-        RAISE EXCEPTION USING MESSAGE = msg, ERRCODE = state, DETAIL = detail;
-    END IF;
-    RAISE EXCEPTION USING MESSAGE = msg, ERRCODE = state;
-END $$;
-COMMENT ON FUNCTION movrec._reraise(text, text, text, text) IS
-    'Raises an error again without PL/Python''s "plpy.Error: " prefix and traceback (for front doors)';
-
 -- Not SECURITY DEFINER: it writes movrec.installs with the caller's rights, and only the
 -- owner (a superuser: the untrusted language needs one) may write that table.
 CREATE OR REPLACE FUNCTION movrec.pin_venv(venv text) RETURNS text
@@ -89,4 +70,3 @@ from movrec import doctor; return doctor.checks()
 $$;
 COMMENT ON FUNCTION movrec.doctor() IS
     'Checks this backend: Python and package versions, torch/CUDA, pgvector, thread caps, venv; each problem with its fix';
-

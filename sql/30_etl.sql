@@ -484,6 +484,9 @@ BEGIN
     IF first_run AND EXISTS (SELECT FROM model.deployments) THEN
         -- ids changed meaning: retire the champion and the vectors that used the old ids
         INSERT INTO model.deployments (model_id, reason) VALUES (NULL, format('retired by etl run %s', run));
+        IF movrec._distributed() THEN  -- (no deploy trigger there: 87_citus.sql)
+            PERFORM movrec._follow_champion();
+        END IF;
         TRUNCATE model.user_latent_attributes, model.user_latent_attributes_backups,
                  model.movie_latent_attributes, model.model_recommendation, model.user_recommendation;
         RAISE NOTICE 'etl run %: the deployed model used the old ids and is retired; train a new one', run;

@@ -19,7 +19,12 @@ from movrec_cli.output import table
 @click.option(
     "--venv", metavar="PATH", help="venv the backends load movrec from [default: this CLI's]"
 )
-def install(dsn: str | None, venv: str | None) -> None:
+@click.option(
+    "--citus",
+    is_flag=True,
+    help="on a Citus coordinator: also distribute the tables over the nodes (movrec.distribute())",
+)
+def install(dsn: str | None, venv: str | None, citus: bool) -> None:
     """Install or upgrade movrec's SQL in one transaction; a rerun changes nothing.
 
     Also pins the venv backends load movrec from (movrec.installs) and adds movrec
@@ -30,10 +35,11 @@ def install(dsn: str | None, venv: str | None) -> None:
     Examples:
       movrec install
       movrec install --dsn 'host=db1 dbname=app user=postgres'
+      movrec install --citus --dsn 'host=coordinator dbname=app user=postgres'
     """
     with connect(dsn) as conn:
         try:
-            click.echo(schema.install(conn, venv).message)
+            click.echo(schema.install(conn, venv, citus=citus).message)
         except psycopg.Error as e:
             raise CliError(f"install failed, the database is unchanged: {str(e).strip()}") from None
 

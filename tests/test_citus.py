@@ -13,6 +13,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 from movrec_cli import schema
+from movrec_cli.bench_citus import copy_model
 from movrec_cli.cluster import CitusCluster
 from movrec_cli.demo_data import load_demo
 from psycopg import errors
@@ -41,28 +42,6 @@ REFERENCE = [
     "movrec.settings",
     "movrec.installs",
 ]
-# the registry row of a model, everything but its generated id and stamps
-REGISTRY_COLUMNS = (
-    "kind, dim, params, data_snapshot, metrics, global_mean, checkpoint, serving_movie_ids, "
-    "serving_matrix, serving_ranking, default_embedding, default_bias, duration_s"
-)
-
-
-def copy_model(source: str, target: str, model_id: int) -> int:
-    """Register model ``model_id`` of ``source`` in ``target`` (the same checkpoint and
-    blobs) and return its id there."""
-    with connect(source) as s, connect(target) as t:
-        row = s.execute(
-            f"SELECT {REGISTRY_COLUMNS} FROM model.registry WHERE model_id = %s", (model_id,)
-        ).fetchone()
-        assert row is not None
-        placeholders = ", ".join(["%s"] * len(row))
-        params = [psycopg.types.json.Jsonb(v) if isinstance(v, dict) else v for v in row]
-        return t.execute(
-            f"INSERT INTO model.registry ({REGISTRY_COLUMNS}) VALUES ({placeholders}) "
-            "RETURNING model_id",
-            params,
-        ).fetchone()[0]
 
 
 @pytest.fixture(scope="module")

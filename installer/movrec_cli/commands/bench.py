@@ -78,9 +78,29 @@ def bench_quality(dsn: str | None, data_dir: Path, models: str, peers: str, opti
 @click.option(
     "--skip-refit", is_flag=True, help="do not measure inserts with movrec.online_update = refit"
 )
-def bench_serving(**options: Any) -> None:
+@click.option(
+    "--citus",
+    is_flag=True,
+    help="instead: a local Citus cluster (coordinator + 2 workers) against a single node, "
+    "same generated data and model (needs Citus: `make setup` with CITUS_SRC)",
+)
+@click.option("--users", default=20_000, show_default=True, help="--citus: users to generate")
+@click.option("--movies", default=3_000, show_default=True, help="--citus: movies to generate")
+@click.option(
+    "--ratings", default=1_000_000, show_default=True, help="--citus: ratings to generate"
+)
+def bench_serving(citus: bool, users: int, movies: int, ratings: int, **options: Any) -> None:
     """recommend tps/p50/p99, rating tps with the online update vs a plain insert,
-    first recommend on a new connection, memory per backend (pgbench, 2 clients)."""
+    first recommend on a new connection, memory per backend (pgbench, 2 clients).
+
+    With --citus: recommend and rating tps and the per-call overhead of a local 3-node Citus
+    cluster against a single node, in temporary clusters (ports 59400-59413), removed after.
+    """
+    if citus:
+        from movrec_cli.bench_citus import run_citus
+
+        run_citus(options["seconds"], options["clients"], users, movies, ratings)
+        return
     from movrec_cli.bench_serving import run_serving
 
     run_serving(**options)

@@ -376,7 +376,7 @@ CREATE OR REPLACE PROCEDURE movrec.etl_publish(INOUT run bigint DEFAULT NULL, fo
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
-    first_run boolean := NOT EXISTS (SELECT FROM movrec.watch_events WHERE etl_run IS NOT NULL)
+    first_run boolean := NOT EXISTS (SELECT 1 FROM movrec.watch_events WHERE etl_run IS NOT NULL)
                          AND NOT EXISTS (SELECT FROM movrec.etl_runs WHERE stage = 'publish');
     max_removed_share constant float8 := 0.5;
     n_archived bigint; n_live bigint; n_out bigint; n_movies bigint; n_movies_archived bigint;

@@ -210,10 +210,10 @@ COMMENT ON FUNCTION movrec.cf_rebuild_stats() IS
 -- `movrec cf refresh --all` computes everyone, so the queue is left empty.
 DO $$
 DECLARE
-    first_install boolean := NOT EXISTS (SELECT FROM model.user_rating_stats);
+    first_install boolean := NOT EXISTS (SELECT 1 FROM model.user_rating_stats);  -- (SELECT 1: Citus plans no empty target list over shards)
 BEGIN
     IF current_setting('movrec.install_stats_were_live', true) IS DISTINCT FROM 'true'
-       AND EXISTS (SELECT FROM movrec.watch_events) THEN
+       AND EXISTS (SELECT 1 FROM movrec.watch_events) THEN
         PERFORM movrec.cf_rebuild_stats();
         IF first_install THEN
             DELETE FROM model.cf_queue;

@@ -147,6 +147,33 @@ def test_layout(citus: str) -> None:
         assert one_value(conn, "SELECT movrec.distribute()") == {}
 
 
+def test_the_install_script_reruns_on_citus(citus: str) -> None:
+    """An upgrade reruns the whole script over the distributed tables (statement by statement:
+    Citus forwards some DDL's text to the workers) and keeps the layout and the row triggers."""
+    with connect(citus) as conn:
+        conn.execute("DELETE FROM movrec.installs")  # as if an older release were installed
+        result = schema.install(conn)
+        assert "installed" in result.message
+        conn.execute("SET search_path = pg_catalog, public")
+        assert (
+            one_value(conn, "SELECT count(*) FROM citus_tables")
+            == len(DISTRIBUTED) + len(REFERENCE) + 3
+        )  # (the ETL runs and the tokens)
+        triggers = {
+            r[0]
+            for r in conn.execute(
+                "SELECT tgname FROM pg_trigger WHERE tgrelid = 'movrec.watch_events'::regclass "
+                "AND NOT tgisinternal"
+            )
+        }
+        assert triggers == {
+            "movrec_online_update",
+            "movrec_rerating_stamp",
+            "movrec_cf_enqueue_row",
+            "movrec_refresh_enqueue_row",
+        }
+
+
 def one_value(conn: psycopg.Connection, query: str, *args: object) -> object:
     return conn.execute(query, args).fetchone()[0]
 

@@ -164,9 +164,14 @@ def _install_script(conn: psycopg.Connection, venv: str, force: bool = False) ->
                 raise CliError(
                     f"CREATE EXTENSION {ext} failed: {str(e).strip()} (run `make setup`)"
                 ) from None
-        if _has_citus(conn):  # the script replaces triggers of Citus tables (87_citus.sql)
+        if _has_citus(conn):
+            # the script replaces triggers of Citus tables (87_citus.sql), and Citus forwards
+            # some DDL to the workers as the text it came in: one statement at a time
             conn.execute("SET LOCAL citus.enable_unsafe_triggers = on")
-        conn.execute(script)
+            for statement in sqlfiles.statements(script):
+                conn.execute(statement)
+        else:
+            conn.execute(script)
         db = sql.Identifier(conn.info.dbname)
         # Releases before 0.2 kept the venv in a database setting; backends now read the
         # row below (a setting is not dumped by pg_dump, and sessions could override it).

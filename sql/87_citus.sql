@@ -26,9 +26,12 @@
 --   * TRUNCATE of watch_events fires no enqueue trigger there: run movrec.cf_rebuild_stats().
 --   * A trigger on a reference table would run on every copy: the deploy's follow-up
 --     (movrec._follow_champion) is called by deploy and the ETL's retirement instead of by
---     the trigger movrec_serving_on_deploy, which is disabled.
+--     the trigger movrec_serving_on_deploy, which distribute() drops.
 --   * No NOTIFY movrec_cf from the row trigger (two-phase commit forbids it): `movrec worker`
 --     finds CF jobs at its next poll.
+--   * Not yet on Citus: the drains (a job is claimed FOR UPDATE SKIP LOCKED over every
+--     shard, which Citus refuses), hence `movrec worker`; user_to_user() and the refresh of a
+--     user with a vector (subqueries Citus cannot push down).  The queues fill correctly.
 
 -- What a new champion (or a retirement) brings along: the champion's embedded new movies
 -- back into the published vectors, and fresh popularity statistics.  One node runs it in

@@ -31,6 +31,12 @@ FORCE:
 $(CONTROL): $(CONTROL).in plpython/movrec/__init__.py
 	sed 's/@VERSION@/$(EXTVERSION)/' $< > $@
 
+# Citus (the scale-out install and its tests): a packaged Citus where one is installed, else
+# a build from this source tarball (installer/citus.sh); the shared copy beside the checkout
+# when there is one.  Unset and no package: the Citus tests skip.
+CITUS_SRC ?= $(firstword $(wildcard $(abspath $(CURDIR)/../shared/vendor/citus/citus-13.2.2.tar.gz)))
+export CITUS_SRC
+
 setup:
 	bash installer/setup.sh
 

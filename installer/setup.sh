@@ -5,6 +5,7 @@
 #   PG_MAJOR   PostgreSQL major version (default: newest installed server, else 15)
 #   MOVREC_VENV_HOME  where to put the venv when the postgres OS user cannot read
 #                     this checkout (default /var/lib/movrec/<hash of checkout>)
+#   CITUS_SRC  a Citus source tarball to build when no Citus is installed (installer/citus.sh)
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -138,5 +139,8 @@ if [ "$stale" = 1 ]; then
 else
     step "extension: files in $SHAREDIR/extension up to date"
 fi
+# 5. Citus, for the scale-out install: a packaged one, else a build from CITUS_SRC (or none).
+PG_CONFIG="$PG_CONFIG" bash "$ROOT/installer/citus.sh"
+
 # (versions from the package metadata: importing torch costs seconds on a rerun that only checks)
 step "setup done: $("$VENV/bin/python" -c 'from importlib.metadata import version as v; print("torch", v("torch") + ", numpy", v("numpy"))')"

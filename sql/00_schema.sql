@@ -6,13 +6,30 @@
 -- ratings takes half a minute under a lock that stops rating writes.
 SELECT set_config('movrec.install_stats_were_live', (
     SELECT count(*) > 0 FROM pg_trigger
-    WHERE tgrelid = to_regclass('movrec.watch_events') AND tgname = 'movrec_cf_enqueue' AND tgenabled <> 'D')::text,
+    WHERE tgrelid = to_regclass('movrec.watch_events') AND tgname IN ('movrec_cf_enqueue', 'movrec_cf_enqueue_row')  -- (the row trigger: on Citus)
+      AND tgenabled <> 'D')::text,
     true);
 
 CREATE SCHEMA IF NOT EXISTS movrec;
 COMMENT ON SCHEMA movrec IS 'movrec: in-database movie recommender (catalogue, ratings, functions)';
 CREATE SCHEMA IF NOT EXISTS model;
 COMMENT ON SCHEMA model IS 'movrec: model registry, latent vectors and precomputed recommendations';
+
+-- Is this database distributed (movrec.distribute() ran)?  No Citus: false.
+CREATE OR REPLACE FUNCTION movrec._distributed() RETURNS boolean
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found boolean;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_partition') IS NULL THEN
+        RETURN false;
+    END IF;
+    EXECUTE 'SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition WHERE logicalrelid = $1)'
+        INTO found USING to_regclass('movrec.watch_events');
+    RETURN found;
+END $$;
+COMMENT ON FUNCTION movrec._distributed() IS
+    'True where movrec.distribute() laid movrec out over Citus (watch_events is a distributed table)';
 
 CREATE TABLE IF NOT EXISTS movrec.movies (
     movie_id     integer PRIMARY KEY CONSTRAINT movie_id_is_positive CHECK (movie_id > 0),

@@ -163,6 +163,11 @@ DECLARE
     detail text;
 BEGIN
     PERFORM movrec._require_primary('train()');
+    IF movrec._distributed() THEN
+        -- it reads every shard of watch_events, then writes the registry (a reference table):
+        -- Citus allows that in one transaction over one connection per node
+        PERFORM set_config('citus.multi_shard_modify_mode', 'sequential', true);
+    END IF;
     RETURN movrec._train(model, options, deploy);
 EXCEPTION WHEN OTHERS THEN
     GET STACKED DIAGNOSTICS msg = MESSAGE_TEXT, state = RETURNED_SQLSTATE, hint = PG_EXCEPTION_HINT,

@@ -47,6 +47,7 @@ DECLARE
     reg double precision;
     keep integer;
     mode text;
+    stamp timestamptz;
 BEGIN
     IF TG_RELID <> 'movrec.watch_events'::regclass OR current_setting('application_name') = 'pg_restore' THEN
         IF NOT movrec._trigger_applies('movrec.on_rating()', TG_RELID, 'movrec.watch_events') THEN
@@ -73,9 +74,12 @@ BEGIN
     SELECT embedding, bias, model_id, n_updates + 1, backup_ring INTO old_u, old_b, old_model, n_update, ring
     FROM model.user_latent_attributes WHERE user_id = NEW.user_id FOR UPDATE;
     IF NOT FOUND THEN  -- a new user starts from the champion's default (mean) vector
+        -- (values, not INSERT .. SELECT, and no volatile call in the statement: on Citus this
+        -- runs on the user's shard, where a write must be a plain router statement)
+        SELECT default_embedding::vector, default_bias INTO u, b_u FROM model.registry r WHERE r.model_id = champ;
+        stamp := clock_timestamp();
         INSERT INTO model.user_latent_attributes (user_id, embedding, bias, model_id, updated_at)
-        SELECT NEW.user_id, default_embedding::vector, default_bias, r.model_id, clock_timestamp()
-        FROM model.registry r WHERE r.model_id = champ
+        VALUES (NEW.user_id, u, b_u, champ, stamp)
         ON CONFLICT (user_id) DO NOTHING;
         SELECT embedding, bias, model_id, n_updates + 1, backup_ring INTO old_u, old_b, old_model, n_update, ring
         FROM model.user_latent_attributes WHERE user_id = NEW.user_id FOR UPDATE;
@@ -137,19 +141,20 @@ BEGIN
         WHERE b.user_id = NEW.user_id;
     END IF;
     ring_slot := CASE WHEN keep = 0 THEN n_update ELSE n_update % keep END;
+    stamp := clock_timestamp();  -- after the row lock: updated_at increases in lock order
     -- Archive the previous vector into the user's ring slot (the oldest of the last `keep`)
     -- and write the new vector: one statement.
     WITH archived AS (
         INSERT INTO model.user_latent_attributes_backups AS b
             (user_id, slot, update_seq, embedding, bias, model_id, archived_at)
-        VALUES (NEW.user_id, ring_slot, n_update, old_u, old_b, old_model, clock_timestamp())
+        VALUES (NEW.user_id, ring_slot, n_update, old_u, old_b, old_model, stamp)
         ON CONFLICT (user_id, slot) DO UPDATE
         SET update_seq = excluded.update_seq, embedding = excluded.embedding, bias = excluded.bias,
             model_id = excluded.model_id, archived_at = excluded.archived_at
     )
     UPDATE model.user_latent_attributes
     SET embedding = new_u, bias = new_b, model_id = champ, n_updates = n_update, backup_ring = keep,
-        updated_at = clock_timestamp()
+        updated_at = stamp
     WHERE user_id = NEW.user_id;
     RETURN NULL;
 END $$;

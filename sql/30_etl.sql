@@ -376,7 +376,7 @@ CREATE OR REPLACE PROCEDURE movrec.etl_publish(INOUT run bigint DEFAULT NULL, fo
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
-    first_run boolean := NOT EXISTS (SELECT FROM movrec.watch_events WHERE etl_run IS NOT NULL)
+    first_run boolean := NOT EXISTS (SELECT 1 FROM movrec.watch_events WHERE etl_run IS NOT NULL)
                          AND NOT EXISTS (SELECT FROM movrec.etl_runs WHERE stage = 'publish');
     max_removed_share constant float8 := 0.5;
     n_archived bigint; n_live bigint; n_out bigint; n_movies bigint; n_movies_archived bigint;
@@ -484,6 +484,9 @@ BEGIN
     IF first_run AND EXISTS (SELECT FROM model.deployments) THEN
         -- ids changed meaning: retire the champion and the vectors that used the old ids
         INSERT INTO model.deployments (model_id, reason) VALUES (NULL, format('retired by etl run %s', run));
+        IF movrec._distributed() THEN  -- (no deploy trigger there: 87_citus.sql)
+            PERFORM movrec._follow_champion();
+        END IF;
         TRUNCATE model.user_latent_attributes, model.user_latent_attributes_backups,
                  model.movie_latent_attributes, model.model_recommendation, model.user_recommendation;
         RAISE NOTICE 'etl run %: the deployed model used the old ids and is retired; train a new one', run;

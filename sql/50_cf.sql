@@ -135,26 +135,32 @@ COMMENT ON FUNCTION movrec.cf_on_ratings_changed() IS
     'Trigger (per statement): updates model.user_rating_stats from the statement''s rows, enqueues the users '
     'in model.cf_queue (once each) and NOTIFYs movrec_cf';
 
-CREATE OR REPLACE TRIGGER movrec_cf_enqueue
-    AFTER INSERT ON movrec.watch_events REFERENCING NEW TABLE AS movrec_cf_new
-    FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
-COMMENT ON TRIGGER movrec_cf_enqueue ON movrec.watch_events IS
-    'CF: inserted ratings update model.user_rating_stats and enqueue their users (movrec.cf_on_ratings_changed)';
-CREATE OR REPLACE TRIGGER movrec_cf_enqueue_update
-    AFTER UPDATE ON movrec.watch_events REFERENCING OLD TABLE AS movrec_cf_old NEW TABLE AS movrec_cf_new
-    FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
-COMMENT ON TRIGGER movrec_cf_enqueue_update ON movrec.watch_events IS
-    'CF: changed ratings update model.user_rating_stats and enqueue their users (movrec.cf_on_ratings_changed)';
-CREATE OR REPLACE TRIGGER movrec_cf_enqueue_delete
-    AFTER DELETE ON movrec.watch_events REFERENCING OLD TABLE AS movrec_cf_old
-    FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
-COMMENT ON TRIGGER movrec_cf_enqueue_delete ON movrec.watch_events IS
-    'CF: deleted ratings update model.user_rating_stats and enqueue their users (movrec.cf_on_ratings_changed)';
-CREATE OR REPLACE TRIGGER movrec_cf_enqueue_truncate
-    AFTER TRUNCATE ON movrec.watch_events
-    FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
-COMMENT ON TRIGGER movrec_cf_enqueue_truncate ON movrec.watch_events IS
-    'CF: TRUNCATE zeroes model.user_rating_stats and enqueues every user who had ratings';
+-- (On Citus, movrec.distribute() puts a row trigger in their place: 87_citus.sql.)
+DO $citus$
+BEGIN
+    IF NOT movrec._distributed() THEN
+        CREATE OR REPLACE TRIGGER movrec_cf_enqueue
+            AFTER INSERT ON movrec.watch_events REFERENCING NEW TABLE AS movrec_cf_new
+            FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
+        COMMENT ON TRIGGER movrec_cf_enqueue ON movrec.watch_events IS
+            'CF: inserted ratings update model.user_rating_stats and enqueue their users (movrec.cf_on_ratings_changed)';
+        CREATE OR REPLACE TRIGGER movrec_cf_enqueue_update
+            AFTER UPDATE ON movrec.watch_events REFERENCING OLD TABLE AS movrec_cf_old NEW TABLE AS movrec_cf_new
+            FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
+        COMMENT ON TRIGGER movrec_cf_enqueue_update ON movrec.watch_events IS
+            'CF: changed ratings update model.user_rating_stats and enqueue their users (movrec.cf_on_ratings_changed)';
+        CREATE OR REPLACE TRIGGER movrec_cf_enqueue_delete
+            AFTER DELETE ON movrec.watch_events REFERENCING OLD TABLE AS movrec_cf_old
+            FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
+        COMMENT ON TRIGGER movrec_cf_enqueue_delete ON movrec.watch_events IS
+            'CF: deleted ratings update model.user_rating_stats and enqueue their users (movrec.cf_on_ratings_changed)';
+        CREATE OR REPLACE TRIGGER movrec_cf_enqueue_truncate
+            AFTER TRUNCATE ON movrec.watch_events
+            FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
+        COMMENT ON TRIGGER movrec_cf_enqueue_truncate ON movrec.watch_events IS
+            'CF: TRUNCATE zeroes model.user_rating_stats and enqueues every user who had ratings';
+    END IF;
+END $citus$;
 
 CREATE OR REPLACE FUNCTION movrec.cf_rebuild_stats() RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
@@ -204,10 +210,10 @@ COMMENT ON FUNCTION movrec.cf_rebuild_stats() IS
 -- `movrec cf refresh --all` computes everyone, so the queue is left empty.
 DO $$
 DECLARE
-    first_install boolean := NOT EXISTS (SELECT FROM model.user_rating_stats);
+    first_install boolean := NOT EXISTS (SELECT 1 FROM model.user_rating_stats);  -- (SELECT 1: Citus plans no empty target list over shards)
 BEGIN
     IF current_setting('movrec.install_stats_were_live', true) IS DISTINCT FROM 'true'
-       AND EXISTS (SELECT FROM movrec.watch_events) THEN
+       AND EXISTS (SELECT 1 FROM movrec.watch_events) THEN
         PERFORM movrec.cf_rebuild_stats();
         IF first_install THEN
             DELETE FROM model.cf_queue;

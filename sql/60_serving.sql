@@ -57,24 +57,23 @@ BEGIN
             RETURN NULL;  -- a restore replays rows whose effects the dump holds
         END IF;
     END IF;
-    -- deploy republished model.movie_latent_attributes from the checkpoint: add back the
-    -- movies embedded for this champion after it was trained (a rollback to it keeps them)
-    INSERT INTO model.movie_latent_attributes (movie_id, embedding, bias, model_id)
-    SELECT x.movie_id, x.embedding::vector, x.bias, x.model_id
-    FROM model.movie_latent_extra x
-    WHERE x.model_id = (SELECT d.model_id FROM model.deployments d ORDER BY d.deployment_id DESC LIMIT 1)
-    ON CONFLICT (movie_id) DO NOTHING;
-    PERFORM movrec.refresh_movie_stats();
+    PERFORM movrec._follow_champion();
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION movrec.serving_on_deploy() IS
     'Trigger: a deploy (or rollback) republishes the champion''s embedded new movies (model.movie_latent_extra) '
     'into model.movie_latent_attributes and rewrites model.movie_rating_stats, in its transaction';
 
-CREATE OR REPLACE TRIGGER movrec_serving_on_deploy
-    AFTER INSERT ON model.deployments FOR EACH STATEMENT EXECUTE FUNCTION movrec.serving_on_deploy();
-COMMENT ON TRIGGER movrec_serving_on_deploy ON model.deployments IS
-    'Serving follows the champion: its extra movies and fresh popularity statistics (movrec.serving_on_deploy)';
+-- (On Citus deploy calls movrec._follow_champion() itself: 87_citus.sql.)
+DO $citus$
+BEGIN
+    IF NOT movrec._distributed() THEN
+        CREATE OR REPLACE TRIGGER movrec_serving_on_deploy
+            AFTER INSERT ON model.deployments FOR EACH STATEMENT EXECUTE FUNCTION movrec.serving_on_deploy();
+        COMMENT ON TRIGGER movrec_serving_on_deploy ON model.deployments IS
+            'Serving follows the champion: its extra movies and fresh popularity statistics (movrec.serving_on_deploy)';
+    END IF;
+END $citus$;
 
 -- Nearest movies by cosine distance.  Deploy rewrites the table; the index follows.
 CREATE INDEX IF NOT EXISTS movie_latent_attributes_embedding_hnsw_idx
@@ -189,16 +188,22 @@ COMMENT ON FUNCTION movrec.refresh_on_ratings_changed() IS
     'Statement trigger: the users who rated go into model.refresh_queue once each (no scoring in the rating''s '
     'transaction; movrec.serving_drain() does that later)';
 
-CREATE OR REPLACE TRIGGER movrec_refresh_enqueue
-    AFTER INSERT ON movrec.watch_events REFERENCING NEW TABLE AS movrec_refresh_new
-    FOR EACH STATEMENT EXECUTE FUNCTION movrec.refresh_on_ratings_changed();
-COMMENT ON TRIGGER movrec_refresh_enqueue ON movrec.watch_events IS
-    'Queues raters for a refresh of model.model_recommendation (movrec.refresh_on_ratings_changed)';
-CREATE OR REPLACE TRIGGER movrec_refresh_enqueue_update
-    AFTER UPDATE ON movrec.watch_events REFERENCING NEW TABLE AS movrec_refresh_new
-    FOR EACH STATEMENT EXECUTE FUNCTION movrec.refresh_on_ratings_changed();
-COMMENT ON TRIGGER movrec_refresh_enqueue_update ON movrec.watch_events IS
-    'Queues re-raters for a refresh of model.model_recommendation (movrec.refresh_on_ratings_changed)';
+-- (On Citus, movrec.distribute() puts a row trigger in their place: 87_citus.sql.)
+DO $citus$
+BEGIN
+    IF NOT movrec._distributed() THEN
+        CREATE OR REPLACE TRIGGER movrec_refresh_enqueue
+            AFTER INSERT ON movrec.watch_events REFERENCING NEW TABLE AS movrec_refresh_new
+            FOR EACH STATEMENT EXECUTE FUNCTION movrec.refresh_on_ratings_changed();
+        COMMENT ON TRIGGER movrec_refresh_enqueue ON movrec.watch_events IS
+            'Queues raters for a refresh of model.model_recommendation (movrec.refresh_on_ratings_changed)';
+        CREATE OR REPLACE TRIGGER movrec_refresh_enqueue_update
+            AFTER UPDATE ON movrec.watch_events REFERENCING NEW TABLE AS movrec_refresh_new
+            FOR EACH STATEMENT EXECUTE FUNCTION movrec.refresh_on_ratings_changed();
+        COMMENT ON TRIGGER movrec_refresh_enqueue_update ON movrec.watch_events IS
+            'Queues re-raters for a refresh of model.model_recommendation (movrec.refresh_on_ratings_changed)';
+    END IF;
+END $citus$;
 
 CREATE OR REPLACE FUNCTION movrec.serving_drain(max_jobs integer DEFAULT 100) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$

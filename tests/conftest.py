@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import subprocess
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,7 +18,7 @@ from pathlib import Path
 import psycopg
 import pytest
 from movrec_cli import inprocess, schema
-from movrec_cli.cluster import Cluster, Standby
+from movrec_cli.cluster import CitusCluster, Cluster, Standby, citus_library
 from movrec_cli.demo_data import load_demo
 
 DEMO_USERS = 300
@@ -187,3 +188,44 @@ def set_settings(conn: psycopg.Connection, **values: object) -> None:
 
 def reset_settings(conn: psycopg.Connection) -> None:
     conn.execute("DELETE FROM movrec.settings; INSERT INTO movrec.settings DEFAULT VALUES")
+
+
+CITUS_SRC_DEFAULT = (
+    Path(__file__).resolve().parents[1].parent / "shared/vendor/citus/citus-13.2.2.tar.gz"
+)
+
+
+def citus_missing() -> str | None:
+    """None when Citus is installed (building it from CITUS_SRC first when it is not: what
+    `make setup` does); else why the Citus tests skip."""
+    if citus_library() is not None:
+        return None
+    src = os.environ.get("CITUS_SRC") or (
+        str(CITUS_SRC_DEFAULT) if CITUS_SRC_DEFAULT.is_file() else ""
+    )
+    if not src:
+        return (
+            "Citus is not installed and CITUS_SRC names no Citus source tarball "
+            "(set CITUS_SRC=path/to/citus-13.2.2.tar.gz and run `make setup`, or install a Citus package)"
+        )
+    script = Path(__file__).resolve().parents[1] / "installer" / "citus.sh"
+    r = subprocess.run(["bash", str(script)], env={**os.environ, "CITUS_SRC": src}, check=False)
+    if r.returncode != 0 or citus_library() is None:
+        pytest.fail(f"building Citus from {src} failed (installer/citus.sh)")
+    return None
+
+
+@pytest.fixture(scope="session")
+def citus_cluster() -> Iterator[CitusCluster]:
+    """A Citus coordinator and 2 workers on this machine (started once, removed after)."""
+    if reason := citus_missing():
+        pytest.skip(reason)
+    home = Path(tempfile.mkdtemp(prefix="movrec-citus-", dir="/tmp"))
+    home.chmod(0o755)
+    c = CitusCluster(home, port=58000 + (os.getpid() % 300) * 3)
+    try:
+        c.start()
+        yield c
+    finally:
+        c.stop()
+        shutil.rmtree(home, ignore_errors=True)

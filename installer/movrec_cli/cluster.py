@@ -37,7 +37,7 @@ shared_buffers = 256MB
 max_wal_size = 4GB
 checkpoint_timeout = 15min
 wal_compression = lz4
-shared_preload_libraries = 'pg_cron'
+shared_preload_libraries = '{preload}'
 cron.database_name = '{database}'
 cron.host = '{socket_dir}'
 logging_collector = off
@@ -106,10 +106,21 @@ def ensure_database(admin_dsn: str, name: str) -> None:
             conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
 
 
+# What a Citus node sets over SERVER_CONF: Citus loads first (it must), nodes reach each other
+# over their sockets (peer authentication, no TCP), and the connections between nodes count
+# against max_connections.
+CITUS_CONF = """
+# movrec Citus node
+max_connections = 100
+citus.node_conninfo = 'sslmode=disable'
+"""
+
+
 @dataclass
 class Cluster:
     home: Path
     port: int = DEFAULT_PORT
+    citus: bool = False  # a Citus node: shared_preload_libraries starts with citus
 
     @classmethod
     def default(cls) -> Cluster:
@@ -169,7 +180,14 @@ class Cluster:
         )
         if r.returncode != 0:
             raise CliError(f"initdb failed:\n{r.stdout}{r.stderr}")
-        conf = SERVER_CONF.format(port=self.port, socket_dir=self.socket_dir, database=DATABASE)
+        conf = SERVER_CONF.format(
+            port=self.port,
+            socket_dir=self.socket_dir,
+            database=DATABASE,
+            preload="citus,pg_cron" if self.citus else "pg_cron",
+        )
+        if self.citus:
+            conf += CITUS_CONF
         with open(self.data / "postgresql.auto.conf", "a", encoding="utf-8") as f:
             f.write(conf)
         self.secure()
@@ -367,3 +385,82 @@ class Standby(Cluster):
                 "WHERE application_name = 'walreceiver' ORDER BY replay_lsn DESC LIMIT 1"
             ).fetchone()
         return None if row is None else int(row[0])
+
+
+def citus_library() -> Path | None:
+    """citus.so of the server binaries the clusters run, or None where Citus is not installed
+    (the library and the extension's control file both)."""
+    pg_config = bindir() / "pg_config"
+    r = subprocess.run([str(pg_config), "--pkglibdir"], capture_output=True, text=True, check=False)
+    s = subprocess.run([str(pg_config), "--sharedir"], capture_output=True, text=True, check=False)
+    if r.returncode != 0 or s.returncode != 0:
+        return None
+    lib = Path(r.stdout.strip()) / "citus.so"
+    control = Path(s.stdout.strip()) / "extension" / "citus.control"
+    return lib if lib.is_file() and control.is_file() else None
+
+
+@dataclass
+class CitusCluster:
+    """A Citus coordinator and workers on one machine, for tests and benchmarks: one embedded
+    cluster per node under ``home`` (coordinator/, worker1/, ...), on ports port, port + 1, ...
+    Nodes name each other by socket directory and authenticate by peer as the superuser (the
+    backends run as the server's OS user), so no node listens on TCP.  Every node runs the
+    same binaries and loads movrec from the same venv path."""
+
+    home: Path
+    port: int
+    n_workers: int = 2
+
+    @property
+    def coordinator(self) -> Cluster:
+        return Cluster(self.home / "coordinator", self.port, citus=True)
+
+    @property
+    def workers(self) -> list[Cluster]:
+        return [
+            Cluster(self.home / f"worker{i}", self.port + i, citus=True)
+            for i in range(1, self.n_workers + 1)
+        ]
+
+    @property
+    def nodes(self) -> list[Cluster]:
+        return [self.coordinator, *self.workers]
+
+    def dsn(self, dbname: str = DATABASE) -> str:
+        """The coordinator's: applications and movrec's CLI talk to it."""
+        return self.coordinator.dsn(dbname)
+
+    def start(self) -> None:
+        """initdb every node once and start them (Citus must be installed: `make setup`)."""
+        if citus_library() is None:
+            raise CliError(
+                "Citus is not installed: run `make setup` with CITUS_SRC set to a Citus source "
+                "tarball, or install a Citus package"
+            )
+        for node in self.nodes:
+            node.init()
+            node.start()
+
+    def stop(self) -> None:
+        for node in reversed(self.nodes):
+            node.stop()
+
+    def create_database(self, name: str) -> str:
+        """A new, empty Citus database of this name on every node (dropped first where it
+        exists), the workers added to the coordinator's metadata; returns its DSN."""
+        for node in self.nodes:
+            with psycopg.connect(node.dsn("postgres"), autocommit=True) as conn:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+            with psycopg.connect(node.dsn(name), autocommit=True) as conn:
+                conn.execute("SET client_min_messages = warning")
+                conn.execute("CREATE EXTENSION citus")
+        with psycopg.connect(self.dsn(name), autocommit=True) as conn:
+            c = self.coordinator
+            conn.execute("SELECT citus_set_coordinator_host(%s, %s)", (str(c.socket_dir), c.port))
+            for w in self.workers:
+                conn.execute("SELECT citus_add_node(%s, %s)", (str(w.socket_dir), w.port))
+        return self.dsn(name)

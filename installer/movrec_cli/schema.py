@@ -91,6 +91,22 @@ def _db_setting(conn: psycopg.Connection, name: str) -> str | None:
     return dict(rows).get(name)  # type: ignore[call-overload]
 
 
+def _has_citus(conn: psycopg.Connection) -> bool:
+    return conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'citus'").fetchone() is not None
+
+
+def _distributed(conn: psycopg.Connection) -> bool:
+    """movrec.distribute() ran here (its tables are Citus tables)."""
+    return _has_citus(conn) and bool(
+        one(
+            conn.execute(
+                "SELECT to_regclass('movrec.watch_events') IS NOT NULL AND EXISTS (SELECT FROM "
+                "pg_dist_partition WHERE logicalrelid = to_regclass('movrec.watch_events'))"
+            )
+        )[0]
+    )
+
+
 def install_kind(conn: psycopg.Connection) -> str | None:
     """'portable' or 'full' for the install this database holds (None: none)."""
     last = _last_install(conn)
@@ -105,14 +121,44 @@ def install(
     portable: bool = False,
     app_role: str | None = None,
     admin_role: str | None = None,
+    citus: bool = False,
 ) -> InstallResult:
+    """Install or upgrade movrec in one transaction.  ``portable``: the plpgsql install for
+    managed PostgreSQL.  ``citus``: on a Citus coordinator, also lay the tables out over the
+    nodes (movrec.distribute()); a database distributed before is laid out again after every
+    install, which keeps the Citus layout of what it adds."""
     if portable:
+        if citus:
+            raise CliError("--citus is for the full install, not --portable")
         return install_portable(conn, app_role, admin_role)
     if app_role or admin_role:
         raise CliError("--app-role and --admin-role are for --portable installs")
     venv = venv or default_venv()
+    if citus and not _has_citus(conn):
+        raise CliError(
+            "--citus: this database has no Citus extension (on a Citus coordinator: "
+            "CREATE EXTENSION citus and add the workers first)"
+        )
     if conn.execute("SELECT 1 FROM pg_extension WHERE extname = 'movrec'").fetchone():
-        return _install_extension(conn, venv)
+        result = _install_extension(conn, venv)
+    else:
+        result = _install_script(conn, venv, force=citus and not _distributed(conn))
+    if citus or _distributed(conn):
+        with conn.transaction():
+            conn.execute("SET LOCAL client_min_messages = warning")
+            done = one(conn.execute("SELECT movrec.distribute()"))[0]
+        # what distribute() set for the database's new sessions, for this one too
+        conn.execute("SET citus.enable_unsafe_triggers = on")
+        if done:
+            result = InstallResult(
+                result.version,
+                True,
+                result.message + f"; distributed over Citus ({len(done)} tables and functions)",
+            )
+    return result
+
+
+def _install_script(conn: psycopg.Connection, venv: str, force: bool = False) -> InstallResult:
     with conn.transaction():
         conn.execute("SET LOCAL client_min_messages = warning")  # no 'already exists' noise
         if install_kind(conn) == "portable":
@@ -125,7 +171,12 @@ def install(
         script = _script_for(release)
         sha = hashlib.sha256(script.encode()).hexdigest()
         search_path = _db_setting(conn, "search_path")
-        if last == (__version__, sha, venv) and search_path and "movrec" in search_path:
+        if (
+            not force
+            and last == (__version__, sha, venv)
+            and search_path
+            and "movrec" in search_path
+        ):
             return InstallResult(
                 __version__, False, f"movrec {__version__} is installed; nothing to do"
             )
@@ -139,7 +190,14 @@ def install(
                 raise CliError(
                     f"CREATE EXTENSION {ext} failed: {str(e).strip()} (run `make setup`)"
                 ) from None
-        conn.execute(script)
+        if _has_citus(conn):
+            # the script replaces triggers of Citus tables (87_citus.sql), and Citus forwards
+            # some DDL to the workers as the text it came in: one statement at a time
+            conn.execute("SET LOCAL citus.enable_unsafe_triggers = on")
+            for statement in sqlfiles.statements(script):
+                conn.execute(statement)
+        else:
+            conn.execute(script)
         db = sql.Identifier(conn.info.dbname)
         # Releases before 0.2 kept the venv in a database setting; backends now read the
         # row below (a setting is not dumped by pg_dump, and sessions could override it).

@@ -180,3 +180,48 @@ if __name__ == "__main__":  # python3 installer/movrec_cli/sqlfiles.py OUT VERSI
     out_dir, ver, venv_path, repo = sys.argv[1:5]
     for p in build_extension(Path(out_dir), ver, venv_path, Path(repo)):
         print(p)
+
+
+_DOLLAR_TAG = re.compile(r"\$([A-Za-z_][A-Za-z_0-9]*)?\$")
+
+
+def statements(script: str) -> list[str]:
+    """The script's statements, one string each (comments kept with the statement they
+    precede).  Splits at semicolons outside quotes, quoted identifiers, dollar quotes and
+    comments.  A Citus coordinator needs them one by one: it passes the text of some DDL to
+    the workers as it came, and a worker refuses several commands in one."""
+    out: list[str] = []
+    start = i = 0
+    n = len(script)
+    while i < n:
+        c = script[i]
+        if c == "-" and script.startswith("--", i):
+            j = script.find("\n", i)
+            i = n if j < 0 else j + 1
+        elif c == "/" and script.startswith("/*", i):
+            j = script.find("*/", i + 2)
+            i = n if j < 0 else j + 2
+        elif c in "'\"":
+            j = i + 1
+            while j < n:  # a doubled quote is the quote itself
+                if script[j] == c:
+                    if j + 1 < n and script[j + 1] == c:
+                        j += 2
+                        continue
+                    break
+                j += 1
+            i = j + 1
+        elif c == "$" and (m := _DOLLAR_TAG.match(script, i)):
+            j = script.find(m.group(0), m.end())
+            i = n if j < 0 else j + len(m.group(0))
+        elif c == ";":
+            out.append(script[start : i + 1])
+            start = i = i + 1
+        else:
+            i += 1
+    rest = script[start:]
+    if rest.strip() and any(
+        line.strip() and not line.strip().startswith("--") for line in rest.splitlines()
+    ):
+        out.append(rest)
+    return [s for s in out if s.strip(" \n\t;")]

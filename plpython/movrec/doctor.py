@@ -127,7 +127,50 @@ def checks() -> list[Row]:
     )
     if champ:
         rows.append(_serving())
+    rows += _citus_workers()
     return rows
+
+
+# What a worker's doctor() finds, as one line: "failed/all" and the failed checks.
+WORKER_DOCTOR_SQL = """
+SELECT count(*) FILTER (WHERE NOT ok) || '/' || count(*)
+       || coalesce(': ' || string_agg(check_name || ' (' || detail || ')', '; ') FILTER (WHERE NOT ok), '')
+FROM movrec.doctor()
+"""
+
+
+def _citus_workers() -> list[Row]:
+    """On a distributed install's coordinator, one row per Citus worker: its own doctor()
+    (the rating trigger and the delegated recommend() and rate() run there)."""
+    if not backend.execute("SELECT movrec._distributed() AS d")[0]["d"]:
+        return []
+    if not backend.execute("SELECT citus_is_coordinator() AS c")[0]["c"]:
+        return []  # a worker: the coordinator's doctor() looks at every worker
+    out: list[Row] = []
+    for w in backend.execute(
+        "SELECT nodename, nodeport, success, result FROM run_command_on_workers($1) "
+        "ORDER BY nodename, nodeport",
+        ["text"],
+        [WORKER_DOCTOR_SQL],
+    ):
+        failed, _, total = str(w["result"]).partition(":")[0].partition("/")
+        ok = bool(w["success"]) and failed == "0"
+        detail = (
+            f"all {total} checks pass"
+            if ok
+            else (w["result"] if w["success"] else f"unreachable: {w['result']}")
+        )
+        out.append(
+            (
+                f"citus worker {w['nodename']}:{w['nodeport']}",
+                ok,
+                detail,
+                None
+                if ok
+                else "run `movrec doctor` against that node, and `movrec install --citus`",
+            )
+        )
+    return out
 
 
 def _serving() -> Row:

@@ -304,6 +304,16 @@ def deploy_model(model_id: int, reason: str = "deploy") -> int:
         ["int8", "text"],
         [model_id, reason],
     )
+    # On Citus a trigger on model.deployments would run on every node's copy: deploy does
+    # what it does, once (sql/87_citus.sql).
+    # (a database still on an older release's SQL has neither function: never distributed)
+    if (
+        backend.execute("SELECT to_regprocedure('movrec._distributed()') IS NOT NULL AS known")[0][
+            "known"
+        ]
+        and backend.execute("SELECT movrec._distributed() AS d")[0]["d"]
+    ):
+        backend.execute("SELECT movrec._follow_champion()")
     # Build the shared serving matrix and its top-k index now, so that no request after the
     # deploy pays for it (0.3-1 s at 27k movies); backends map the files on their next call.
     # Only a head start: whatever goes wrong here, the first request builds them instead.

@@ -100,9 +100,36 @@ def bench_quality(
 @click.option(
     "--recall-users", default=500, show_default=True, help="--portable: users sampled for recall"
 )
-def bench_serving(portable_dsn: str | None, recall_users: int, **options: Any) -> None:
+@click.option(
+    "--citus",
+    is_flag=True,
+    help="instead: a local Citus cluster (coordinator + 2 workers) against a single node, "
+    "same generated data and model (needs Citus: `make setup` with CITUS_SRC)",
+)
+@click.option("--users", default=20_000, show_default=True, help="--citus: users to generate")
+@click.option("--movies", default=3_000, show_default=True, help="--citus: movies to generate")
+@click.option(
+    "--ratings", default=1_000_000, show_default=True, help="--citus: ratings to generate"
+)
+def bench_serving(
+    portable_dsn: str | None,
+    recall_users: int,
+    citus: bool,
+    users: int,
+    movies: int,
+    ratings: int,
+    **options: Any,
+) -> None:
     """recommend tps/p50/p99, rating tps with the online update vs a plain insert,
-    first recommend on a new connection, memory per backend (pgbench, 2 clients)."""
+    first recommend on a new connection, memory per backend (pgbench, 2 clients).
+
+    With --portable DSN: the same against the portable install, with recall@10 of its
+    top-k.  With --citus: recommend and rating tps and the per-call overhead of a local
+    3-node Citus cluster against a single node, in temporary clusters (ports
+    59400-59413), removed after.
+    """
+    if portable_dsn and citus:
+        raise click.UsageError("--portable and --citus are separate benchmarks: pick one")
     if portable_dsn:
         from movrec_cli.bench_portable import run
         from movrec_cli.bench_serving import _resolve
@@ -115,6 +142,11 @@ def bench_serving(portable_dsn: str | None, recall_users: int, **options: Any) -
             options["clients"],
             recall_users,
         )
+        return
+    if citus:
+        from movrec_cli.bench_citus import run_citus
+
+        run_citus(options["seconds"], options["clients"], users, movies, ratings)
         return
     from movrec_cli.bench_serving import run_serving
 

@@ -31,12 +31,18 @@ from movrec_cli.output import table
 @click.option(
     "--admin-role", metavar="ROLE", help="--portable: an existing role to use as movrec_admin"
 )
+@click.option(
+    "--citus",
+    is_flag=True,
+    help="on a Citus coordinator: also distribute the tables over the nodes (movrec.distribute())",
+)
 def install(
     dsn: str | None,
     venv: str | None,
     portable: bool,
     app_role: str | None,
     admin_role: str | None,
+    citus: bool,
 ) -> None:
     """Install or upgrade movrec's SQL in one transaction; a rerun changes nothing.
 
@@ -49,10 +55,13 @@ def install(
       movrec install
       movrec install --dsn 'host=db1 dbname=app user=postgres'
       movrec install --portable --dsn 'host=x.rds.amazonaws.com dbname=app user=app_owner'
+      movrec install --citus --dsn 'host=coordinator dbname=app user=postgres'
     """
     with connect(dsn) as conn:
         try:
-            click.echo(schema.install(conn, venv, portable, app_role, admin_role).message)
+            click.echo(
+                schema.install(conn, venv, portable, app_role, admin_role, citus=citus).message
+            )
         except psycopg.Error as e:
             raise CliError(f"install failed, the database is unchanged: {str(e).strip()}") from None
 

@@ -26,8 +26,8 @@ PUBLISHED_DIM = 100  # model.*_latent_attributes.embedding is vector(100)
 REGISTER_SQL = """
 INSERT INTO model.registry (kind, dim, params, data_snapshot, metrics, global_mean, checkpoint,
                             serving_movie_ids, serving_matrix, default_embedding, default_bias, duration_s,
-                            serving_ranking)
-VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13)
+                            serving_ranking, validation_split)
+VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 RETURNING model_id
 """
 
@@ -84,7 +84,10 @@ def register(
     snapshot: dict[str, Any],
     metrics: dict[str, Any],
     duration_s: float,
+    validation_split: bytes | None = None,
 ) -> int:
+    """Insert the registry row; ``validation_split`` is evaluation.pack_split() of the held-out
+    ratings (what evaluate() scores later), None when not recorded."""
     ids, matrix, default_embedding, default_bias = serving_blobs(model)
     ranking = model.ranking_side()
     ranking_blob = ranking.numpy().astype(np.float32).tobytes() if ranking is not None else None
@@ -104,6 +107,7 @@ def register(
             "float4",
             "float4",
             "bytea",
+            "bytea",
         ],
         [
             kind,
@@ -119,6 +123,7 @@ def register(
             default_bias,
             duration_s,
             ranking_blob,
+            validation_split,
         ],
     )
     return int(row[0]["model_id"])

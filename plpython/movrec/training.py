@@ -19,6 +19,7 @@ from movrec import backend
 from movrec.content import MovieContent
 from movrec.content import empty as empty_content
 from movrec.errors import InvalidArgument, NotEnoughData, NullArgument
+from movrec.evaluation import pack_split, rows_fingerprint
 from movrec.metrics import ranking_metrics, rating_metrics, split
 from movrec.train_options import TrainOptions
 
@@ -418,6 +419,8 @@ def read_ratings() -> tuple[Ratings, dict[str, Any]]:
         "max_rated_at": snap["max_rated_at"],
         "n_users": int(len(np.unique(data.users))),
         "n_movies": int(len(np.unique(data.movies))),
+        # evaluate() compares it with the ratings then: any rating added, removed or changed
+        "rows_sha256": rows_fingerprint(data.users, data.movies, data.ratings),
     }
     return data, snapshot
 
@@ -453,8 +456,16 @@ def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -
 
     content = read_content() if kind in CONTENT_MODELS else None
     model, metrics = fit(data, kind, opts, progress=backend.notice, content=content)
+    _, val_rows = split(len(data), opts.seed, 1 - opts.val_fraction)  # fit's split
+    held_out = pack_split(data.users[val_rows], data.movies[val_rows], data.ratings[val_rows])
     model_id = registry.register(
-        model, kind, asdict(opts), snapshot, metrics, duration_s=time.perf_counter() - started
+        model,
+        kind,
+        asdict(opts),
+        snapshot,
+        metrics,
+        duration_s=time.perf_counter() - started,
+        validation_split=held_out,
     )
     backend.notice(
         f"movrec train {kind}: model {model_id} val RMSE {metrics['val_rmse']:.4f} "

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -149,6 +151,31 @@ def test_evaluate_refuses_a_model_without_a_stored_split(db: psycopg.Connection)
     db.execute("UPDATE model.registry SET validation_split = NULL WHERE model_id = %s", (model,))
     with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="no stored validation"):
         db.execute("SELECT * FROM movrec.evaluate(%s)", (model,))
+
+
+def test_search_keeps_to_its_budget_and_records_its_trials(db: psycopg.Connection) -> None:
+    """train() with budget_s chooses among candidates on the validation split, ends within
+    1.1 x its budget, keeps every trial in params->'search' and never changes a given option."""
+    budget = 20.0
+    started = time.perf_counter()
+    model = db.execute(
+        "SELECT movrec.train('mf', %s::jsonb, deploy => false)",
+        (json.dumps({"budget_s": budget, "epochs": 12, "patience": 12}),),
+    ).fetchone()[0]
+    wall = time.perf_counter() - started
+    assert wall <= 1.1 * budget + 2.0  # + the round trip and the transaction's commit
+    params, stored = db.execute(
+        "SELECT params, metrics FROM model.registry WHERE model_id = %s", (model,)
+    ).fetchone()
+    trials = params["search"]
+    assert isinstance(trials, list) and len(trials) >= 1
+    for t in trials:
+        assert set(t) == {"options", "metrics", "seconds"} and t["seconds"] > 0
+        assert "epochs" not in t["options"] and "patience" not in t["options"]
+    assert trials[0]["options"] == {}  # the kind's defaults come first
+    best = min(trials, key=lambda t: t["metrics"]["val_rmse"])
+    assert stored["val_rmse"] == pytest.approx(best["metrics"]["val_rmse"])
+    assert all(params[k] == v for k, v in best["options"].items())  # the chosen options
 
 
 def test_hybrid_gives_a_cold_movie_a_vector_from_content(db: psycopg.Connection) -> None:

@@ -38,6 +38,11 @@ class TrainOptions:
     field_dim: int = 32
     hidden: int = 256
     dropout: float = 0.1
+    budget_s: float = 0.0  # > 0: choose options on the validation split within this many seconds
+
+    @property
+    def searched(self) -> bool:
+        return self.budget_s > 0
 
     def ranking_weight(self, kind: str) -> float:
         if self.ranking >= 0:
@@ -115,6 +120,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "field_dim": (1, 1024),
     "hidden": (1, 16_384),
     "dropout": (0.0, 0.99),
+    "budget_s": (0.0, 7 * 86_400.0),
 }
 OPEN_LOW = frozenset({"lr", "val_fraction"})
 BOUND_HINTS = {

@@ -16,13 +16,17 @@ CREATE TABLE IF NOT EXISTS model.registry (
     default_bias      real NOT NULL,
     duration_s        real,
     trained_at        timestamptz NOT NULL DEFAULT now(),
-    trained_by        text NOT NULL DEFAULT session_user
+    trained_by        text NOT NULL DEFAULT session_user,
+    validation_split  bytea
 );
 COMMENT ON TABLE model.registry IS 'Every trained model: kind, hyper-parameters, data snapshot, metrics and checkpoint';
 COMMENT ON COLUMN model.registry.checkpoint IS 'torch.save() bytes of the state_dict; loaded with weights_only=True';
 COMMENT ON COLUMN model.registry.serving_movie_ids IS 'int32 movie ids, ascending, the rows of serving_matrix';
 COMMENT ON COLUMN model.registry.serving_matrix IS
     'float32 movie matrix [vector | bias] (n_movies x dim+1), what backends cache for numpy scoring';
+COMMENT ON COLUMN model.registry.validation_split IS
+    'The ratings the model held out of training (its validation split), which evaluate() scores: n little-endian '
+    'int32 user ids, then n int32 movie ids, then n float32 ratings, sorted by (user, movie); NULL: not recorded';
 COMMENT ON COLUMN model.registry.default_embedding IS 'Mean user vector: the default latent attributes of a new user';
 
 CREATE TABLE IF NOT EXISTS model.deployments (

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
@@ -100,17 +102,80 @@ def test_batch_predict_matches_single_predict(db: psycopg.Connection) -> None:
         db.execute("SELECT * FROM movrec.predict(ARRAY[1], ARRAY[1, 2])")
 
 
-def test_evaluate_stores_metrics(db: psycopg.Connection) -> None:
+def test_evaluate_scores_the_stored_validation_split_even_after_new_ratings(
+    db: psycopg.Connection,
+) -> None:
+    """evaluate() scores exactly the rows the model held out: a rating added after training
+    moves nothing (a split rebuilt from the row count would put training rows in it), the
+    figures match the model's own validation and are named val_*, never test_*."""
     hybrid = db.execute("SELECT model_id FROM model.champion").fetchone()[0]
-    result = dict(db.execute("SELECT * FROM movrec.evaluate(%s)", (hybrid,)).fetchall())
-    assert {"test_rmse", "test_mae", "precision@10", "recall@10", "recall@20", "ndcg@10"} <= set(
-        result
+    before = dict(db.execute("SELECT * FROM movrec.evaluate(%s)", (hybrid,)).fetchall())
+    assert {"val_rmse", "val_mae", "val_precision@10", "val_recall@20", "val_ndcg@10"} <= set(
+        before
     )
-    assert result["test_rmse"] == pytest.approx(metrics(db, "hybrid")["val_rmse"], abs=1e-3)
+    assert not any(k.startswith("test_") for k in before)
+    own = metrics(db, "hybrid")
+    assert before["val_rmse"] == pytest.approx(own["val_rmse"], abs=1e-4)
+    assert before["n_val"] == own["n_val"] and before["data_changed_since_training"] == 0
+    user, movie = db.execute(
+        """SELECT u.user_id, m.movie_id FROM (SELECT DISTINCT user_id FROM movrec.watch_events) u
+           CROSS JOIN movrec.movies m
+           WHERE NOT EXISTS (SELECT FROM movrec.watch_events w
+                             WHERE w.user_id = u.user_id AND w.movie_id = m.movie_id)
+           ORDER BY 1, 2 LIMIT 1"""
+    ).fetchone()
+    db.execute(
+        "INSERT INTO movrec.watch_events (user_id, movie_id, rating) VALUES (%s, %s, 4)",
+        (user, movie),
+    )
+    try:
+        after = dict(db.execute("SELECT * FROM movrec.evaluate(%s)", (hybrid,)).fetchall())
+    finally:
+        db.execute(
+            "DELETE FROM movrec.watch_events WHERE (user_id, movie_id) = (%s, %s)", (user, movie)
+        )
+    assert after["data_changed_since_training"] == 1 and after["n_val_gone"] == 0
+    for key in ("val_rmse", "val_mae", "n_val"):
+        assert after[key] == pytest.approx(before[key], abs=1e-9), key
+    assert after["val_ndcg@10"] == pytest.approx(before["val_ndcg@10"], abs=0.005)
     stored = db.execute(
         "SELECT metrics->'evaluation' FROM model.registry WHERE model_id = %s", (hybrid,)
     ).fetchone()[0]
-    assert stored["evaluated_on"] == "validation split"
+    assert stored["evaluated_on"] == "stored validation split"
+
+
+def test_evaluate_refuses_a_model_without_a_stored_split(db: psycopg.Connection) -> None:
+    model = db.execute(
+        "SELECT movrec.train('mf', %s::jsonb, deploy => false)", ('{"epochs": 1}',)
+    ).fetchone()[0]
+    db.execute("UPDATE model.registry SET validation_split = NULL WHERE model_id = %s", (model,))
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState, match="no stored validation"):
+        db.execute("SELECT * FROM movrec.evaluate(%s)", (model,))
+
+
+def test_search_keeps_to_its_budget_and_records_its_trials(db: psycopg.Connection) -> None:
+    """train() with budget_s chooses among candidates on the validation split, ends within
+    1.1 x its budget, keeps every trial in params->'search' and never changes a given option."""
+    budget = 20.0
+    started = time.perf_counter()
+    model = db.execute(
+        "SELECT movrec.train('mf', %s::jsonb, deploy => false)",
+        (json.dumps({"budget_s": budget, "epochs": 12, "patience": 12}),),
+    ).fetchone()[0]
+    wall = time.perf_counter() - started
+    assert wall <= 1.1 * budget + 2.0  # + the round trip and the transaction's commit
+    params, stored = db.execute(
+        "SELECT params, metrics FROM model.registry WHERE model_id = %s", (model,)
+    ).fetchone()
+    trials = params["search"]
+    assert isinstance(trials, list) and len(trials) >= 1
+    for t in trials:
+        assert set(t) == {"options", "metrics", "seconds"} and t["seconds"] > 0
+        assert "epochs" not in t["options"] and "patience" not in t["options"]
+    assert trials[0]["options"] == {}  # the kind's defaults come first
+    best = min(trials, key=lambda t: t["metrics"]["val_rmse"])
+    assert stored["val_rmse"] == pytest.approx(best["metrics"]["val_rmse"])
+    assert all(params[k] == v for k, v in best["options"].items())  # the chosen options
 
 
 def test_hybrid_gives_a_cold_movie_a_vector_from_content(db: psycopg.Connection) -> None:

@@ -126,7 +126,7 @@ def report_data(trained: str, tmp_path_factory: pytest.TempPathFactory) -> tuple
             ],
         },
     ]
-    bench_quality.write_json(rows, bench, data="test rows")
+    bench_quality.write_json({"random": rows}, bench, data="test rows")
     return trained, bench
 
 

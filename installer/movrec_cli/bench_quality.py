@@ -1,8 +1,10 @@
 """Peer table on the benchmark protocol: ``python -m movrec_cli.bench_quality DIR``.
 
 DIR holds MovieLens ``ratings.csv`` (ml-latest-small for the published numbers). The
-ratings are split with ``movrec.metrics.split`` (seed 42, first 90 % train) in file
-order, and every peer in ``movrec_cli.baselines`` is fitted and scored. Needs the
+ratings are split by one of two protocols (``PROTOCOLS``): ``random``,
+``movrec.metrics.split`` (seed 42, first 90 % train) in file order; or ``time``,
+``movrec.metrics.time_split`` (each user's last 10 % of ratings by timestamp are test).
+Every peer in ``movrec_cli.baselines`` is fitted and scored on the split. Needs the
 ``bench`` extras (scikit-surprise, implicit); a missing one leaves its rows empty.
 """
 
@@ -13,27 +15,42 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from movrec.metrics import split
+from movrec.metrics import split, time_split
 
 from movrec_cli.baselines import COLUMNS, MODELS, run_baselines
 from movrec_cli.connection import one
 from movrec_cli.output import note, table
 
+PROTOCOLS = ("random", "time")
+PROTOCOL_TEXT = {
+    "random": "ratings.csv, numpy default_rng(42) permutation, 90 % train / 10 % test",
+    "time": "per user, the last 10 % of their ratings by time are test",
+}
 
-def load_split(ratings_csv: Path) -> tuple[pd.DataFrame, pd.DataFrame]:
+
+def protocol_rows(ratings: pd.DataFrame, protocol: str = "random") -> tuple[Any, Any]:
+    """Row positions (train, test) of a ratings frame under a protocol (module docstring)."""
+    if protocol == "random":
+        return split(len(ratings))
+    if protocol == "time":
+        return time_split(ratings["userId"].to_numpy(), ratings["timestamp"].to_numpy())
+    raise ValueError(f"unknown protocol {protocol!r}; known: {', '.join(PROTOCOLS)}")
+
+
+def load_split(ratings_csv: Path, protocol: str = "random") -> tuple[pd.DataFrame, pd.DataFrame]:
     """The protocol's split of a MovieLens ratings file, rows in file order."""
     ratings = pd.read_csv(
         ratings_csv,
-        usecols=["userId", "movieId", "rating"],
-        dtype={"userId": "int64", "movieId": "int64", "rating": "float64"},
+        usecols=["userId", "movieId", "rating", "timestamp"],
+        dtype={"userId": "int64", "movieId": "int64", "rating": "float64", "timestamp": "int64"},
     )
-    train, test = split(len(ratings))
+    train, test = protocol_rows(ratings, protocol)
     return ratings.iloc[train].reset_index(drop=True), ratings.iloc[test].reset_index(drop=True)
 
 
-def peer_table(ratings_csv: Path, **kwargs: Any) -> list[dict[str, Any]]:
+def peer_table(ratings_csv: Path, protocol: str = "random", **kwargs: Any) -> list[dict[str, Any]]:
     """Load, split, and run the peers; ``kwargs`` go to ``run_baselines``."""
-    train, test = load_split(ratings_csv)
+    train, test = load_split(ratings_csv, protocol)
     return run_baselines(train, test, **kwargs)
 
 
@@ -43,7 +60,7 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     cells = [
         [
             row["model"],
-            *("" if row[c] is None else f"{row[c]:.4f}" for c in COLUMNS),
+            *("n/a" if row[c] is None else f"{row[c]:.4f}" for c in COLUMNS),
             "" if row["fit_seconds"] is None else f"{row['fit_seconds']:.2f}",
             row.get("note", ""),
         ]
@@ -52,13 +69,20 @@ def format_table(rows: list[dict[str, Any]]) -> str:
     return table(cells, head, style="github")
 
 
-def write_json(rows: list[dict[str, Any]], path: Path, **about: Any) -> Path:
-    """The rows as `{"protocol": ..., "rows": [...]}` for `movrec report --bench FILE`."""
+def write_json(tables: dict[str, list[dict[str, Any]]], path: Path, **about: Any) -> Path:
+    """Each protocol's rows as `{"protocols": ..., "rows": [...]}` for `movrec report --bench
+    FILE`; with more than one protocol, each row's model names its protocol."""
     import datetime as dt
     import json
 
+    several = len(tables) > 1
+    rows = [
+        {**row, "model": f"{row['model']} ({protocol})" if several else row["model"]}
+        for protocol, protocol_rows in tables.items()
+        for row in protocol_rows
+    ]
     doc = {
-        "protocol": "ratings.csv, numpy default_rng(42) permutation, 90 % train / 10 % test",
+        "protocols": {p: PROTOCOL_TEXT.get(p, p) for p in tables},
         "written_at": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         **about,
         "rows": rows,
@@ -70,12 +94,16 @@ def write_json(rows: list[dict[str, Any]], path: Path, **about: Any) -> Path:
 
 def main(argv: list[str]) -> int:
     if len(argv) < 1:
-        note(f"usage: python -m movrec_cli.bench_quality DIR_OR_RATINGS_CSV [{','.join(MODELS)}]")
+        note(
+            "usage: python -m movrec_cli.bench_quality DIR_OR_RATINGS_CSV "
+            f"[{','.join(MODELS)}] [{'|'.join(PROTOCOLS)}]"
+        )
         return 2
     path = Path(argv[0])
     csv = path / "ratings.csv" if path.is_dir() else path
     which = tuple(argv[1].split(",")) if len(argv) > 1 else MODELS
-    rows = peer_table(csv, which=which, progress=note)
+    protocol = argv[2] if len(argv) > 2 else "random"
+    rows = peer_table(csv, protocol, which=which, progress=note)
     print(format_table(rows))
     return 0
 
@@ -100,12 +128,14 @@ def movrec_rows(
     kinds: tuple[str, ...],
     options: dict[str, Any],
     progress: Any = print,
+    protocol: str = "random",
+    tmdb: bool = True,
 ) -> list[dict[str, Any]]:
     """Load the training 90 % through the real loaders and ETL, train `kinds` in the database,
     and evaluate each on the raw test rows mapped through the ETL's id maps.
 
     The ETL runs with permissive thresholds (no pruning, TMDB optional) so it removes
-    as few rows as possible; test rows it could not map are predicted with the
+    as few rows as possible; ``tmdb=False`` skips loading TMDB (titles and genres only); test rows it could not map are predicted with the
     training mean and reported as n_test_unknown.
     """
     import json
@@ -120,18 +150,18 @@ def movrec_rows(
     from movrec_cli import loaders, pipeline
 
     ml = data_dir / "ml-latest-small" if (data_dir / "ml-latest-small").is_dir() else data_dir
-    tmdb = next(iter(data_dir.glob("tmdb*/tmdb_5000_movies.csv")), None)
-    train, test = load_split(ml / "ratings.csv")
+    tmdb_csv = next(iter(data_dir.glob("tmdb*/tmdb_5000_movies.csv")), None) if tmdb else None
+    train, test = load_split(ml / "ratings.csv", protocol)
     started = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         full = pd.read_csv(ml / "ratings.csv")
-        _, test_rows = split(len(full))
+        _, test_rows = protocol_rows(full, protocol)
         full.drop(index=test_rows).to_csv(Path(tmp) / "ratings.csv", index=False)
         for name in ("movies.csv", "links.csv"):
             shutil.copy(ml / name, Path(tmp) / name)
         loaders.load_movielens(conn, Path(tmp), force=True)
-    if tmdb is not None:
-        loaders.load_tmdb(conn, tmdb, force=True)
+    if tmdb_csv is not None:
+        loaders.load_tmdb(conn, tmdb_csv, force=True)
     pipeline.run_etl(conn, 1, 1, 10**9, False, echo=progress)
     conn.execute("SELECT * FROM movrec.tokenize()")
     progress(f"bench: data ready in {time.perf_counter() - started:.1f} s")
@@ -186,10 +216,10 @@ def movrec_rows(
                 "model": f"movrec {kind} (#{model_id})",
                 "rmse": result["test_rmse"],
                 "mae": result["test_mae"],
-                "precision@10": result["precision@10"],
-                "recall@10": result["recall@10"],
-                "recall@20": result["recall@20"],
-                "ndcg@10": result["ndcg@10"],
+                "precision@10": result["test_precision@10"],
+                "recall@10": result["test_recall@10"],
+                "recall@20": result["test_recall@20"],
+                "ndcg@10": result["test_ndcg@10"],
                 "fit_seconds": seconds,
                 "note": f"rare-movie RMSE {rare_result['test_rmse']:.4f} ({int(rare.sum())} rows); "
                 f"{result['n_test_unknown']} test rows unmapped",

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from movrec.metrics import ranking_metrics, rating_metrics, split
+from movrec.metrics import ranking_metrics, rating_metrics
 
 if TYPE_CHECKING:
     from movrec.models import Model
@@ -35,8 +35,14 @@ def evaluate_model(
     test: tuple[np.ndarray, np.ndarray, np.ndarray],
     movie_space: np.ndarray | None = None,
     min_predicted: float = 3.0,
+    prefix: str = "test",
 ) -> dict[str, Any]:
-    """train = (user ids, movie ids); test = (user ids, movie ids, ratings)."""
+    """train = (user ids, movie ids); test = (user ids, movie ids, ratings).
+
+    Every figure is named for what it was measured on: ``{prefix}_rmse``, ``{prefix}_known_rmse``,
+    ``{prefix}_ndcg@10``, ..., ``n_{prefix}`` and ``n_{prefix}_unknown`` (rows whose user or
+    movie the model does not know).
+    """
     user_ids, users, user_bias = (t.numpy() for t in model.user_side())
     movie_ids, movies, movie_bias = (t.numpy() for t in model.movie_side())
     ranking_side = model.ranking_side()
@@ -56,12 +62,12 @@ def evaluate_model(
         0.5,
         5.0,
     )
-    out: dict[str, Any] = {f"test_{k}": v for k, v in rating_metrics(pred, tr).items()}
+    out: dict[str, Any] = {f"{prefix}_{k}": v for k, v in rating_metrics(pred, tr).items()}
     if known.any():
         out.update(
-            {f"test_known_{k}": v for k, v in rating_metrics(pred[known], tr[known]).items()}
+            {f"{prefix}_known_{k}": v for k, v in rating_metrics(pred[known], tr[known]).items()}
         )
-    out.update({"n_test": int(len(tr)), "n_test_unknown": int((~known).sum())})
+    out.update({f"n_{prefix}": int(len(tr)), f"n_{prefix}_unknown": int((~known).sum())})
 
     # ranking, in movie_space's index space
     space = np.unique(movie_ids if movie_space is None else movie_space)
@@ -91,32 +97,121 @@ def evaluate_model(
 
     tr_u, tr_m, _ = index(np.asarray(train[0]), np.asarray(train[1]))
     te_u, te_m, keep = index(tu, tm)
-    out.update(ranking_metrics(score, tr_u, tr_m, te_u, te_m, tr[keep], len(all_users), len(space)))
+    ranked = ranking_metrics(score, tr_u, tr_m, te_u, te_m, tr[keep], len(all_users), len(space))
+    out.update({f"{prefix}_{k}": v for k, v in ranked.items() if k != "n_users"})
+    out[f"n_{prefix}_users_ranked"] = int(ranked["n_users"])
     return out
+
+
+# --- the stored validation split -------------------------------------------------------
+
+
+def row_keys(users: np.ndarray, movies: np.ndarray) -> np.ndarray:
+    """One int64 per (user, movie): ids are int4 in the database, so the pair is exact."""
+    return (np.asarray(users, np.int64) << 32) | (np.asarray(movies, np.int64) & 0xFFFFFFFF)
+
+
+def rows_fingerprint(users: np.ndarray, movies: np.ndarray, ratings: np.ndarray) -> str:
+    """sha256 of the ratings sorted by (user, movie): equal exactly when no rating was added,
+    removed or changed."""
+    import hashlib
+
+    order = np.lexsort((movies, users))
+    h = hashlib.sha256()
+    for a, dtype in ((users, "<i4"), (movies, "<i4"), (ratings, "<f4")):
+        h.update(np.ascontiguousarray(np.asarray(a)[order], dtype=dtype).tobytes())
+    return h.hexdigest()
+
+
+def pack_split(users: np.ndarray, movies: np.ndarray, ratings: np.ndarray) -> bytes:
+    """model.registry.validation_split: int32 users, int32 movies, float32 ratings (little
+    endian), sorted by (user, movie)."""
+    order = np.lexsort((movies, users))
+    return b"".join(
+        np.ascontiguousarray(np.asarray(a)[order], dtype=dtype).tobytes()
+        for a, dtype in ((users, "<i4"), (movies, "<i4"), (ratings, "<f4"))
+    )
+
+
+def unpack_split(blob: bytes) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The inverse of pack_split; CorruptCheckpoint when the length is not 12 bytes a row."""
+    from movrec.errors import CorruptCheckpoint
+
+    if len(blob) % 12:
+        raise CorruptCheckpoint(
+            f"validation_split is {len(blob)} bytes, not a whole number of 12-byte rows"
+        )
+    n = len(blob) // 12
+    users = np.frombuffer(blob, "<i4", n, 0).astype(np.int64)
+    movies = np.frombuffer(blob, "<i4", n, 4 * n).astype(np.int64)
+    ratings = np.frombuffer(blob, "<f4", n, 8 * n).astype(np.float64)
+    return users, movies, ratings
+
+
+def stored_split(
+    data: Any, blob: bytes
+) -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray], int]:
+    """(train, test, n_gone) for a model's stored split over the ratings as they are now.
+
+    test = the stored held-out ratings that still exist with the same rating; n_gone = the
+    others (deleted, or re-rated since). train = every other current rating: exactly the rows
+    the model trained on while the data is unchanged; ratings added since count as movies the
+    user has rated, which recommend() would not offer either.
+    """
+    vu, vm, vr = unpack_split(blob)
+    now = row_keys(data.users, data.movies)
+    order = np.argsort(now)
+    stored = row_keys(vu, vm)
+    pos = np.minimum(np.searchsorted(now[order], stored), max(len(now) - 1, 0))
+    found = np.zeros(len(stored), bool)
+    if len(now):
+        rows = order[pos]
+        found = (now[rows] == stored) & (
+            data.ratings[rows].astype(np.float32) == vr.astype(np.float32)
+        )
+    in_val = np.isin(now, stored[found])
+    train = (data.users[~in_val], data.movies[~in_val])
+    return train, (vu[found], vm[found], vr[found]), int((~found).sum())
 
 
 # --- SQL glue ---------------------------------------------------------------------
 
 
 def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, float]]:
-    """Evaluate on a table of (user_id, movie_id, rating), or on the model's own validation split."""
+    """Evaluate on a table of (user_id, movie_id, rating) (figures ``eval_*``), or on the
+    validation split stored with the model (figures ``val_*``: the rows it never trained on).
+
+    When ratings changed since training, the stored split is scored on its rows that still
+    exist unchanged, with a WARNING saying how many are gone; a model without a stored split
+    (trained before 0.3.0), or with none of its rows left, is refused (55000).
+    """
     import json
 
     import plpy  # type: ignore[import-not-found]
 
     from movrec import backend, registry, training
-    from movrec.errors import NotFound
+    from movrec.errors import NotEnoughData, NotFound
 
     rows = plpy.execute(
         plpy.prepare(
-            "SELECT kind, checkpoint, params FROM model.registry WHERE model_id = $1", ["int8"]
+            "SELECT kind, checkpoint, data_snapshot, validation_split FROM model.registry "
+            "WHERE model_id = $1",
+            ["int8"],
         ),
         [model_id],
     )
     if not rows:
         raise NotFound(f"model {model_id} is not in model.registry")
-    model = registry.load_checkpoint(rows[0]["kind"], rows[0]["checkpoint"], model_id)
+    row = rows[0]
+    if not test_table and row["validation_split"] is None:
+        raise NotEnoughData(
+            f"evaluate(): model {model_id} has no stored validation split (it was trained before "
+            "movrec 0.3.0), so the rows it did not train on are unknown",
+            hint="pass a table of held-out ratings (movrec.evaluate(id, 'my_table')), or train again",
+        )
+    model = registry.load_checkpoint(row["kind"], row["checkpoint"], model_id)
     data, _ = training.read_ratings()
+    extra: dict[str, Any] = {}
     if test_table:
         t = plpy.execute(
             f"SELECT array_agg(user_id) u, array_agg(movie_id) m, array_agg(rating) r "
@@ -128,20 +223,33 @@ def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, 
             np.asarray(t["r"] or [], np.float64),
         )
         train = (data.users, data.movies)
-        source = test_table
+        source, prefix = test_table, "eval"
     else:
-        params = json.loads(rows[0]["params"])
-        train_rows, val_rows = split(
-            len(data), params.get("seed", 42), 1 - params.get("val_fraction", 0.05)
-        )
-        test = (
-            data.users[val_rows],
-            data.movies[val_rows],
-            data.ratings[val_rows].astype(np.float64),
-        )
-        train = (data.users[train_rows], data.movies[train_rows])
-        source = "validation split"
-    result = evaluate_model(model, train, test)
+        train, test, gone = stored_split(data, bytes(row["validation_split"]))
+        snapshot = json.loads(row["data_snapshot"])
+        recorded = snapshot.get("rows_sha256")
+        changed = recorded != rows_fingerprint(data.users, data.movies, data.ratings)
+        n_stored = len(test[0]) + gone
+        if not len(test[0]):
+            raise NotEnoughData(
+                f"evaluate(): none of the {n_stored} validation ratings of model {model_id} "
+                "exists unchanged any more (deleted or re-rated since training)",
+                hint="pass a table of held-out ratings, or train again",
+            )
+        if changed:
+            backend.warning(
+                f"evaluate(): the ratings changed since model {model_id} was trained "
+                f"({snapshot.get('n_ratings')} then, {len(data)} now); scoring the "
+                f"{len(test[0])} of its {n_stored} validation ratings that still exist unchanged"
+            )
+        source, prefix = "stored validation split", "val"
+        extra = {
+            "data_changed_since_training": int(changed),
+            "n_val_stored": n_stored,
+            "n_val_gone": gone,
+        }
+    result = evaluate_model(model, train, test, prefix=prefix)
+    result.update(extra)
     result["evaluated_on"] = source
     backend.execute(
         "UPDATE model.registry SET metrics = metrics || jsonb_build_object('evaluation', $2::jsonb) "

@@ -4,9 +4,13 @@ Pure numpy (no torch; no plpy beyond backend.check_interrupts(), which does noth
 outside a backend), so benchmarks, tests and the peers' runner share one definition of
 every number.
 
-The protocol
-    ``split(n)``: rows are shuffled with ``numpy.random.default_rng(42).permutation(n)``;
+The protocols
+    ``split(n)`` (random): rows are shuffled with ``numpy.random.default_rng(42).permutation(n)``;
     the first ``round(0.9 * n)`` rows are training, the rest test.
+    ``time_split(users, times)`` (time-ordered): each user's ratings sorted by time (ties by
+    row order); the last ``round(0.1 * n_u)`` of a user's n_u ratings are test, so no test
+    rating of a user is earlier than any of their training ratings and no model sees the
+    user's future.
 
 Rating metrics (``rating_metrics``), over test ratings
     RMSE = sqrt(mean((pred - truth)^2)),  MAE = mean(|pred - truth|).
@@ -46,6 +50,22 @@ def split(n: int, seed: int = 42, train_fraction: float = 0.9) -> tuple[np.ndarr
     perm = np.random.default_rng(seed).permutation(n)
     cut = int(round(n * train_fraction))
     return perm[:cut], perm[cut:]
+
+
+def time_split(
+    users: np.ndarray, times: np.ndarray, test_fraction: float = 0.1
+) -> tuple[np.ndarray, np.ndarray]:
+    """Row indices (train, test): per user, the last ``round(test_fraction * n_u)`` ratings by
+    time are test (ties in time broken by row order, so the split is deterministic)."""
+    if not 0 < test_fraction < 1:
+        raise ValueError(f"test_fraction must be in (0, 1), got {test_fraction}")
+    users, times = np.asarray(users), np.asarray(times)
+    order = np.lexsort((np.arange(len(users)), times, users))  # by user, then time, then row
+    _, starts, counts = np.unique(users[order], return_index=True, return_counts=True)
+    rank = np.arange(len(users)) - np.repeat(starts, counts)  # place within the user's history
+    n_test = np.floor(counts * test_fraction + 0.5).astype(np.int64)
+    is_test = rank >= np.repeat(counts - n_test, counts)
+    return np.sort(order[~is_test]), np.sort(order[is_test])
 
 
 def rating_metrics(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:

@@ -26,8 +26,8 @@ PUBLISHED_DIM = 100  # model.*_latent_attributes.embedding is vector(100)
 REGISTER_SQL = """
 INSERT INTO model.registry (kind, dim, params, data_snapshot, metrics, global_mean, checkpoint,
                             serving_movie_ids, serving_matrix, default_embedding, default_bias, duration_s,
-                            serving_ranking)
-VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13)
+                            serving_ranking, validation_split)
+VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14)
 RETURNING model_id
 """
 
@@ -84,44 +84,66 @@ def register(
     snapshot: dict[str, Any],
     metrics: dict[str, Any],
     duration_s: float,
+    validation_split: bytes | None = None,
 ) -> int:
+    """Insert the registry row; ``validation_split`` is evaluation.pack_split() of the held-out
+    ratings (what evaluate() scores later), None when not recorded."""
     ids, matrix, default_embedding, default_bias = serving_blobs(model)
+    sql = REGISTER_SQL
+    if not _has_validation_split():
+        # A registry installed by an older release (the package is upgraded before the SQL
+        # is): the row is stored without its split, and evaluate() says it has none.
+        sql = sql.replace(", validation_split)", ")").replace(", $14)", ")")
+        validation_split = None
     ranking = model.ranking_side()
     ranking_blob = ranking.numpy().astype(np.float32).tobytes() if ranking is not None else None
-    row = backend.execute(
-        REGISTER_SQL,
-        [
-            "text",
-            "int4",
-            "text",
-            "text",
-            "text",
-            "float4",
-            "bytea",
-            "bytea",
-            "bytea",
-            "float4[]",
-            "float4",
-            "float4",
-            "bytea",
-        ],
-        [
-            kind,
-            int(model.movie_side()[1].shape[1]),
-            json.dumps(params),
-            json.dumps(snapshot),
-            json.dumps(metrics),
-            float(model.global_mean),
-            checkpoint_bytes(model),
-            ids,
-            matrix,
-            default_embedding,
-            default_bias,
-            duration_s,
-            ranking_blob,
-        ],
-    )
+    types = [
+        "text",
+        "int4",
+        "text",
+        "text",
+        "text",
+        "float4",
+        "bytea",
+        "bytea",
+        "bytea",
+        "float4[]",
+        "float4",
+        "float4",
+        "bytea",
+        "bytea",
+    ]
+    values = [
+        kind,
+        int(model.movie_side()[1].shape[1]),
+        json.dumps(params),
+        json.dumps(snapshot),
+        json.dumps(metrics),
+        float(model.global_mean),
+        checkpoint_bytes(model),
+        ids,
+        matrix,
+        default_embedding,
+        default_bias,
+        duration_s,
+        ranking_blob,
+        validation_split,
+    ]
+    if validation_split is None and "validation_split" not in sql:
+        types, values = types[:-1], values[:-1]
+    row = backend.execute(sql, types, values)
     return int(row[0]["model_id"])
+
+
+def _has_validation_split() -> bool:
+    """Whether model.registry has the validation_split column (0.3.0 and later)."""
+    row = backend.execute(
+        "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'model.registry'::regclass "
+        "AND attname = 'validation_split' AND NOT attisdropped) AS present",
+        [],
+        [],
+    )
+    return bool(row[0]["present"])
 
 
 PUBLISH_MOVIES_SQL = """

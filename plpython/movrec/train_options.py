@@ -39,6 +39,11 @@ class TrainOptions:
     hidden: int = 256
     dropout: float = 0.1
     solver: str = "adam"  # adam: minibatch Adam; als: exact alternating solves (mf only)
+    budget_s: float = 0.0  # > 0: choose options on the validation split within this many seconds
+
+    @property
+    def searched(self) -> bool:
+        return self.budget_s > 0
 
     def ranking_weight(self, kind: str) -> float:
         if self.ranking >= 0:
@@ -125,6 +130,7 @@ BOUNDS: dict[str, tuple[float, float]] = {
     "field_dim": (1, 1024),
     "hidden": (1, 16_384),
     "dropout": (0.0, 0.99),
+    "budget_s": (0.0, 7 * 86_400.0),
 }
 SOLVERS = ("adam", "als")
 OPEN_LOW = frozenset({"lr", "val_fraction"})

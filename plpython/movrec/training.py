@@ -10,7 +10,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from movrec.als import AlternatingLeastSquares
 from movrec.content import MovieContent
 from movrec.content import empty as empty_content
 from movrec.errors import InvalidArgument, NotEnoughData, NullArgument
+from movrec.evaluation import pack_split, rows_fingerprint
 from movrec.metrics import ranking_metrics, rating_metrics, split
 from movrec.train_options import TrainOptions
 
@@ -328,11 +329,14 @@ def fit(
     opts: TrainOptions | None = None,
     progress: Callable[[str], None] = lambda _msg: None,
     content: MovieContent | None = None,
+    deadline: float | None = None,
 ) -> tuple[Model, dict[str, Any]]:
     """Train on the seeded split; returns (model on CPU, metrics).
 
     Early stopping watches validation RMSE, or validation NDCG@10 when the
-    model has a ranking head (that is what recommend() orders by).
+    model has a ranking head (that is what recommend() orders by).  With a ``deadline``
+    (``time.perf_counter()`` seconds) no epoch starts that the last one's length says
+    would end after it; ``metrics["stopped_at_deadline"]`` says whether that cut the run.
     """
     from movrec.models import MODELS
 
@@ -353,9 +357,21 @@ def fit(
     cosine = opts.schedule == "cosine"
     started = time.perf_counter()
     val: dict[str, float] = {}
+    stopped = False
+    epoch_s = 0.0
     for epoch in range(1, opts.epochs + 1):
+        if deadline is not None and epoch > 1 and time.perf_counter() + epoch_s > deadline:
+            progress(f"movrec train {kind}: the time budget ends the run after epoch {epoch - 1}")
+            stopped = True
+            break
+        epoch_started = time.perf_counter()
         total = run.epoch()
-        val = run.validate(ranked=not cosine or epoch == opts.epochs)
+        last = epoch == opts.epochs or (
+            deadline is not None
+            and time.perf_counter() + 2 * (time.perf_counter() - epoch_started) > deadline
+        )
+        val = run.validate(ranked=not cosine or last)
+        epoch_s = time.perf_counter() - epoch_started
         history.append(
             {
                 "epoch": epoch,
@@ -382,6 +398,8 @@ def fit(
         run.model.load_state_dict(best_state)
     else:  # cosine, or no validation figure to choose by: the last epoch
         best_epoch, best_metrics = len(history), val
+        if ranked and "ndcg@10" not in best_metrics and len(run.va):  # a cosine run cut short
+            best_metrics = run.validate(rating={k: val[k] for k in ("rmse", "mae")})
     if ranked and len(run.va):
         best_metrics, chosen = run.calibrate_ranking(best_metrics)
         progress(
@@ -391,7 +409,68 @@ def fit(
         )
     run.model = run.model.cpu().eval()
     metrics = run.summary(best_epoch, best_metrics, history, time.perf_counter() - started)
+    if deadline is not None:
+        metrics["stopped_at_deadline"] = stopped
     return run.model, metrics
+
+
+# The search: each kind's defaults first, then one change at a time (the options a caller
+# gave are never changed).  Ranking kinds are chosen by validation NDCG@10 (what recommend()
+# orders by), the others by validation RMSE.
+SEARCH_SPACE: dict[str, list[dict[str, Any]]] = {
+    "mf": [{}, {"reg": 0.05}, {"reg": 0.2}, {"dim": 32}, {"lr": 0.01}],
+    "mlp": [{}, {"reg": 0.05}, {"reg": 0.2}, {"lr": 0.01}],
+    "hybrid": [{}, {"epochs": 12}, {"lr": 0.002}, {"reg": 0.05}, {"reg": 0.2}, {"dim": 64}],
+    "functional": [{}, {"epochs": 12}, {"lr": 0.002}, {"reg": 0.2}],
+}
+SEARCH_RESERVE = 0.08  # share of the budget kept for reading, registering and deploying
+
+
+def search(
+    data: Ratings,
+    kind: str,
+    opts: TrainOptions,
+    given: set[str],
+    started: float,
+    progress: Callable[[str], None] = lambda _msg: None,
+    content: MovieContent | None = None,
+) -> tuple[Model, dict[str, Any], TrainOptions, list[dict[str, Any]]]:
+    """Options chosen on the validation split within ``opts.budget_s`` seconds from ``started``.
+
+    Every candidate trains on the same split; a candidate whose expected time (the last
+    trial's, scaled by epochs) would pass the deadline is not started, and the first one
+    (the kind's defaults) stops at the deadline.  Returns (best model, its metrics, its
+    options, the trials as ``[{"options", "metrics", "seconds"}]``).
+    """
+    deadline = started + opts.budget_s * (1 - SEARCH_RESERVE)
+    ranked = opts.ranking_weight(kind) > 0
+    trials: list[dict[str, Any]] = []
+    best: tuple[float, Model, dict[str, Any], TrainOptions] | None = None
+    last_s, last_epochs = 0.0, 1
+    for change in SEARCH_SPACE.get(kind, [{}]):
+        change = {k: v for k, v in change.items() if k not in given}
+        if trials and not change:
+            continue
+        candidate = replace(opts, **change)
+        expected = last_s * candidate.epochs / max(last_epochs, 1)
+        if trials and time.perf_counter() + expected > deadline:
+            progress(f"movrec train {kind}: search stops, {len(trials)} trial(s) within the budget")
+            break
+        t = time.perf_counter()
+        model, metrics = fit(data, kind, candidate, progress, content, deadline=deadline)
+        seconds = time.perf_counter() - t
+        last_s, last_epochs = seconds, len(metrics.get("history", [])) or candidate.epochs
+        shown = {k: v for k, v in metrics.items() if k.startswith("val_") or k == "best_epoch"}
+        shown["stopped_at_deadline"] = metrics.get("stopped_at_deadline", False)
+        trials.append({"options": change, "metrics": shown, "seconds": round(seconds, 3)})
+        value = metrics.get("val_ndcg@10") if ranked else metrics.get("val_rmse")
+        score = -math.inf if value is None else (value if ranked else -value)
+        if best is None or score > best[0]:
+            best = (score, model, metrics, candidate)
+        progress(f"movrec train {kind}: trial {len(trials)} {change or 'defaults'}: {shown}")
+    assert best is not None
+    _, model, metrics, chosen = best
+    return model, metrics, chosen, trials
 
 
 # --- SQL glue ---------------------------------------------------------------
@@ -431,13 +510,18 @@ def read_ratings() -> tuple[Ratings, dict[str, Any]]:
         "max_rated_at": snap["max_rated_at"],
         "n_users": int(len(np.unique(data.users))),
         "n_movies": int(len(np.unique(data.movies))),
+        # evaluate() compares it with the ratings then: any rating added, removed or changed
+        "rows_sha256": rows_fingerprint(data.users, data.movies, data.ratings),
     }
     return data, snapshot
 
 
 @backend.sql_entry
 def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -> int:
-    """movrec.train(): options NULL means none; every check runs before any data is read."""
+    """movrec.train(): options NULL means none; every check runs before any data is read.
+
+    With ``budget_s`` the whole call, importing torch included, is what the budget covers."""
+    started = time.perf_counter()
     import torch
 
     from movrec import registry
@@ -455,7 +539,6 @@ def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -
         raw = {**raw, "device": backend.settings()["device"]}
     opts = TrainOptions.parse(raw, kind)
     torch.set_num_threads(backend.train_threads())
-    started = time.perf_counter()
     data, snapshot = read_ratings()
     backend.notice(
         f"movrec train {kind}: {snapshot['n_ratings']} ratings, {snapshot['n_users']} users, "
@@ -465,9 +548,27 @@ def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -
     from movrec.models import CONTENT_MODELS
 
     content = read_content() if kind in CONTENT_MODELS else None
-    model, metrics = fit(data, kind, opts, progress=backend.notice, content=content)
+    if opts.searched:
+        given = set(raw) if isinstance(raw, dict) else set()
+        model, metrics, opts, trials = search(
+            data, kind, opts, given - {"budget_s", "device"}, started, backend.notice, content
+        )
+    else:
+        model, metrics = fit(data, kind, opts, progress=backend.notice, content=content)
+        trials = None
+    params = asdict(opts)
+    if trials is not None:
+        params["search"] = trials
+    _, val_rows = split(len(data), opts.seed, 1 - opts.val_fraction)  # fit's split
+    held_out = pack_split(data.users[val_rows], data.movies[val_rows], data.ratings[val_rows])
     model_id = registry.register(
-        model, kind, asdict(opts), snapshot, metrics, duration_s=time.perf_counter() - started
+        model,
+        kind,
+        params,
+        snapshot,
+        metrics,
+        duration_s=time.perf_counter() - started,
+        validation_split=held_out,
     )
     backend.notice(
         f"movrec train {kind}: model {model_id} val RMSE {metrics['val_rmse']:.4f} "

@@ -8,3 +8,6 @@ ALTER TABLE IF EXISTS movrec.settings
         CONSTRAINT recommend_search_is_exact_or_hnsw CHECK (recommend_search IN ('exact', 'hnsw')),
     ADD COLUMN IF NOT EXISTS hnsw_ef_search integer NOT NULL DEFAULT 100
         CONSTRAINT hnsw_ef_search_is_10_to_1000 CHECK (hnsw_ef_search BETWEEN 10 AND 1000);
+
+-- evaluate() scores the rows a model held out, stored with it (NULL for models trained before).
+ALTER TABLE model.registry ADD COLUMN IF NOT EXISTS validation_split bytea;

@@ -25,14 +25,26 @@ def bench() -> None:
 @click.option("--models", default="mf,hybrid", show_default=True, help="movrec models to train")
 @click.option(
     "--peers",
-    default="popularity,svd,svdpp,knnbaseline,als,bpr",
+    default="popularity,svd,svdpp,knnbaseline,als,bpr,ease,ials",
     show_default=True,
-    help="peers to run (needs movrec[bench]); '' for none",
+    help="peers to run (Surprise and implicit ones need movrec[bench]); '' for none",
 )
 @click.option(
     "--options",
     default="{}",
     help='per-model training options, e.g. \'{"hybrid": {"epochs": 20}}\'',
+)
+@click.option(
+    "--protocols",
+    default="random,time",
+    show_default=True,
+    help="splits to report: random (90/10 shuffle) and/or time (each user's last 10 %)",
+)
+@click.option(
+    "--tmdb/--no-tmdb",
+    default=True,
+    show_default=True,
+    help="load the TMDB metadata for movrec's models (--no-tmdb: titles and genres only)",
 )
 @click.option(
     "--json",
@@ -42,16 +54,24 @@ def bench() -> None:
     help="also write the rows as JSON (for `movrec report --bench FILE`)",
 )
 def bench_quality(
-    dsn: str | None, data_dir: Path, models: str, peers: str, options: str, json_out: Path | None
+    dsn: str | None,
+    data_dir: Path,
+    models: str,
+    peers: str,
+    options: str,
+    protocols: str,
+    tmdb: bool,
+    json_out: Path | None,
 ) -> None:
-    """movrec's models and the peers on one split, in one table.
+    """movrec's models and the peers on one split per protocol, one table each.
 
     \b
-    Protocol: ratings.csv shuffled with numpy.random.default_rng(42).permutation,
-    first 90 % train, the rest test. movrec trains in a scratch database
-    (movrec_bench) from the training 90 % loaded through the real loaders and ETL;
-    the peers train on the same rows. Relevant = test ratings >= 4; candidates =
-    every movie the user did not rate in training.
+    Protocols: random = ratings.csv shuffled with numpy.random.default_rng(42).permutation,
+    first 90 % train, the rest test; time = per user, the last 10 % of their ratings by
+    timestamp are test. movrec trains in a scratch database (movrec_bench) from the
+    training rows loaded through the real loaders and ETL; the peers train on the same
+    rows. Relevant = test ratings >= 4; candidates = every movie the user did not rate in
+    training.
     """
     from movrec_cli import bench_quality as bq
     from movrec_cli import schema as sch
@@ -63,20 +83,29 @@ def bench_quality(
         bench_dsn = cluster.dsn(bq.BENCH_DB)
     else:
         bench_dsn = dsn
-    rows = []
-    with connect(bench_dsn) as conn:
-        if dsn is None:
-            sch.uninstall(conn, drop_data=True)
-        sch.install(conn)
-        kinds = tuple(k for k in models.split(",") if k)
-        rows += bq.movrec_rows(conn, data_dir, kinds, json.loads(options), progress=echo)
-    ml = movielens_small(data_dir)
+    kinds = tuple(k for k in models.split(",") if k)
     which = tuple(p for p in peers.split(",") if p)
-    if which:
-        rows += bq.peer_table(ml / "ratings.csv", which=which, progress=echo)
-    click.echo(bq.format_table(rows))
+    ml = movielens_small(data_dir)
+    tables: dict[str, list[dict[str, Any]]] = {}
+    for protocol in (p for p in protocols.split(",") if p):
+        if protocol not in bq.PROTOCOLS:
+            raise click.BadParameter(f"unknown protocol {protocol!r}", param_hint="--protocols")
+        rows: list[dict[str, Any]] = []
+        if kinds:
+            with connect(bench_dsn) as conn:
+                if dsn is None:  # a scratch database: nothing of the last run stays
+                    sch.uninstall(conn, drop_data=True)
+                sch.install(conn)
+                rows += bq.movrec_rows(
+                    conn, data_dir, kinds, json.loads(options), echo, protocol=protocol, tmdb=tmdb
+                )
+        if which:
+            rows += bq.peer_table(ml / "ratings.csv", protocol, which=which, progress=echo)
+        tables[protocol] = rows
+        click.echo(f"\nprotocol: {protocol}; movrec models {'with' if tmdb else 'without'} TMDB")
+        click.echo(bq.format_table(rows))
     if json_out is not None:
-        bq.write_json(rows, json_out, data=str(data_dir))
+        bq.write_json(tables, json_out, data=str(data_dir), tmdb=tmdb)
         note(f"bench: wrote {json_out}")
 
 

@@ -78,6 +78,15 @@ def _train_option(name: str, type_: Any) -> Any:
     help='any training option of movrec.train(), e.g. \'{"schedule": "constant", '
     '"patience": 3}\'; the flags above win',
 )
+@click.option(
+    "--budget-s",
+    "budget_s",
+    type=click.FloatRange(min=0),
+    default=120.0,
+    show_default=True,
+    help="seconds to choose the options you did not give on the validation split (the trials "
+    "are kept in the registry's params->'search'); 0: one run with the kind's defaults",
+)
 @click.option("--no-deploy", is_flag=True, help="register the model without making it the champion")
 def train(dsn: str | None, kind: str, no_deploy: bool, options_json: str, **options: Any) -> None:
     """Train a model in the database (SELECT movrec.train(KIND, OPTIONS, deploy)); in a
@@ -99,6 +108,8 @@ def train(dsn: str | None, kind: str, no_deploy: bool, options_json: str, **opti
     if not isinstance(opts, dict):
         raise CliError("--options must be a JSON object, e.g. '{\"epochs\": 5}'")
     opts.update({k: v for k, v in options.items() if v is not None})
+    if not opts.get("budget_s"):
+        opts.pop("budget_s", None)  # 0: no search, as movrec.train() without it
     with connect(dsn) as conn:
         if schema.install_kind(conn) == "portable":  # no PL/Python there: torch runs here
             model_id = inprocess.train(conn, kind, json.dumps(opts), not no_deploy)

@@ -145,7 +145,7 @@ def test_report_command_writes_the_page(report_data: tuple[str, Path], tmp_path:
         "options.alpha",
         "catalogue coverage",
         "RMSE per genre",
-        "test_rmse",
+        "n_val_stored",  # an evaluate() figure (the split stored with the model)
         "users with CF recommendations",
         "users whose vector moved online",
     ):

@@ -163,11 +163,16 @@ COMMENT ON FUNCTION movrec.on_rating() IS
     'step in SQL, refit = ridge fold-in over the user''s history); the old vector goes to the backups table (the last '
     'movrec.settings.backup_retention kept)';
 
+-- Rows an ETL publish writes carry its run (etl_run) and are skipped here, in the trigger's
+-- WHEN clause, which costs no function call per row: a publish leaves the trigger enabled
+-- (disabling it would lock the table against ratings) and a model learns those rows in
+-- training.  An application cannot write etl_run, and a re-rating makes a row live
+-- (movrec.on_rerating), so every rating from outside still moves its user's vector.
 CREATE OR REPLACE TRIGGER movrec_online_update
     AFTER INSERT OR UPDATE OF rating ON movrec.watch_events
-    FOR EACH ROW EXECUTE FUNCTION movrec.on_rating();
+    FOR EACH ROW WHEN (NEW.etl_run IS NULL) EXECUTE FUNCTION movrec.on_rating();
 COMMENT ON TRIGGER movrec_online_update ON movrec.watch_events IS
-    'Online learning: each rating moves the user''s vector (movrec.on_rating)';
+    'Online learning: each live rating (etl_run NULL) moves the user''s vector (movrec.on_rating)';
 
 -- A re-rating is a new rating: it is stamped now and becomes live (an ETL rerun keeps live
 -- ratings), whoever wrote it and whatever rated_at the statement set.

@@ -361,6 +361,24 @@ CREATE INDEX IF NOT EXISTS movies_archive_movie_id_idx ON movrec.movies_archive 
 -- demo) replaces it all by design: only the "nothing to publish" half applies to it.
 -- Whatever leaves is archived, never deleted: movies in movrec.movies_archive, ratings in
 -- movrec.watch_events_archive.
+--
+-- Ratings keep flowing during a rerun (every run after the first).  No table lock stops
+-- them: the publish takes SHARE ROW EXCLUSIVE on movrec.movies only (publishes take turns and
+-- no one else writes the catalogue meanwhile; a rating's foreign key check takes ROW SHARE,
+-- which that mode lets through), and the online trigger skips the publish's rows by their
+-- etl_run (its WHEN clause) instead of being disabled.  Three rules keep every rating:
+--   * the movies that leave are locked FOR UPDATE before anything is counted or moved: a
+--     rating of one that is in flight commits first (and is archived below), a later one
+--     waits for that row and then fails on the foreign key (23503) once the movie is gone;
+--   * what leaves is decided in one DELETE, judged on each row's newest version, so a
+--     re-rating that turns an ETL row live meanwhile is kept if its movie stays;
+--   * only rows whose value changes are rewritten, and the file's rows go in with ON
+--     CONFLICT DO NOTHING: a live rating is newer than the file and wins.
+-- The guard's counts are taken once the leaving movies are locked; ratings that arrive
+-- meanwhile only add rows or turn ETL rows live, so what the publish takes out is at most
+-- what was counted.  The first run gives ids new meanings (a rating that slipped in would
+-- land on another movie): it also locks movrec.watch_events in SHARE ROW EXCLUSIVE mode, and
+-- ratings wait for it.
 DO $$
 BEGIN
     -- force is a new trailing parameter: the old signature goes, or a call would be ambiguous
@@ -376,11 +394,10 @@ CREATE OR REPLACE PROCEDURE movrec.etl_publish(INOUT run bigint DEFAULT NULL, fo
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, pg_temp AS $$
 DECLARE
     t0 timestamptz := clock_timestamp();
-    first_run boolean := NOT EXISTS (SELECT 1 FROM movrec.watch_events WHERE etl_run IS NOT NULL)
-                         AND NOT EXISTS (SELECT FROM movrec.etl_runs WHERE stage = 'publish');
+    first_run boolean;
     max_removed_share constant float8 := 0.5;
-    n_archived bigint; n_live bigint; n_out bigint; n_movies bigint; n_movies_archived bigint;
-    n_dropped bigint;
+    n_archived bigint; n_kept bigint; n_live bigint; n_out bigint; n_movies bigint;
+    n_movies_archived bigint; n_dropped bigint;
     new_movies bigint; new_ratings bigint; cur_movies bigint; cur_ratings bigint;
     gone_movies bigint; gone_ratings bigint;
 BEGIN
@@ -390,9 +407,17 @@ BEGIN
         RAISE EXCEPTION 'nothing to publish: run the stages first (CALL movrec.etl())'
             USING ERRCODE = 'object_not_in_prerequisite_state';
     END IF;
-    LOCK TABLE movrec.movies, movrec.watch_events IN SHARE ROW EXCLUSIVE MODE;
+    LOCK TABLE movrec.movies IN SHARE ROW EXCLUSIVE MODE;
+    first_run := NOT EXISTS (SELECT 1 FROM movrec.watch_events WHERE etl_run IS NOT NULL)
+                 AND NOT EXISTS (SELECT FROM movrec.etl_runs WHERE stage = 'publish');
+    IF first_run THEN
+        LOCK TABLE movrec.watch_events IN SHARE ROW EXCLUSIVE MODE;
+    ELSE
+        PERFORM FROM movrec.movies m WHERE NOT EXISTS (SELECT FROM etl.movies4 n WHERE n.movie_id = m.movie_id)
+        FOR UPDATE;
+    END IF;
 
-    -- What the publish would take out, counted under the lock so the counts are what happens.
+    -- What the publish would take out, counted with the leaving movies locked.
     SELECT count(*) INTO new_movies FROM etl.movies4;
     SELECT count(*) INTO new_ratings FROM etl.ratings4;
     SELECT count(*), count(*) FILTER (WHERE NOT EXISTS (SELECT FROM etl.movies4 n WHERE n.movie_id = m.movie_id))
@@ -422,32 +447,33 @@ BEGIN
                                 'anyway: CALL movrec.etl_publish(%s, force => true) or movrec etl --force', run);
     END IF;
 
-    ALTER TABLE movrec.watch_events DISABLE TRIGGER movrec_online_update;
-    -- Live ratings stay unless their movie leaves the catalogue.  Before the
-    -- first run, existing rows use another id space: they are all archived.
-    WITH moved AS (
+    -- What leaves, archived, in one statement: live ratings whose movie leaves the catalogue
+    -- (every rating, before the first run: those use another id space), and rows of earlier
+    -- runs that this run's result no longer has.
+    WITH gone AS (
         DELETE FROM movrec.watch_events w
-        WHERE w.etl_run IS NULL
-          AND (first_run OR NOT EXISTS (SELECT FROM etl.movies4 m WHERE m.movie_id = w.movie_id))
+        WHERE CASE WHEN w.etl_run IS NULL
+                   THEN first_run OR NOT EXISTS (SELECT FROM etl.movies4 m WHERE m.movie_id = w.movie_id)
+                   ELSE NOT EXISTS (SELECT FROM etl.ratings4 r WHERE r.user_id = w.user_id AND r.movie_id = w.movie_id)
+              END
         RETURNING w.*
+    ), archived AS (
+        INSERT INTO movrec.watch_events_archive (user_id, movie_id, rating, rated_at, etl_run, archived_by, reason)
+        SELECT user_id, movie_id, rating, rated_at, etl_run, run,
+               CASE WHEN etl_run IS NOT NULL THEN 'left the etl result'
+                    WHEN first_run THEN 'predates the first etl run'
+                    ELSE 'movie left the catalogue' END
+        FROM gone
+        RETURNING etl_run
     )
-    INSERT INTO movrec.watch_events_archive (user_id, movie_id, rating, rated_at, etl_run, archived_by, reason)
-    SELECT user_id, movie_id, rating, rated_at, etl_run, run,
-           CASE WHEN first_run THEN 'predates the first etl run' ELSE 'movie left the catalogue' END
-    FROM moved;
-    GET DIAGNOSTICS n_archived = ROW_COUNT;
-    -- Rows of earlier runs that this run's result no longer has are archived; the others
-    -- are replaced by this run's rows below.
-    WITH dropped AS (
-        DELETE FROM movrec.watch_events w
-        WHERE w.etl_run IS NOT NULL
-          AND NOT EXISTS (SELECT FROM etl.ratings4 r WHERE r.user_id = w.user_id AND r.movie_id = w.movie_id)
-        RETURNING w.*
-    )
-    INSERT INTO movrec.watch_events_archive (user_id, movie_id, rating, rated_at, etl_run, archived_by, reason)
-    SELECT user_id, movie_id, rating, rated_at, etl_run, run, 'left the etl result' FROM dropped;
-    GET DIAGNOSTICS n_dropped = ROW_COUNT;
-    DELETE FROM movrec.watch_events WHERE etl_run IS NOT NULL;
+    SELECT count(*) FILTER (WHERE etl_run IS NULL), count(*) FILTER (WHERE etl_run IS NOT NULL)
+    INTO n_archived, n_dropped FROM archived;
+    -- Rows of earlier runs whose value this run changes are replaced by this run's rows
+    -- below; the others stay as they are (they keep the run that loaded them), so a rerun
+    -- rewrites only what changed.  A file row without a time keeps the stored one.
+    DELETE FROM movrec.watch_events w USING etl.ratings4 r
+    WHERE w.etl_run IS NOT NULL AND r.user_id = w.user_id AND r.movie_id = w.movie_id
+      AND (r.rating <> w.rating OR r.rated_at <> w.rated_at);
     -- Movies leaving the catalogue are archived; on the first run every movie is (the ids
     -- change meaning, and the upsert below would overwrite the old row).
     WITH gone AS (
@@ -463,6 +489,7 @@ BEGIN
     UNION ALL
     SELECT r.movie_id, r.title, r.ml_movie_id, to_jsonb(r), run, 'predates the first etl run' FROM replaced r;
     GET DIAGNOSTICS n_movies_archived = ROW_COUNT;
+    -- (an update that keeps movie_id takes FOR NO KEY UPDATE: ratings' key-share checks pass)
     INSERT INTO movrec.movies AS m (movie_id, ml_movie_id, tmdb_id, title, year, genres, overview, keywords,
                                     cast_names, companies, countries, runtime, popularity, vote_average, vote_count)
     SELECT movie_id, ml_movie_id, tmdb_id, title, year, coalesce(genres, '{}'), overview, coalesce(keywords, '{}'),
@@ -475,12 +502,12 @@ BEGIN
         countries = excluded.countries, runtime = excluded.runtime, popularity = excluded.popularity,
         vote_average = excluded.vote_average, vote_count = excluded.vote_count;
     GET DIAGNOSTICS n_movies = ROW_COUNT;
-    SELECT count(*) INTO n_live FROM movrec.watch_events;
+    -- This run's rows; the online trigger skips them (WHEN etl_run IS NULL): train afterwards.
     INSERT INTO movrec.watch_events (user_id, movie_id, rating, rated_at, etl_run)
     SELECT user_id, movie_id, rating, coalesce(rated_at, now()), run FROM etl.ratings4
-    ON CONFLICT (user_id, movie_id) DO NOTHING;  -- a live re-rating is newer than the file
+    ON CONFLICT (user_id, movie_id) DO NOTHING;  -- a live rating is newer than the file
     GET DIAGNOSTICS n_out = ROW_COUNT;
-    ALTER TABLE movrec.watch_events ENABLE TRIGGER movrec_online_update;
+    SELECT count(*), count(*) FILTER (WHERE etl_run IS NULL) INTO n_kept, n_live FROM movrec.watch_events;
     IF first_run AND EXISTS (SELECT FROM model.deployments) THEN
         -- ids changed meaning: retire the champion and the vectors that used the old ids
         INSERT INTO model.deployments (model_id, reason) VALUES (NULL, format('retired by etl run %s', run));
@@ -492,8 +519,8 @@ BEGIN
         RAISE NOTICE 'etl run %: the deployed model used the old ids and is retired; train a new one', run;
     END IF;
     PERFORM movrec._etl_report(run, 'publish', 'movrec.watch_events', new_ratings,
-        n_out + n_live, jsonb_build_object('live_ratings_kept', n_live, 'archived', n_archived,
-                                           'left_the_etl_result', n_dropped),
+        n_kept, jsonb_build_object('live_ratings_kept', n_live, 'archived', n_archived,
+                                   'left_the_etl_result', n_dropped),
         jsonb_build_object('force', force), t0);
     PERFORM movrec._etl_report(run, 'publish', 'movrec.movies', new_movies, n_movies,
         jsonb_build_object('archived', n_movies_archived), jsonb_build_object('force', force), t0);

@@ -29,6 +29,18 @@ COMMENT ON COLUMN model.user_rating_stats.changed_xid IS
     'Transaction that last changed the user''s ratings: backends reload users changed at or after their snapshot''s xmin';
 CREATE INDEX IF NOT EXISTS user_rating_stats_changed_xid_idx ON model.user_rating_stats (changed_xid);
 
+-- Erasures counted, with no user id: movrec.forget_user() deletes the user's statistics
+-- row, so no changed_xid tells other backends' CF caches (plpython/movrec/cf/cache.py) that
+-- the user's ratings are gone; a cache that finds this count changed reloads everything.
+CREATE TABLE IF NOT EXISTS model.cf_erasures (
+    singleton   boolean PRIMARY KEY DEFAULT true CONSTRAINT one_row CHECK (singleton),
+    n_erasures  bigint NOT NULL DEFAULT 0,
+    erased_at   timestamptz
+);
+COMMENT ON TABLE model.cf_erasures IS
+    'One row: how many users movrec.forget_user() erased (no ids kept). Backends reload their CF ratings cache '
+    'when it changes, so an erased user''s ratings feed no other user''s neighbours or scores';
+
 CREATE TABLE IF NOT EXISTS model.cf_queue (
     user_id         integer PRIMARY KEY,
     enqueued_at     timestamptz NOT NULL DEFAULT clock_timestamp(),

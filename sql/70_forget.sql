@@ -27,6 +27,16 @@ BEGIN
 
     DELETE FROM movrec.watch_events w WHERE w.user_id = u;
     GET DIAGNOSTICS n = ROW_COUNT; counts := counts || jsonb_build_object('movrec.watch_events', n);
+    IF n > 0 THEN  -- other backends' CF caches still hold the ratings: they reload on this count
+        INSERT INTO model.cf_erasures AS e (n_erasures, erased_at) VALUES (1, now())
+        ON CONFLICT (singleton) DO UPDATE SET n_erasures = e.n_erasures + 1, erased_at = excluded.erased_at;
+        -- recommend()'s popularity ranking counts the user's ratings in model.movie_rating_stats
+        -- (a snapshot of the last rewrite): rewritten without them, under a new refreshed_at,
+        -- which makes every backend reload the ranking.  Seconds at 20M ratings, for a rare call.
+        IF EXISTS (SELECT FROM model.movie_rating_stats) THEN
+            PERFORM movrec.refresh_movie_stats();
+        END IF;
+    END IF;
     DELETE FROM movrec.watch_events_archive w WHERE w.user_id = u;
     GET DIAGNOSTICS n = ROW_COUNT; counts := counts || jsonb_build_object('movrec.watch_events_archive', n);
     DELETE FROM model.user_latent_attributes_backups b WHERE b.user_id = u;
@@ -71,5 +81,6 @@ END $$;
 COMMENT ON FUNCTION movrec.forget_user(integer) IS
     'Erasure request: deletes one user (compact user_id) from every table, in one transaction: ratings and '
     'their archive, vector and backups, rating statistics, stored recommendations, CF and refresh queues, the '
-    'id map row, and their rows in staging and the etl work tables. Returns rows deleted per table (jsonb). '
-    'A backend''s in-memory CF cache (user_to_user) keeps the user until that session ends';
+    'id map row, and their rows in staging and the etl work tables; the user''s ratings leave the per-movie '
+    'statistics, and every backend''s CF and popularity caches reload once it commits (model.cf_erasures). '
+    'Returns rows deleted per table (jsonb)';

@@ -7,7 +7,7 @@ from collections.abc import Callable
 import psycopg
 import pytest
 
-from tests.conftest import table_digest
+from tests.conftest import connect, table_digest
 from tests.test_pipeline import fresh, load_all
 
 GUARDED = (
@@ -142,6 +142,117 @@ def test_cli_etl_has_force() -> None:
     assert result.exit_code == 0 and "--force" in result.output
 
 
+# --- ratings during a publish ------------------------------------------------------------
+
+
+def stats_match_ratings(conn: psycopg.Connection) -> bool:
+    """model.user_rating_stats agrees with watch_events: no rating counted twice or missed."""
+    return conn.execute(
+        """SELECT count(*) = 0 FROM (
+               SELECT user_id, count(*)::integer AS n, sum(rating::float8) AS s
+               FROM movrec.watch_events GROUP BY user_id
+               EXCEPT SELECT user_id, n_ratings, sum_ratings FROM model.user_rating_stats
+               WHERE n_ratings > 0) missing"""
+    ).fetchone()[0]
+
+
+def test_ratings_flow_while_a_publish_is_open(new_database: Callable[[str], str]) -> None:
+    """A rerun's publish held open in one session: ratings of other users and of staying
+    movies go in at once (lock_timeout would fail them otherwise), each moves its user's
+    vector once, and all of them survive the publish's commit; a rating of a movie that
+    leaves waits for that movie's row and then fails on the foreign key."""
+    conn = fresh(new_database, "t_lifecycle_publish_online")
+    load_all(conn)
+    etl(conn)
+    conn.execute("""SELECT movrec.train('mf', '{"epochs": 3}')""")
+    run = etl(conn)  # a rerun: its stages' tables stay for the publish below
+    # The rerun's result: one movie leaves (and its ratings), one rating changes in the file.
+    leaving = conn.execute(
+        "SELECT movie_id FROM etl.ratings4 GROUP BY movie_id ORDER BY count(*), movie_id LIMIT 1"
+    ).fetchone()[0]
+    conn.execute("DELETE FROM etl.ratings4 WHERE movie_id = %s", (leaving,))
+    conn.execute("DELETE FROM etl.movies4 WHERE movie_id = %s", (leaving,))
+    changed = conn.execute(
+        """UPDATE etl.ratings4 SET rating = CASE WHEN rating = 5 THEN 1 ELSE rating + 0.5 END
+           WHERE (user_id, movie_id) = (SELECT user_id, movie_id FROM etl.ratings4
+                                        ORDER BY user_id, movie_id LIMIT 1)
+           RETURNING user_id, movie_id, rating"""
+    ).fetchone()
+    n_leaving = conn.execute(
+        "SELECT count(*) FROM movrec.watch_events WHERE movie_id = %s", (leaving,)
+    ).fetchone()[0]
+    touched = {changed[0]} | {
+        u
+        for (u,) in conn.execute(
+            "SELECT user_id FROM movrec.watch_events WHERE movie_id = %s", (leaving,)
+        )
+    }
+    # a user the publish does not touch re-rates one of their ETL rows (it turns live)
+    rerated = conn.execute(
+        """SELECT user_id, movie_id, rating FROM movrec.watch_events
+           WHERE etl_run IS NOT NULL AND movie_id <> %s AND NOT (user_id = ANY(%s))
+           ORDER BY user_id, movie_id LIMIT 1""",
+        (leaving, list(touched)),
+    ).fetchone()
+    assert rerated is not None, "the fixture has no user the publish leaves alone"
+    staying = conn.execute(
+        "SELECT min(movie_id) FROM etl.movies4 WHERE movie_id <> %s", (rerated[1],)
+    ).fetchone()[0]
+    new_rating = 1.0 if rerated[2] != 1.0 else 2.0
+    before = {
+        u: conn.execute(
+            "SELECT n_updates FROM model.user_latent_attributes WHERE user_id = %s", (u,)
+        ).fetchone()
+        for u in (rerated[0], 1001, 1002)
+    }
+
+    with connect(conn.info.dsn) as publisher, connect(conn.info.dsn) as rater:
+        rater.execute("SET lock_timeout = '3s'")
+        rater.execute("SET ROLE movrec_user")
+        with publisher.transaction():
+            publisher.execute("CALL movrec.etl_publish(%s, force => true)", (run,))
+            # the publish has run and holds its locks until it commits
+            rater.execute(
+                "SELECT movrec.rate(%s::int, %s::int, %s::real)",
+                (rerated[0], rerated[1], new_rating),
+            )
+            rater.execute("SELECT movrec.rate(1001, %s::int, 4)", (staying,))
+            rater.execute(
+                "INSERT INTO movrec.watch_events (user_id, movie_id, rating) VALUES (1002, %s, 3.5)",
+                (staying,),
+            )
+            with pytest.raises(psycopg.errors.LockNotAvailable):  # waits for the movie's row
+                rater.execute("SELECT movrec.rate(1003, %s::int, 4)", (leaving,))
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):  # the movie is gone now
+            rater.execute("SELECT movrec.rate(1003, %s::int, 4)", (leaving,))
+
+    rows = dict(
+        ((u, m), (r, e))
+        for u, m, r, e in conn.execute(
+            "SELECT user_id, movie_id, rating, etl_run FROM movrec.watch_events"
+        )
+    )
+    assert rows[(rerated[0], rerated[1])] == (new_rating, None)
+    assert rows[(1001, staying)] == (4.0, None)
+    assert rows[(1002, staying)] == (3.5, None)
+    assert rows[(changed[0], changed[1])] == (changed[2], run)
+    assert not any(m == leaving for _, m in rows)
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM movrec.watch_events_archive WHERE archived_by = %s AND movie_id = %s",
+            (run, leaving),
+        ).fetchone()[0]
+        == n_leaving
+    )
+    # each live rating moved its user's vector exactly once; the publish's rows moved none
+    for u in (rerated[0], 1001, 1002):
+        n = conn.execute(
+            "SELECT n_updates FROM model.user_latent_attributes WHERE user_id = %s", (u,)
+        ).fetchone()[0]
+        assert n == (before[u][0] if before[u] else 0) + 1, (u, before[u], n)
+    assert stats_match_ratings(conn)
+
+
 # --- forgetting a user -------------------------------------------------------------------
 
 PER_USER = (
@@ -230,6 +341,41 @@ def test_forget_user_is_for_admins_only(conn: psycopg.Connection) -> None:
     assert rights[3] and any(c.startswith("search_path=") for c in rights[4])
     with pytest.raises(psycopg.errors.NullValueNotAllowed):
         conn.execute("SELECT movrec.forget_user(NULL)")
+
+
+def test_forget_user_reaches_other_sessions_caches(trained: str) -> None:
+    """After forget_user(u) commits in one session, another session whose CF cache was
+    loaded with u's ratings answers as a new session does: u's ratings feed no neighbour,
+    score or count."""
+    cf = "SELECT movie_id, score, neighbours FROM movrec.user_to_user(%s, 0.0, 5, 1, 0, 0, false, false)"
+    with connect(trained) as admin, connect(trained) as other:
+        v = admin.execute(
+            "SELECT user_id FROM movrec.watch_events GROUP BY user_id ORDER BY count(*) DESC, user_id LIMIT 1"
+        ).fetchone()[0]
+        u = 9100
+        # u rates as v does, and gives 5 stars to movies v has not seen: v's best neighbour
+        admin.execute(
+            """INSERT INTO movrec.watch_events (user_id, movie_id, rating)
+               SELECT %s, movie_id, rating FROM movrec.watch_events WHERE user_id = %s
+               UNION ALL
+               (SELECT %s, movie_id, 5 FROM movrec.movies m WHERE NOT EXISTS
+                   (SELECT FROM movrec.watch_events w WHERE w.user_id = %s AND w.movie_id = m.movie_id)
+                ORDER BY movie_id LIMIT 5)""",
+            (u, v, u, v),
+        )
+        admin.execute("SELECT movrec.refresh_movie_stats()")
+        with_u = other.execute(cf, (v,)).fetchall()
+        admin.execute("SELECT movrec.forget_user(%s)", (u,))
+        after = other.execute(cf, (v,)).fetchall()
+        # the per-movie statistics behind the popularity ranking lost u's ratings too
+        assert admin.execute(
+            """SELECT count(*) = 0 FROM (SELECT movie_id, n_ratings FROM model.movie_rating_stats
+                   EXCEPT SELECT movie_id, count(*) FROM movrec.watch_events GROUP BY movie_id) d"""
+        ).fetchone()[0]
+    with connect(trained) as fresh_session:
+        expected = fresh_session.execute(cf, (v,)).fetchall()
+    assert with_u != expected  # u mattered to v
+    assert after == expected
 
 
 # --- which model may serve -----------------------------------------------------------------

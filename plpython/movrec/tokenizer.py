@@ -132,7 +132,12 @@ def build(
                 backend.check_interrupts()
             docs.append(tokens(spec, m.get(spec.column)))  # type: ignore[arg-type]
         vocab = vocabs[name] = Vocabulary.build(name, docs, spec.min_freq)
-        arrays[name] = [vocab.encode(d, spec.length) for d in docs]
+        encoded = []
+        for i, d in enumerate(docs):
+            if i % 1024 == 0:
+                backend.check_interrupts()
+            encoded.append(vocab.encode(d, spec.length))
+        arrays[name] = encoded
     return vocabs, arrays
 
 
@@ -197,6 +202,12 @@ def tokenize_from_sql(options: str | None) -> list[tuple[str, int, int, float]]:
             [name, list(vocab.ids), list(vocab.ids.values()), [vocab.counts[t] for t in vocab.ids]],
         )
     # one row per movie; arrays travel as JSON to keep it one statement
+    encoded = []
+    for name in fields:
+        for i, a in enumerate(arrays[name]):
+            if i % 1024 == 0:
+                backend.check_interrupts()
+            encoded.append(json.dumps(a))
     backend.execute(
         "INSERT INTO movrec.movie_tokens (movie_id, field, token_ids) "
         "SELECT m, f, ARRAY(SELECT jsonb_array_elements_text(a)::int4) "
@@ -205,7 +216,7 @@ def tokenize_from_sql(options: str | None) -> list[tuple[str, int, int, float]]:
         [
             [i for name in fields for i in ids],
             [name for name in fields for _ in ids],
-            [json.dumps(a) for name in fields for a in arrays[name]],
+            encoded,
         ],
     )
     report = []

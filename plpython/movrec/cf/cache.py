@@ -16,6 +16,13 @@ finds more than ``RELOAD_FRACTION`` of the users changed (an ETL publish) reload
 everything.  A bulk change that bypasses the triggers must run
 ``movrec.cf_rebuild_stats()``, which stamps every user.  Any error while the cache
 is being changed drops it; the next call loads afresh.
+
+An erasure (``movrec.forget_user()``) deletes the user's statistics row with their
+ratings, so no ``changed_xid`` names them afterwards; instead it counts itself in
+``model.cf_erasures``, which holds no user id.  Every load and refresh reads that
+count in its snapshot, and a refresh that finds it changed reloads everything: a
+forgotten user's ratings never feed a neighbour, a score or a baseline again once
+the erasure has committed.
 """
 
 from __future__ import annotations
@@ -34,8 +41,12 @@ RELOAD_MIN_USERS = 1000
 _index: RatingsIndex | None = None
 _loads = 0  # full loads in this backend (a refresh that reloads everything counts)
 
-LOAD_SQL = """
-SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin,
+ERASURES_SQL = "(SELECT coalesce(max(e.n_erasures), 0) FROM model.cf_erasures e) AS erasures"
+
+LOAD_SQL = (
+    "SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, "
+    + ERASURES_SQL
+    + """,
        (SELECT coalesce(array_agg(s.user_id), '{}') FROM model.user_rating_stats s
          WHERE s.changed_xid = pg_current_xact_id_if_assigned()) AS tentative,
        array_send(coalesce(array_agg(w.user_id), '{}')) AS users,
@@ -43,16 +54,20 @@ SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin,
        array_send(coalesce(array_agg((w.rating * 2)::int2), '{}')) AS halves
 FROM movrec.watch_events w
 """
+)
 
 # One statement, so the watermark and the rows come from one snapshot.  The rows
 # are fetched only when few enough users changed; otherwise the caller reloads all.
-REFRESH_SQL = """
+REFRESH_SQL = (
+    """
 WITH changed AS MATERIALIZED (
     SELECT s.user_id, s.changed_xid = pg_current_xact_id_if_assigned() AS own
     FROM model.user_rating_stats s
     WHERE s.changed_xid >= $1::xid8 OR s.user_id = ANY($2)
 )
-SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin,
+SELECT pg_snapshot_xmin(pg_current_snapshot())::text AS xmin, """
+    + ERASURES_SQL
+    + """,
        (SELECT count(*) FROM changed) AS n_changed,
        (SELECT coalesce(array_agg(user_id), '{}') FROM changed) AS changed,
        (SELECT coalesce(array_agg(user_id), '{}') FROM changed WHERE own) AS tentative,
@@ -63,6 +78,7 @@ FROM (SELECT array_send(coalesce(array_agg(w.user_id), '{}')) AS users,
       FROM movrec.watch_events w
       WHERE w.user_id IN (SELECT user_id FROM changed) AND (SELECT count(*) FROM changed) <= $3) d
 """
+)
 
 
 def unpack_array(blob: bytes, dtype: str) -> np.ndarray:
@@ -87,7 +103,7 @@ def _load_all() -> RatingsIndex:
         unpack_array(r["movies"], ">i4"),
         unpack_array(r["halves"], ">i2").astype(np.int8),
     )
-    ix.watermark, ix.tentative = r["xmin"], set(r["tentative"])
+    ix.watermark, ix.tentative, ix.erasures = r["xmin"], set(r["tentative"]), r["erasures"]
     return ix
 
 
@@ -97,7 +113,7 @@ def _refresh(ix: RatingsIndex) -> RatingsIndex:
     r = backend.execute(
         REFRESH_SQL, ["text", "int4[]", "int8"], [ix.watermark, sorted(ix.tentative), limit]
     )[0]
-    if r["n_changed"] > limit:
+    if r["n_changed"] > limit or r["erasures"] != ix.erasures:
         return _load_all()
     if r["n_changed"]:
         ix.replace_users(

@@ -129,6 +129,7 @@ class RatingsIndex:
         # set by the SQL glue
         self.watermark = "0"
         self.tentative: set[int] = set()
+        self.erasures = 0  # model.cf_erasures.n_erasures the arrays were read with
 
     @classmethod
     def from_arrays(
@@ -307,9 +308,10 @@ class RatingsIndex:
         """Merge the overlay into new base arrays (the same ratings, no overlay)."""
         users, movies, halves = self.coo()
         fresh = RatingsIndex(self.user_id_of(users), self.movie_id_of(movies), halves)
-        fresh.watermark, fresh.tentative, fresh.version = (
+        fresh.watermark, fresh.tentative, fresh.erasures, fresh.version = (
             self.watermark,
             self.tentative,
+            self.erasures,
             self.version + 1,
         )
         self.__dict__.update(fresh.__dict__)

@@ -10,7 +10,7 @@ import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -414,65 +414,6 @@ def fit(
     return run.model, metrics
 
 
-# The search: each kind's defaults first, then one change at a time (the options a caller
-# gave are never changed).  Ranking kinds are chosen by validation NDCG@10 (what recommend()
-# orders by), the others by validation RMSE.
-SEARCH_SPACE: dict[str, list[dict[str, Any]]] = {
-    "mf": [{}, {"reg": 0.05}, {"reg": 0.2}, {"dim": 32}, {"lr": 0.01}],
-    "mlp": [{}, {"reg": 0.05}, {"reg": 0.2}, {"lr": 0.01}],
-    "hybrid": [{}, {"epochs": 12}, {"lr": 0.002}, {"reg": 0.05}, {"reg": 0.2}, {"dim": 64}],
-    "functional": [{}, {"epochs": 12}, {"lr": 0.002}, {"reg": 0.2}],
-}
-SEARCH_RESERVE = 0.08  # share of the budget kept for reading, registering and deploying
-
-
-def search(
-    data: Ratings,
-    kind: str,
-    opts: TrainOptions,
-    given: set[str],
-    started: float,
-    progress: Callable[[str], None] = lambda _msg: None,
-    content: MovieContent | None = None,
-) -> tuple[Model, dict[str, Any], TrainOptions, list[dict[str, Any]]]:
-    """Options chosen on the validation split within ``opts.budget_s`` seconds from ``started``.
-
-    Every candidate trains on the same split; a candidate whose expected time (the last
-    trial's, scaled by epochs) would pass the deadline is not started, and the first one
-    (the kind's defaults) stops at the deadline.  Returns (best model, its metrics, its
-    options, the trials as ``[{"options", "metrics", "seconds"}]``).
-    """
-    deadline = started + opts.budget_s * (1 - SEARCH_RESERVE)
-    ranked = opts.ranking_weight(kind) > 0
-    trials: list[dict[str, Any]] = []
-    best: tuple[float, Model, dict[str, Any], TrainOptions] | None = None
-    last_s, last_epochs = 0.0, 1
-    for change in SEARCH_SPACE.get(kind, [{}]):
-        change = {k: v for k, v in change.items() if k not in given}
-        if trials and not change:
-            continue
-        candidate = replace(opts, **change)
-        expected = last_s * candidate.epochs / max(last_epochs, 1)
-        if trials and time.perf_counter() + expected > deadline:
-            progress(f"movrec train {kind}: search stops, {len(trials)} trial(s) within the budget")
-            break
-        t = time.perf_counter()
-        model, metrics = fit(data, kind, candidate, progress, content, deadline=deadline)
-        seconds = time.perf_counter() - t
-        last_s, last_epochs = seconds, len(metrics.get("history", [])) or candidate.epochs
-        shown = {k: v for k, v in metrics.items() if k.startswith("val_") or k == "best_epoch"}
-        shown["stopped_at_deadline"] = metrics.get("stopped_at_deadline", False)
-        trials.append({"options": change, "metrics": shown, "seconds": round(seconds, 3)})
-        value = metrics.get("val_ndcg@10") if ranked else metrics.get("val_rmse")
-        score = -math.inf if value is None else (value if ranked else -value)
-        if best is None or score > best[0]:
-            best = (score, model, metrics, candidate)
-        progress(f"movrec train {kind}: trial {len(trials)} {change or 'defaults'}: {shown}")
-    assert best is not None
-    _, model, metrics, chosen = best
-    return model, metrics, chosen, trials
-
-
 # --- SQL glue ---------------------------------------------------------------
 
 READ_SQL = """
@@ -549,6 +490,8 @@ def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -
 
     content = read_content() if kind in CONTENT_MODELS else None
     if opts.searched:
+        from movrec.search import search
+
         given = set(raw) if isinstance(raw, dict) else set()
         model, metrics, opts, trials = search(
             data, kind, opts, given - {"budget_s", "device"}, started, backend.notice, content

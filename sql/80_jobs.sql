@@ -99,9 +99,10 @@ COMMENT ON FUNCTION movrec.schedule(text, integer) IS
     'nightly at 03:00: retrain_and_promote()); an error with the fix where pg_cron is not available';
 
 -- The nightly retrain-and-promote loop: a new model of the champion's kind on the current data,
--- deployed only when it beats the champion on the same data's validation split.  Both models
--- are scored by evaluate() on one split (the champion's seed and val_fraction, forced onto the
--- new model), so neither wins by having seen the other's validation rows.  The comparison
+-- deployed only when it beats the champion on held-out ratings of the current data.  Each model
+-- is scored by evaluate() on the ratings it held out (its stored validation split, as they stand
+-- now), so neither is scored on rows it trained on; the champion's seed and val_fraction are
+-- forced onto the new model, so both splits are drawn alike and of the same share.  The comparison
 -- metric is NDCG@10 for a kind with a ranking head (that is what recommend() orders by),
 -- else RMSE.  A champion that no longer fits the catalogue cannot serve, so any new model wins.
 -- The outcome is recorded in the new model's metrics.retrain either way.
@@ -142,7 +143,7 @@ BEGIN
     champion_id := champ.model_id;
     higher_is_better := (SELECT r.metrics ? 'val_ndcg@10' FROM model.registry r
                          WHERE r.model_id = retrain_and_promote.model_id);
-    metric := CASE WHEN higher_is_better THEN 'ndcg@10' ELSE 'test_rmse' END;
+    metric := CASE WHEN higher_is_better THEN 'val_ndcg@10' ELSE 'val_rmse' END;
     PERFORM FROM movrec.evaluate(model_id);
     value := (SELECT (r.metrics -> 'evaluation' ->> metric)::double precision FROM model.registry r
               WHERE r.model_id = retrain_and_promote.model_id);
@@ -160,7 +161,7 @@ BEGIN
                                FROM model.registry r WHERE r.model_id = champ.model_id);
             promoted := champion_value IS NULL OR value IS NOT NULL
                         AND CASE WHEN higher_is_better THEN value > champion_value ELSE value < champion_value END;
-            reason := format('%s: %s %s %s the champion''s (model %s) %s on the validation split of the current data',
+            reason := format('%s: %s %s %s the champion''s (model %s) %s, each on the ratings it held out',
                              CASE WHEN promoted THEN 'promoted' ELSE 'not promoted, the champion stays' END,
                              metric, round(value::numeric, 4),
                              CASE WHEN promoted THEN CASE WHEN higher_is_better THEN 'above' ELSE 'below' END
@@ -182,7 +183,7 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION movrec.retrain_and_promote(text, jsonb) IS
     'Trains a new model (kind: the champion''s by default, with its options and split; options override) on the '
-    'current data, scores it and the champion with evaluate() on that data''s validation split (NDCG@10 for ranked '
+    'current data, scores it and the champion with evaluate() on the ratings each held out (NDCG@10 for ranked '
     'kinds, else RMSE) and deploys it only when it is better; records the outcome in its metrics.retrain. The '
     'nightly pg_cron job movrec-retrain (movrec.schedule()) runs it';
 

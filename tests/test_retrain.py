@@ -1,5 +1,5 @@
 """movrec.retrain_and_promote() / `movrec retrain`: a new model on the current data is deployed
-only when it beats the champion on the same validation split; otherwise it is recorded with
+only when it beats the champion, each scored on the ratings it held out; otherwise it is recorded with
 the reason and the champion stays."""
 
 from __future__ import annotations

@@ -29,7 +29,7 @@ COPY_TABLES = (
 )
 REGISTRY_COLUMNS = (
     "kind, dim, params, data_snapshot, metrics, global_mean, checkpoint, serving_movie_ids, "
-    "serving_matrix, serving_ranking, default_embedding, default_bias, duration_s"
+    "serving_matrix, serving_ranking, default_embedding, default_bias, duration_s, validation_split"
 )
 
 

@@ -49,7 +49,7 @@ def test_a_better_model_is_promoted(weak_champion: str) -> None:
                FROM movrec.retrain_and_promote(NULL, '{"epochs": 30, "reg": 0.1}')"""
         ).fetchone()
         new, champion_id, promoted, metric, value, champion_value, reason = row
-        assert (champion_id, promoted, metric) == (old, True, "test_rmse"), row
+        assert (champion_id, promoted, metric) == (old, True, "val_rmse"), row
         assert value < champion_value and reason.startswith("promoted"), row
         assert _champion(conn) == new
         assert (

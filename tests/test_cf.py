@@ -517,8 +517,13 @@ def test_ctrl_c_rolls_the_worker_batch_back(db: str, some_users: list[int]) -> N
             "SELECT pg_advisory_lock(hashtext('movrec.user_recommendation'), %s)", (user,)
         )
         code = "import sys; from movrec_cli.commands.worker import worker; worker(sys.argv[1:])"
+        # A suite started in the background by a non-interactive shell inherits SIGINT ignored,
+        # and so would the worker: give it Ctrl-C's default, as a terminal would.
         proc = subprocess.Popen(
-            [sys.executable, "-c", code, "--dsn", db], stderr=subprocess.PIPE, text=True
+            [sys.executable, "-c", code, "--dsn", db],
+            stderr=subprocess.PIPE,
+            text=True,
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
         )
         waiting = """SELECT count(*) FROM pg_stat_activity
                      WHERE wait_event_type = 'Lock' AND query LIKE '%%cf_drain%%'"""

@@ -41,6 +41,17 @@ def _defaults(name: str) -> str:
     return ", ".join(f"{'/'.join(kinds)} {value}" for value, kinds in by_value.items())
 
 
+def _options_object(text: str) -> dict[str, Any]:
+    """--options: a JSON object, or a one-line error."""
+    try:
+        opts = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise CliError(f"--options is not JSON: {e}") from None
+    if not isinstance(opts, dict):
+        raise CliError("--options must be a JSON object, e.g. '{\"epochs\": 5}'")
+    return opts
+
+
 def _train_option(name: str, type_: Any) -> Any:
     return click.option(
         f"--{name.replace('_', '-')}",
@@ -101,12 +112,7 @@ def train(dsn: str | None, kind: str, no_deploy: bool, options_json: str, **opti
       movrec train --epochs 4 --seed 1         the hybrid, shorter
       movrec train --model mf --options '{"val_fraction": 0.1}' --no-deploy
     """
-    try:
-        opts = json.loads(options_json)
-    except json.JSONDecodeError as e:
-        raise CliError(f"--options is not JSON: {e}") from None
-    if not isinstance(opts, dict):
-        raise CliError("--options must be a JSON object, e.g. '{\"epochs\": 5}'")
+    opts = _options_object(options_json)
     opts.update({k: v for k, v in options.items() if v is not None})
     if not opts.get("budget_s"):
         opts.pop("budget_s", None)  # 0: no search, as movrec.train() without it
@@ -213,12 +219,7 @@ def retrain(dsn: str | None, kind: str | None, options_json: str | None) -> None
       movrec retrain --options '{"epochs": 40}'
     """
     if options_json is not None:
-        try:
-            opts = json.loads(options_json)
-        except json.JSONDecodeError as e:
-            raise CliError(f"--options is not JSON: {e}") from None
-        if not isinstance(opts, dict):
-            raise CliError("--options must be a JSON object, e.g. '{\"epochs\": 5}'")
+        _options_object(options_json)  # refused here, before connecting
     with connect(dsn) as conn:
         row = one(
             conn.execute(

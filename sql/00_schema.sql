@@ -31,6 +31,21 @@ END $$;
 COMMENT ON FUNCTION movrec._distributed() IS
     'True where movrec.distribute() laid movrec out over Citus (watch_events is a distributed table)';
 
+CREATE OR REPLACE FUNCTION movrec._local_group() RETURNS integer
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    g integer;
+BEGIN
+    IF to_regclass('pg_catalog.pg_dist_local_group') IS NULL THEN
+        RETURN 0;
+    END IF;
+    EXECUTE 'SELECT groupid FROM pg_catalog.pg_dist_local_group' INTO g;
+    RETURN coalesce(g, 0);
+END $$;
+COMMENT ON FUNCTION movrec._local_group() IS
+    'This node''s Citus group (0 on the coordinator, and without Citus): whose transaction ids a '
+    'model.user_rating_stats stamp holds';
+
 CREATE TABLE IF NOT EXISTS movrec.movies (
     movie_id     integer PRIMARY KEY CONSTRAINT movie_id_is_positive CHECK (movie_id > 0),
     title        text NOT NULL CONSTRAINT title_is_not_empty CHECK (title <> ''),

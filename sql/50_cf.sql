@@ -12,7 +12,8 @@ CREATE TABLE IF NOT EXISTS model.user_rating_stats (
         (CASE WHEN n_ratings > 0 THEN sum_ratings / n_ratings END) STORED,
     n_changes   bigint NOT NULL DEFAULT 0,
     changed_xid xid8 NOT NULL DEFAULT pg_current_xact_id(),
-    updated_at  timestamptz NOT NULL DEFAULT now()
+    updated_at  timestamptz NOT NULL DEFAULT now(),
+    changed_group integer NOT NULL DEFAULT 0
 );
 -- No CHECK on the counts: a statistics row that drifted (triggers bypassed) must not
 -- make rating writes fail; movrec.cf_rebuild_stats() repairs it.
@@ -27,6 +28,8 @@ COMMENT ON COLUMN model.user_rating_stats.n_changes IS
     'Statements that changed the user''s ratings; cf_drain compares it before and after a job';
 COMMENT ON COLUMN model.user_rating_stats.changed_xid IS
     'Transaction that last changed the user''s ratings: backends reload users changed at or after their snapshot''s xmin';
+COMMENT ON COLUMN model.user_rating_stats.changed_group IS
+    'The Citus group of the node whose transaction id changed_xid is (each node has its own ids; 0 on one server)';
 CREATE INDEX IF NOT EXISTS user_rating_stats_changed_xid_idx ON model.user_rating_stats (changed_xid);
 
 -- Erasures counted, with no user id: movrec.forget_user() deletes the user's statistics
@@ -178,8 +181,13 @@ CREATE OR REPLACE FUNCTION movrec.cf_rebuild_stats() RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
 DECLARE
     n_fixed bigint;
+    -- the stamp: this transaction's id on this node, and the node (on Citus the statement
+    -- below may write every node's shards; the stamp says whose ids it holds)
+    stamp xid8;
+    stamp_group integer := movrec._local_group();
 BEGIN
     PERFORM movrec._require_primary('cf_rebuild_stats()');
+    stamp := pg_current_xact_id();
     -- no rating may change between the recount and the write
     LOCK TABLE movrec.watch_events IN SHARE MODE;
     WITH fresh AS (
@@ -195,11 +203,12 @@ BEGIN
         -- every row is stamped, so every backend's cache reloads: a load that bypassed
         -- the triggers may have changed ratings without changing the sums
         INSERT INTO model.user_rating_stats AS s
-            (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
-        SELECT user_id, n, s, ss, 1, pg_current_xact_id(), now() FROM merged ORDER BY user_id
+            (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, changed_group, updated_at)
+        SELECT user_id, n, s, ss, 1, stamp, stamp_group, now() FROM merged ORDER BY user_id
         ON CONFLICT (user_id) DO UPDATE
         SET n_ratings = excluded.n_ratings, sum_ratings = excluded.sum_ratings, sum_squares = excluded.sum_squares,
-            n_changes = s.n_changes + 1, changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
+            n_changes = s.n_changes + 1, changed_xid = excluded.changed_xid, changed_group = excluded.changed_group,
+            updated_at = excluded.updated_at
     ), queued AS (
         INSERT INTO model.cf_queue (user_id) SELECT user_id FROM merged WHERE wrong ORDER BY user_id
         ON CONFLICT (user_id) DO NOTHING

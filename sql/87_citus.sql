@@ -61,6 +61,7 @@ DECLARE
     ds float8[];
     dss float8[];
     i integer;
+    stamp_group integer;
 BEGIN
     IF TG_RELID <> 'movrec.watch_events'::regclass OR current_setting('application_name') = 'pg_restore' THEN
         IF NOT movrec._trigger_applies('movrec._cf_on_rating_row()', TG_RELID, 'movrec.watch_events') THEN
@@ -84,15 +85,19 @@ BEGIN
         ds := ARRAY[-OLD.rating::float8, NEW.rating::float8];
         dss := ARRAY[-(OLD.rating::float8 ^ 2), NEW.rating::float8 ^ 2];
     END IF;
+    -- The stamp is this node's transaction id, so it names this node's group: a CF cache
+    -- compares it with a snapshot of this node (plpython/movrec/cf/cache.py).
+    stamp_group := movrec._local_group();
     -- one user per statement: each statement goes to that user's shard alone
     FOR i IN 1 .. cardinality(users) LOOP
         INSERT INTO model.user_rating_stats AS s
-            (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
-        VALUES (users[i], dn[i], ds[i], dss[i], 1, pg_current_xact_id(), now())
+            (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, changed_group, updated_at)
+        VALUES (users[i], dn[i], ds[i], dss[i], 1, pg_current_xact_id(), stamp_group, now())
         ON CONFLICT (user_id) DO UPDATE
         SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
             sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
-            changed_xid = excluded.changed_xid, updated_at = excluded.updated_at;
+            changed_xid = excluded.changed_xid, changed_group = excluded.changed_group,
+            updated_at = excluded.updated_at;
         INSERT INTO model.cf_queue (user_id) VALUES (users[i]) ON CONFLICT (user_id) DO NOTHING;
     END LOOP;
     -- No NOTIFY movrec_cf: a transaction that writes more than one node commits by two-phase
@@ -103,6 +108,41 @@ END $$;
 COMMENT ON FUNCTION movrec._cf_on_rating_row() IS
     'Trigger (per row, Citus): what movrec.cf_on_ratings_changed() does per statement, for one rating: '
     'the user''s model.user_rating_stats and model.cf_queue rows (no NOTIFY: two-phase commits forbid it)';
+
+-- TRUNCATE on Citus: the shards have no TRUNCATE triggers (Citus 13.2 creates none on them),
+-- but the distributed table's own ones fire on the node that ran the TRUNCATE, once, after
+-- Citus truncated the shards in the same transaction.  This one does there what the
+-- TRUNCATE branch of movrec.cf_on_ratings_changed() does on one server, as statements over
+-- every shard (the queue first, while the statistics still say who had ratings).
+CREATE OR REPLACE FUNCTION movrec._cf_on_truncate() RETURNS trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
+DECLARE
+    stamp xid8;
+    stamp_group integer := movrec._local_group();
+    n_changed bigint;
+BEGIN
+    IF TG_RELID <> 'movrec.watch_events'::regclass OR current_setting('application_name') = 'pg_restore' THEN
+        IF NOT movrec._trigger_applies('movrec._cf_on_truncate()', TG_RELID, 'movrec.watch_events') THEN
+            RETURN NULL;  -- a restore replays rows whose effects the dump holds
+        END IF;
+    END IF;
+    stamp := pg_current_xact_id();  -- (values, not calls: Citus evaluates none in an UPDATE of shards)
+    INSERT INTO model.cf_queue (user_id)
+    SELECT s.user_id FROM model.user_rating_stats s WHERE s.n_ratings <> 0
+    ON CONFLICT (user_id) DO NOTHING;
+    UPDATE model.user_rating_stats
+    SET n_ratings = 0, sum_ratings = 0, sum_squares = 0, n_changes = n_changes + 1,
+        changed_xid = stamp, changed_group = stamp_group, updated_at = now()
+    WHERE n_ratings <> 0;
+    GET DIAGNOSTICS n_changed = ROW_COUNT;
+    IF n_changed > 0 THEN
+        PERFORM pg_notify('movrec_cf', '');  -- (this node's own commit: not a prepared one)
+    END IF;
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION movrec._cf_on_truncate() IS
+    'Trigger (TRUNCATE, Citus): zeroes model.user_rating_stats and queues every user who had ratings in '
+    'model.cf_queue, as movrec.cf_on_ratings_changed() does on one server';
 
 CREATE OR REPLACE FUNCTION movrec._refresh_on_rating_row() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
@@ -227,6 +267,11 @@ BEGIN
         FOR EACH ROW EXECUTE FUNCTION movrec._refresh_on_rating_row();
     COMMENT ON TRIGGER movrec_refresh_enqueue_row ON movrec.watch_events IS
         'Serving on Citus: each rating queues its user for a refresh of model.model_recommendation';
+    CREATE OR REPLACE TRIGGER movrec_cf_enqueue_truncate_citus
+        AFTER TRUNCATE ON movrec.watch_events
+        FOR EACH STATEMENT EXECUTE FUNCTION movrec._cf_on_truncate();
+    COMMENT ON TRIGGER movrec_cf_enqueue_truncate_citus ON movrec.watch_events IS
+        'CF on Citus: TRUNCATE zeroes model.user_rating_stats and enqueues every user who had ratings';
 
     -- Every function on every node; recommend() and rate() run where the user's rows are.
     FOR f IN

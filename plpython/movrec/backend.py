@@ -73,6 +73,18 @@ def installed_venv() -> str | None:
     return rows[0]["venv"] if rows else None
 
 
+_distributed = False
+
+
+def distributed() -> bool:
+    """True where movrec.distribute() laid this database out over Citus (watch_events is a
+    distributed table).  Remembered once true: a distributed layout is never undone."""
+    global _distributed
+    if not _distributed:
+        _distributed = bool(execute("SELECT movrec._distributed() AS d")[0]["d"])
+    return _distributed
+
+
 def plan(sql: str, types: Sequence[str] = ()) -> Any:
     """A prepared plan, cached for the life of the backend."""
     key = sql

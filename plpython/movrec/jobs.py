@@ -7,6 +7,15 @@ meanwhile (a rating that arrived mid-job keeps it queued); FAIL records the erro
 and backs off.
 Each job runs in a subtransaction: a failure rolls back that job alone, while a
 cancel or shutdown (SQLSTATE class 57) rolls back the whole call, queue included.
+
+On Citus the queue is distributed by user_id, and Citus locks rows only in a statement
+that goes to one shard: the claim reads due users without a lock (over every shard,
+oldest first) and then locks each job alone, FOR UPDATE SKIP LOCKED filtered by its
+user_id (a router statement on the user's shard).  A job another drain holds, or
+finished meanwhile, is passed over; so two drains still never run one job.  Every
+other statement here filters by one user_id already, and none calls a volatile or
+stable function beside a column (Citus refuses those in an UPDATE): the clock is read
+first and passed in.
 """
 
 from __future__ import annotations
@@ -52,6 +61,36 @@ FOR UPDATE OF q SKIP LOCKED
 """
 
     @property
+    def candidates_sql(self) -> str:
+        """Citus: $1 int4[] users to pass over, $2 int4 how many -> user_id of due jobs, oldest
+        first, read without a lock (claim_one_sql locks each)."""
+        return f"""
+SELECT q.user_id
+FROM {self.table} q
+WHERE q.not_before <= clock_timestamp() AND q.user_id <> ALL($1)
+ORDER BY q.enqueued_at, q.user_id
+LIMIT $2
+"""
+
+    @property
+    def claim_one_sql(self) -> str:
+        """Citus: $1 user -> one row when this call now holds that user's due job, none when
+        another call holds it or it is gone (a router statement on the user's shard)."""
+        return f"""
+SELECT q.user_id
+FROM {self.table} q
+WHERE q.user_id = $1 AND q.not_before <= clock_timestamp()
+FOR UPDATE OF q SKIP LOCKED
+"""
+
+    @property
+    def version_one_sql(self) -> str:
+        """Citus: $1 user -> the version of their state (no row: no state row)."""
+        return (
+            f"SELECT {self.version_sql} AS version FROM {self.state_table} s WHERE s.user_id = $1"
+        )
+
+    @property
     def finish_sql(self) -> str:
         """$1 user, $2 version at claim: delete the job only if the version is unchanged.
 
@@ -70,11 +109,12 @@ WHERE q.user_id = $1
 
     @property
     def fail_sql(self) -> str:
-        """Keep the job with its error; back off exponentially, at most an hour."""
+        """$1 user, $2 error, $3 the clock (epoch seconds): keep the job with its error; back off
+        exponentially, at most an hour."""
         return f"""
 UPDATE {self.table}
-SET attempts = attempts + 1, last_error = $2, last_attempt_at = clock_timestamp(),
-    not_before = clock_timestamp() + least(3600, 2 ^ attempts) * interval '1 second'
+SET attempts = attempts + 1, last_error = $2, last_attempt_at = to_timestamp($3),
+    not_before = to_timestamp($3 + least(3600, 2 ^ attempts))
 WHERE user_id = $1
 """
 
@@ -83,6 +123,38 @@ WHERE user_id = $1
 # lock table holds max_locks_per_transaction x max_connections (6,400 by default) for every
 # session together, so one call takes at most this many jobs.
 MAX_JOBS = 4096
+
+
+CLOCK_SQL = "SELECT extract(epoch FROM clock_timestamp())::float8 AS t"
+
+
+def _claim(
+    queue: JobQueue, attempted: list[int], passed: list[int], candidates: list[int], room: int
+) -> tuple[int, object] | None:
+    """One server: lock one due job not attempted yet -> (user, version), or None."""
+    rows = backend.execute(queue.claim_sql, ["int4[]"], [attempted])
+    return (rows[0]["user_id"], rows[0]["version"]) if rows else None
+
+
+def _claim_distributed(
+    queue: JobQueue, attempted: list[int], passed: list[int], candidates: list[int], room: int
+) -> tuple[int, object] | None:
+    """Citus: the next due job this call can lock -> (user, version), or None when none is
+    left.  ``candidates`` (read ahead, at most ``room``) and ``passed`` (held by another call)
+    persist between calls of one drain."""
+    while True:
+        if not candidates:
+            rows = backend.execute(
+                queue.candidates_sql, ["int4[]", "int4"], [attempted + passed, room]
+            )
+            if not rows:
+                return None
+            candidates.extend(r["user_id"] for r in rows)
+        user_id = candidates.pop(0)
+        if backend.execute(queue.claim_one_sql, ["int4"], [user_id]):
+            rows = backend.execute(queue.version_one_sql, ["int4"], [user_id])
+            return user_id, rows[0]["version"] if rows else None
+        passed.append(user_id)
 
 
 def drain(queue: JobQueue, max_jobs: int | None, work: Callable[[int], object]) -> int:
@@ -95,12 +167,15 @@ def drain(queue: JobQueue, max_jobs: int | None, work: Callable[[int], object]) 
         )
     plpy = backend.plpy
     attempted: list[int] = []
+    claim = _claim_distributed if backend.distributed() else _claim
+    passed: list[int] = []  # (Citus) due jobs another call held
+    candidates: list[int] = []
     while len(attempted) < max_jobs:
         backend.check_interrupts()
-        rows = backend.execute(queue.claim_sql, ["int4[]"], [attempted])
-        if not rows:
+        claimed = claim(queue, attempted, passed, candidates, max_jobs - len(attempted))
+        if claimed is None:
             break
-        user_id, version = rows[0]["user_id"], rows[0]["version"]
+        user_id, version = claimed
         attempted.append(user_id)
         try:
             with plpy.subtransaction():
@@ -109,7 +184,10 @@ def drain(queue: JobQueue, max_jobs: int | None, work: Callable[[int], object]) 
             if backend.is_interrupt(e):
                 raise  # a cancel (Ctrl-C, statement_timeout) or shutdown: the whole call rolls back
             message = f"{type(e).__name__}: {e}"
-            backend.execute(queue.fail_sql, ["int4", "text"], [user_id, message[:2000]])
+            clock = backend.execute(CLOCK_SQL)[0]["t"]
+            backend.execute(
+                queue.fail_sql, ["int4", "text", "float8"], [user_id, message[:2000], clock]
+            )
             plpy.warning(f"{queue.name} job for user {user_id} failed: {message}")
         else:
             backend.execute(queue.finish_sql, ["int4", queue.version_type], [user_id, version])

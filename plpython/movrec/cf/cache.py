@@ -17,6 +17,20 @@ everything.  A bulk change that bypasses the triggers must run
 ``movrec.cf_rebuild_stats()``, which stamps every user.  Any error while the cache
 is being changed drops it; the next call loads afresh.
 
+On Citus every node has its own transaction ids: a user's statistics row lives on the
+node of its shard and is stamped there, with that node's transaction id and its Citus
+group (``changed_group``; ``cf_rebuild_stats()`` and a TRUNCATE stamp the coordinator's,
+group 0).  A stamp therefore compares only with a snapshot of its own node, so the
+watermark is one xmin per node group, each read (``run_command_on_all_nodes``) before
+the statements that read the rows: a change those statements could not see was in
+flight, or not yet begun, when that earlier snapshot was taken, so its id is at or
+above that snapshot's xmin, and no change is missed.  A row stamped by a group the
+watermark does not name (a node added since) counts as changed.  Citus runs the
+statements that read the statistics and the ratings over every shard, separately
+(one statement cannot push down subqueries beside the aggregates); the calling
+transaction's own changes are found on each node by ``pg_current_xact_id_if_assigned()``,
+which Citus evaluates there, inside this transaction.
+
 An erasure (``movrec.forget_user()``) deletes the user's statistics row with their
 ratings, so no ``changed_xid`` names them afterwards; instead it counts itself in
 ``model.cf_erasures``, which holds no user id.  Every load and refresh reads that
@@ -81,6 +95,50 @@ FROM (SELECT array_send(coalesce(array_agg(w.user_id), '{}')) AS users,
 )
 
 
+# Citus: the watermark, per node group: each node's snapshot xmin, read by the node itself
+# (the local one read here too: the coordinator need not be in pg_dist_node).
+WATERMARKS_SQL = """
+SELECT movrec._local_group() AS grp, pg_snapshot_xmin(pg_current_snapshot())::text AS xmin
+UNION ALL
+SELECT split_part(r.result, ':', 1)::int, split_part(r.result, ':', 2)
+FROM run_command_on_all_nodes(
+    'SELECT groupid || '':'' || pg_snapshot_xmin(pg_current_snapshot()) FROM pg_catalog.pg_dist_local_group') r
+WHERE r.success
+"""
+# $1: the watermark as text[], group g at g + 1 (a group it lacks: every row of it counts)
+STAMP_AT_OR_ABOVE = "s.changed_xid >= coalesce(($1::text[])[s.changed_group + 1], '0')::xid8"
+CITUS_ERASURES_SQL = "SELECT " + ERASURES_SQL
+CITUS_TENTATIVE_SQL = """
+SELECT coalesce(array_agg(s.user_id), '{}') AS tentative
+FROM model.user_rating_stats s WHERE s.changed_xid = pg_current_xact_id_if_assigned()
+"""
+CITUS_CHANGED_SQL = f"""
+SELECT s.user_id, coalesce(s.changed_xid = pg_current_xact_id_if_assigned(), false) AS own
+FROM model.user_rating_stats s
+WHERE {STAMP_AT_OR_ABOVE} OR s.user_id = ANY($2)
+"""
+CITUS_RATINGS_SQL = """
+SELECT array_send(coalesce(array_agg(w.user_id), '{}')) AS users,
+       array_send(coalesce(array_agg(w.movie_id), '{}')) AS movies,
+       array_send(coalesce(array_agg((w.rating * 2)::int2), '{}')) AS halves
+FROM movrec.watch_events w
+"""
+CITUS_RATINGS_OF_SQL = CITUS_RATINGS_SQL + "WHERE w.user_id = ANY($1)"
+
+
+def _watermarks() -> list[str | None]:
+    """Citus: the xmin of a snapshot of every node, by group (index = group), the lowest
+    where one group answers twice; None for a group that did not answer."""
+    marks: dict[int, int] = {}
+    for r in backend.execute(WATERMARKS_SQL):
+        g, x = int(r["grp"]), int(r["xmin"])
+        marks[g] = min(x, marks.get(g, x))
+    out: list[str | None] = [None] * (max(marks) + 1)
+    for g, x in marks.items():
+        out[g] = str(x)
+    return out
+
+
 def unpack_array(blob: bytes, dtype: str) -> np.ndarray:
     """A one-dimensional array_send() blob without NULLs as numpy (dtype big-endian, e.g. '>i4')."""
     if int.from_bytes(blob[0:4], "big") == 0:  # no dimensions: empty
@@ -97,6 +155,8 @@ def unpack_array(blob: bytes, dtype: str) -> np.ndarray:
 def _load_all() -> RatingsIndex:
     global _loads
     _loads += 1
+    if backend.distributed():
+        return _load_all_distributed()
     r = backend.execute(LOAD_SQL)[0]
     ix = RatingsIndex(
         unpack_array(r["users"], ">i4"),
@@ -107,9 +167,50 @@ def _load_all() -> RatingsIndex:
     return ix
 
 
+def _load_all_distributed() -> RatingsIndex:
+    """_load_all on Citus: the watermark first, then the rows (see above)."""
+    marks = _watermarks()
+    erasures = backend.execute(CITUS_ERASURES_SQL)[0]["erasures"]
+    tentative = backend.execute(CITUS_TENTATIVE_SQL)[0]["tentative"]
+    r = backend.execute(CITUS_RATINGS_SQL)[0]
+    ix = RatingsIndex(
+        unpack_array(r["users"], ">i4"),
+        unpack_array(r["movies"], ">i4"),
+        unpack_array(r["halves"], ">i2").astype(np.int8),
+    )
+    ix.watermark, ix.tentative, ix.erasures = marks, set(tentative), erasures
+    return ix
+
+
+def _refresh_distributed(ix: RatingsIndex, limit: int) -> RatingsIndex:
+    """_refresh on Citus: the new watermark first, then the users stamped at or above the
+    old one (and the tentative ones), then their ratings."""
+    marks = _watermarks()
+    if backend.execute(CITUS_ERASURES_SQL)[0]["erasures"] != ix.erasures:
+        return _load_all()
+    changed = backend.execute(
+        CITUS_CHANGED_SQL, ["text[]", "int4[]"], [ix.watermark, sorted(ix.tentative)]
+    )
+    if len(changed) > limit:
+        return _load_all()
+    if changed:
+        users = sorted(r["user_id"] for r in changed)
+        d = backend.execute(CITUS_RATINGS_OF_SQL, ["int4[]"], [users])[0]
+        ix.replace_users(
+            users,
+            unpack_array(d["users"], ">i4"),
+            unpack_array(d["movies"], ">i4"),
+            unpack_array(d["halves"], ">i2"),
+        )
+    ix.watermark, ix.tentative = marks, {r["user_id"] for r in changed if r["own"]}
+    return ix
+
+
 def _refresh(ix: RatingsIndex) -> RatingsIndex:
     """Bring the cache up to date (see the invalidation rule above); may reload it all."""
     limit = max(RELOAD_MIN_USERS, int(RELOAD_FRACTION * ix.n_users))
+    if backend.distributed():
+        return _refresh_distributed(ix, limit)
     r = backend.execute(
         REFRESH_SQL, ["text", "int4[]", "int8"], [ix.watermark, sorted(ix.tentative), limit]
     )[0]

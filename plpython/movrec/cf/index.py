@@ -127,7 +127,7 @@ class RatingsIndex:
         self.version = 0  # bumped by every change: keys the baseline cache
         self._baselines: tuple[int, float, np.ndarray, np.ndarray] | None = None
         # set by the SQL glue
-        self.watermark = "0"
+        self.watermark: str | list[str | None] = "0"  # (Citus: per node group, cf/cache.py)
         self.tentative: set[int] = set()
         self.erasures = 0  # model.cf_erasures.n_erasures the arrays were read with
 

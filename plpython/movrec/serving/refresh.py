@@ -23,6 +23,39 @@ FROM unnest($1::int4[]) AS t(user_id)
 LEFT JOIN model.user_latent_attributes u USING (user_id)
 """
 
+# On Citus a correlated subquery beside unnest() cannot be pushed down: the vectors and the
+# rated movies are read by two statements over the users' shards instead, and joined here.
+REFRESH_VECTORS_SQL = """
+SELECT u.user_id, u.embedding::real[] AS embedding, u.bias, u.model_id
+FROM model.user_latent_attributes u WHERE u.user_id = ANY($1)
+"""
+REFRESH_SEEN_SQL = """
+SELECT w.user_id, array_agg(w.movie_id) AS seen
+FROM movrec.watch_events w WHERE w.user_id = ANY($1) GROUP BY w.user_id
+"""
+MIN_PREDICTED_SQL = "SELECT current_setting('movrec.min_predicted_rating', true) AS min_predicted"
+
+
+def refresh_state(ids: list[int]) -> list[dict[str, Any]]:
+    """Per user of ``ids`` (sorted, distinct), in that order: user_id, embedding, bias, model_id
+    (None without a vector), seen (the movies rated, None without ratings), min_predicted."""
+    if not backend.distributed():
+        return list(backend.execute(REFRESH_STATE_SQL, ["int4[]"], [ids]))
+    vectors = {r["user_id"]: r for r in backend.execute(REFRESH_VECTORS_SQL, ["int4[]"], [ids])}
+    seen = {r["user_id"]: r["seen"] for r in backend.execute(REFRESH_SEEN_SQL, ["int4[]"], [ids])}
+    min_predicted = backend.execute(MIN_PREDICTED_SQL)[0]["min_predicted"]
+    none = {"embedding": None, "bias": None, "model_id": None}
+    return [
+        {
+            **vectors.get(u, none),
+            "user_id": u,
+            "seen": seen.get(u),
+            "min_predicted": min_predicted,
+        }
+        for u in ids
+    ]
+
+
 REFRESH_LOCK_SQL = f"""
 SELECT count(pg_advisory_xact_lock({locks.REFRESH}, u))
 FROM (SELECT DISTINCT u FROM unnest($1::int4[]) AS t(u) ORDER BY u) s
@@ -82,7 +115,7 @@ def refresh_many(user_ids: Sequence[int]) -> int:
     backend.execute(REFRESH_DELETE_SQL, ["int4[]"], [ids])
     if champ is None:
         return 0
-    rows = backend.execute(REFRESH_STATE_SQL, ["int4[]"], [ids])
+    rows = refresh_state(ids)
     users, vecs, biases, seen = [], [], [], []
     min_predicted = DEFAULT_MIN_PREDICTED
     for r in rows:

@@ -54,6 +54,16 @@ DECLARE
     n integer;
     total integer := 0;
 BEGIN
+    IF movrec._distributed() THEN
+        -- Citus locks rows only in a statement on one shard: a plain colocated DELETE, which
+        -- waits for a job a drain holds instead of passing over it (a drain never waits here)
+        DELETE FROM model.cf_queue q WHERE NOT EXISTS (SELECT FROM movrec.watch_events w WHERE w.user_id = q.user_id);
+        GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+        DELETE FROM model.refresh_queue q
+        WHERE NOT EXISTS (SELECT FROM movrec.watch_events w WHERE w.user_id = q.user_id);
+        GET DIAGNOSTICS n = ROW_COUNT; total := total + n;
+        RETURN total;
+    END IF;
     DELETE FROM model.cf_queue q
     WHERE q.user_id IN (SELECT s.user_id FROM model.cf_queue s
                         WHERE NOT EXISTS (SELECT FROM movrec.watch_events w WHERE w.user_id = s.user_id)

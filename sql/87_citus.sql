@@ -23,15 +23,18 @@
 --     triggers over transition tables on one node; a shard's statement cannot write the
 --     statistics of other shards' users, so on Citus row triggers (movrec._cf_on_rating_row,
 --     movrec._refresh_on_rating_row) replace them, one router write per changed rating.
---   * TRUNCATE of watch_events fires no enqueue trigger there: run movrec.cf_rebuild_stats().
+--   * TRUNCATE: Citus puts no TRUNCATE trigger on the shards, but fires the distributed
+--     table's own on the node that ran it: movrec._cf_on_truncate() zeroes the statistics
+--     and queues the users there.
+--   * Each node has its own transaction ids: a statistics row's stamp (changed_xid) names
+--     its node's Citus group (changed_group), and a CF cache keeps a watermark per group.
 --   * A trigger on a reference table would run on every copy: the deploy's follow-up
 --     (movrec._follow_champion) is called by deploy and the ETL's retirement instead of by
 --     the trigger movrec_serving_on_deploy, which distribute() drops.
 --   * No NOTIFY movrec_cf from the row trigger (two-phase commit forbids it): `movrec worker`
 --     finds CF jobs at its next poll.
---   * Not yet on Citus: the drains (a job is claimed FOR UPDATE SKIP LOCKED over every
---     shard, which Citus refuses), hence `movrec worker`; user_to_user() and the refresh of a
---     user with a vector (subqueries Citus cannot push down).  The queues fill correctly.
+--   * The drains claim a job on its user's shard (plpython/movrec/jobs.py): Citus locks rows
+--     only in a statement that goes to one shard.
 
 -- What a new champion (or a retirement) brings along: the champion's embedded new movies
 -- back into the published vectors, and fresh popularity statistics.  One node runs it in

@@ -12,10 +12,12 @@ from collections.abc import Callable
 
 import psycopg
 import pytest
+from click.testing import CliRunner
 from movrec_cli import schema
 from movrec_cli.bench_citus import copy_model
 from movrec_cli.cluster import CitusCluster
 from movrec_cli.demo_data import load_demo
+from movrec_cli.main import cli
 from psycopg import errors
 
 from tests.conftest import connect, table_digest
@@ -171,6 +173,7 @@ def test_the_install_script_reruns_on_citus(citus: str) -> None:
             "movrec_rerating_stamp",
             "movrec_cf_enqueue_row",
             "movrec_refresh_enqueue_row",
+            "movrec_cf_enqueue_truncate_citus",
         }
 
 
@@ -231,6 +234,176 @@ def test_a_rating_lands_on_its_shard_and_moves_the_vector(single: str, citus: st
                 (user,),
             ).fetchone()
         )
+
+
+CF = "SELECT rank, movie_id, round(score::numeric, 4), neighbours FROM movrec.user_to_user(%s, store => false)"
+STORED_CF = (
+    "SELECT user_id, rank, movie_id, round(score::numeric, 4) FROM model.user_recommendation "
+    "WHERE user_id = ANY(%s) ORDER BY user_id, rank"
+)
+STORED_REFRESH = (
+    "SELECT user_id, rank, movie_id, round(score::numeric, 4), round(predicted_rating::numeric, 4) "
+    "FROM model.model_recommendation WHERE user_id = ANY(%s) ORDER BY user_id, rank"
+)
+
+
+def all_users(conn: psycopg.Connection) -> list[int]:
+    return [
+        r[0] for r in conn.execute("SELECT DISTINCT user_id FROM movrec.watch_events ORDER BY 1")
+    ]
+
+
+def test_user_to_user_and_refresh_as_on_the_single_node(single: str, citus: str) -> None:
+    """user_to_user() and refresh_recommendations() of users with a vector: the same CF
+    neighbours' recommendations and the same stored list as the single node."""
+    users = [3, 4, 5, 6, 7, 8]
+    with connect(single) as s, connect(citus) as c:
+        expected = {u: s.execute(CF, (u,)).fetchall() for u in users}
+        assert any(expected.values())  # the demo users have CF neighbours
+        assert {u: c.execute(CF, (u,)).fetchall() for u in users} == expected
+        assert one_value(
+            c, "SELECT count(*) FROM model.user_latent_attributes WHERE user_id = ANY(%s)", users
+        ) == len(users)
+        for conn in (s, c):
+            for u in users:
+                assert one_value(conn, "SELECT movrec.refresh_recommendations(%s)", u) > 0
+        assert (
+            c.execute(STORED_REFRESH, (users,)).fetchall()
+            == s.execute(STORED_REFRESH, (users,)).fetchall()
+        )
+
+
+def test_the_drains_and_the_worker_run_on_citus(single: str, citus: str) -> None:
+    """cf_drain() and serving_drain() claim jobs on the users' shards: two drains in flight at
+    once take different jobs, a failed job stays with its error and a backoff, and
+    `movrec worker --once` empties both queues with the single node's results."""
+    with connect(citus) as c:
+        queued = {r[0] for r in c.execute("SELECT user_id FROM model.cf_queue")}
+        assert len(queued) >= 20  # the demo load queued every rater
+        a, b = psycopg.connect(citus), psycopg.connect(citus)  # each holds its batch uncommitted
+        try:
+            b.execute("SET statement_timeout = '120s'")
+            assert one_value(a, "SELECT movrec.cf_drain(5)") == 5
+            assert one_value(b, "SELECT movrec.cf_drain(5)") == 5  # not blocked by a's jobs
+            a.commit()
+            b.commit()
+        finally:
+            a.close()
+            b.close()
+        left = {r[0] for r in c.execute("SELECT user_id FROM model.cf_queue")}
+        assert left < queued and len(queued - left) == 10  # ten jobs, none run twice
+
+        # a failing job (a constraint its rows break) keeps its row, the next one goes through
+        with connect(single) as s:
+            bad, good = [u for u in sorted(left) if s.execute(CF, (u,)).fetchone()][:2]
+        for u, at in ((bad, "2000-01-01"), (good, "2000-01-02")):  # the oldest two jobs
+            c.execute("UPDATE model.cf_queue SET enqueued_at = %s WHERE user_id = %s", (at, u))
+        c.execute(
+            "ALTER TABLE model.user_recommendation ADD CONSTRAINT citus_test_fails "
+            f"CHECK (user_id <> {bad}) NOT VALID"
+        )
+        try:
+            assert one_value(c, "SELECT movrec.cf_drain(2)") == 2
+            job = c.execute(
+                "SELECT attempts, last_error, not_before > now() FROM model.cf_queue WHERE user_id = %s",
+                (bad,),
+            ).fetchone()
+            assert job[0] == 1 and "citus_test_fails" in job[1] and job[2], job
+            assert not c.execute(
+                "SELECT FROM model.cf_queue WHERE user_id = %s", (good,)
+            ).fetchone()
+            assert c.execute(STORED_CF, ([good],)).fetchall()
+        finally:
+            c.execute("ALTER TABLE model.user_recommendation DROP CONSTRAINT citus_test_fails")
+        c.execute("UPDATE model.cf_queue SET not_before = now()")
+
+        assert one_value(c, "SELECT movrec.serving_drain(5)") == 5
+        r = CliRunner().invoke(cli, ["worker", "--once", "--quiet", "--dsn", citus])
+        assert r.exit_code == 0, r.output
+        assert one_value(c, "SELECT count(*) FROM model.cf_queue") == 0
+        assert one_value(c, "SELECT count(*) FROM model.refresh_queue") == 0
+        users = all_users(c)
+        stored_cf = c.execute(STORED_CF, (users,)).fetchall()
+        stored_refresh = c.execute(STORED_REFRESH, (users,)).fetchall()
+    with connect(single) as s:
+        s.execute("SELECT movrec.user_to_user(u) FROM unnest(%s::int[]) u", (users,))
+        s.execute("SELECT movrec.refresh_recommendations(u) FROM unnest(%s::int[]) u", (users,))
+        assert stored_cf == s.execute(STORED_CF, (users,)).fetchall()
+        assert stored_refresh == s.execute(STORED_REFRESH, (users,)).fetchall()
+
+
+def test_a_rating_on_a_workers_shard_reaches_the_cf_cache(single: str, citus: str) -> None:
+    """A backend's CF cache sees a rating stamped on the worker of the user's shard, with that
+    worker's transaction id, even where the coordinator's ids are far ahead of it."""
+    user = 9
+    with connect(citus) as c:
+        ahead = (
+            max(
+                int(r[0])
+                for r in c.execute(
+                    "SELECT result FROM run_command_on_workers('SELECT pg_current_xact_id()')"
+                )
+            )
+            - int(one_value(c, "SELECT pg_current_xact_id()"))
+            + 100
+        )
+        if ahead > 0:  # one transaction id each
+            c.execute(
+                f"DO $$ BEGIN FOR i IN 1..{ahead} LOOP PERFORM pg_current_xact_id(); COMMIT; "
+                "END LOOP; END $$"
+            )
+        with connect(citus) as cached:
+            before = cached.execute(CF, (user,)).fetchall()  # loads this backend's cache
+            assert before
+            movie = before[0][1]
+            host, port, _ = shard_node(c, "movrec.watch_events", user)
+            assert (host, port) != (c.info.host, c.info.port)  # on a worker
+            for dsn in (single, citus):
+                with connect(dsn) as conn:
+                    conn.execute("SELECT movrec.rate(%s::int, %s::int, 1.0::real)", (user, movie))
+            after = cached.execute(CF, (user,)).fetchall()
+            assert movie not in [m for _, m, _, _ in after]  # rated now: no longer recommended
+            assert one_value(cached, "SELECT (movrec.cf_cache_info() ->> 'loads')::int") == 1
+    with connect(single) as s:
+        assert after == s.execute(CF, (user,)).fetchall()
+
+
+def truncated(dsn: str, user: int) -> tuple[object, ...]:
+    """The session's CF cache loaded, then in a transaction that is rolled back, TRUNCATE
+    watch_events: the statistics, the CF queue and the user's CF list that follow.  (Citus
+    refuses a TRUNCATE in parallel after a read of movies, a reference table its foreign key
+    names, in one transaction: the cache is loaded in a transaction of its own.)"""
+    with psycopg.connect(dsn) as conn:
+        assert conn.execute(CF, (user,)).fetchall()
+        conn.commit()
+        conn.execute("DELETE FROM model.cf_queue")
+        conn.execute("TRUNCATE movrec.watch_events")
+        state = (
+            conn.execute(
+                "SELECT user_id, n_ratings, sum_ratings, sum_squares FROM model.user_rating_stats "
+                "ORDER BY user_id"
+            ).fetchall(),
+            all_users(conn),
+            [r[0] for r in conn.execute("SELECT user_id FROM model.cf_queue ORDER BY 1")],
+            conn.execute(CF, (user,)).fetchall(),
+        )
+        conn.rollback()
+    return state
+
+
+def test_truncate_zeroes_the_statistics_and_queues_everyone(single: str, citus: str) -> None:
+    with connect(citus) as c:
+        users = all_users(c)
+        stats = table_digest(c, "model.user_rating_stats")
+    state = truncated(citus, 3)
+    assert state == truncated(single, 3)
+    zeroed, left, queue, cf = state
+    assert left == [] and cf == []
+    assert {r[0] for r in zeroed if r[1:] == (0, 0, 0)} == {r[0] for r in zeroed} >= set(users)
+    assert queue == users
+    with connect(citus) as c:  # rolled back: nothing changed
+        assert table_digest(c, "model.user_rating_stats") == stats
+        assert c.execute(CF, (3,)).fetchall()
 
 
 def test_a_deploy_reaches_every_worker(

@@ -78,11 +78,19 @@ _distributed = False
 
 def distributed() -> bool:
     """True where movrec.distribute() laid this database out over Citus (watch_events is a
-    distributed table).  Remembered once true: a distributed layout is never undone."""
+    distributed table).  Remembered once true: a distributed layout is never undone.  (Read
+    from the catalogue, as movrec._distributed() does: an older release's SQL lacks it.)"""
     global _distributed
-    if not _distributed:
-        _distributed = bool(execute("SELECT movrec._distributed() AS d")[0]["d"])
+    if not _distributed and execute(CITUS_SQL)[0]["citus"]:
+        _distributed = bool(execute(DISTRIBUTED_SQL)[0]["d"])
     return _distributed
+
+
+CITUS_SQL = "SELECT to_regclass('pg_catalog.pg_dist_partition') IS NOT NULL AS citus"
+DISTRIBUTED_SQL = """
+SELECT EXISTS (SELECT FROM pg_catalog.pg_dist_partition
+               WHERE logicalrelid = to_regclass('movrec.watch_events')) AS d
+"""
 
 
 def plan(sql: str, types: Sequence[str] = ()) -> Any:

@@ -27,9 +27,10 @@ flight, or not yet begun, when that earlier snapshot was taken, so its id is at 
 above that snapshot's xmin, and no change is missed.  A row stamped by a group the
 watermark does not name (a node added since) counts as changed.  Citus runs the
 statements that read the statistics and the ratings over every shard, separately
-(one statement cannot push down subqueries beside the aggregates); the calling
-transaction's own changes are found on each node by ``pg_current_xact_id_if_assigned()``,
-which Citus evaluates there, inside this transaction.
+(one statement cannot push down subqueries beside the aggregates).  The tentative users
+there are all those stamped at or above the new watermark: the calling transaction's own
+changes are among them (it was in flight when each node's snapshot was taken), whichever
+node stamped them; the others are re-read once more, which is harmless.
 
 An erasure (``movrec.forget_user()``) deletes the user's statistics row with their
 ratings, so no ``changed_xid`` names them afterwards; instead it counts itself in
@@ -105,17 +106,24 @@ FROM run_command_on_all_nodes(
     'SELECT groupid || '':'' || pg_snapshot_xmin(pg_current_snapshot()) FROM pg_catalog.pg_dist_local_group') r
 WHERE r.success
 """
-# $1: the watermark as text[], group g at g + 1 (a group it lacks: every row of it counts)
-STAMP_AT_OR_ABOVE = "s.changed_xid >= coalesce(($1::text[])[s.changed_group + 1], '0')::xid8"
+
+
+# A stamp at or above a watermark given as text[], group g at g + 1 (a group it lacks: every
+# row of it counts).
+def stamp_at_or_above(param: str) -> str:
+    return f"s.changed_xid >= coalesce(({param}::text[])[s.changed_group + 1], '0')::xid8"
+
+
 CITUS_ERASURES_SQL = "SELECT " + ERASURES_SQL
-CITUS_TENTATIVE_SQL = """
-SELECT coalesce(array_agg(s.user_id), '{}') AS tentative
-FROM model.user_rating_stats s WHERE s.changed_xid = pg_current_xact_id_if_assigned()
+CITUS_TENTATIVE_SQL = f"""
+SELECT coalesce(array_agg(s.user_id), '{{}}') AS tentative
+FROM model.user_rating_stats s WHERE {stamp_at_or_above("$1")}
 """
+# $1 the old watermark, $2 the tentative users, $3 the new watermark
 CITUS_CHANGED_SQL = f"""
-SELECT s.user_id, coalesce(s.changed_xid = pg_current_xact_id_if_assigned(), false) AS own
+SELECT s.user_id, {stamp_at_or_above("$3")} AS recent
 FROM model.user_rating_stats s
-WHERE {STAMP_AT_OR_ABOVE} OR s.user_id = ANY($2)
+WHERE {stamp_at_or_above("$1")} OR s.user_id = ANY($2)
 """
 CITUS_RATINGS_SQL = """
 SELECT array_send(coalesce(array_agg(w.user_id), '{}')) AS users,
@@ -171,7 +179,7 @@ def _load_all_distributed() -> RatingsIndex:
     """_load_all on Citus: the watermark first, then the rows (see above)."""
     marks = _watermarks()
     erasures = backend.execute(CITUS_ERASURES_SQL)[0]["erasures"]
-    tentative = backend.execute(CITUS_TENTATIVE_SQL)[0]["tentative"]
+    tentative = backend.execute(CITUS_TENTATIVE_SQL, ["text[]"], [marks])[0]["tentative"]
     r = backend.execute(CITUS_RATINGS_SQL)[0]
     ix = RatingsIndex(
         unpack_array(r["users"], ">i4"),
@@ -189,7 +197,9 @@ def _refresh_distributed(ix: RatingsIndex, limit: int) -> RatingsIndex:
     if backend.execute(CITUS_ERASURES_SQL)[0]["erasures"] != ix.erasures:
         return _load_all()
     changed = backend.execute(
-        CITUS_CHANGED_SQL, ["text[]", "int4[]"], [ix.watermark, sorted(ix.tentative)]
+        CITUS_CHANGED_SQL,
+        ["text[]", "int4[]", "text[]"],
+        [ix.watermark, sorted(ix.tentative), marks],
     )
     if len(changed) > limit:
         return _load_all()
@@ -202,7 +212,7 @@ def _refresh_distributed(ix: RatingsIndex, limit: int) -> RatingsIndex:
             unpack_array(d["movies"], ">i4"),
             unpack_array(d["halves"], ">i2"),
         )
-    ix.watermark, ix.tentative = marks, {r["user_id"] for r in changed if r["own"]}
+    ix.watermark, ix.tentative = marks, {r["user_id"] for r in changed if r["recent"]}
     return ix
 
 

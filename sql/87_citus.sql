@@ -260,6 +260,13 @@ BEGIN
         EXECUTE name;
     END LOOP;
 
+    -- A CF cache looks up the users stamped since its watermark, one range per node group
+    -- (plpython/movrec/cf/cache.py); one server's caches use user_rating_stats_changed_xid_idx.
+    CREATE INDEX IF NOT EXISTS user_rating_stats_changed_group_xid_idx
+        ON model.user_rating_stats (changed_group, changed_xid);
+    COMMENT ON INDEX model.user_rating_stats_changed_group_xid_idx IS
+        'Citus: the users a node group stamped since a CF cache''s watermark of that group';
+
     CREATE OR REPLACE TRIGGER movrec_cf_enqueue_row
         AFTER INSERT OR UPDATE OR DELETE ON movrec.watch_events
         FOR EACH ROW EXECUTE FUNCTION movrec._cf_on_rating_row();

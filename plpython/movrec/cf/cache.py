@@ -24,8 +24,8 @@ group 0).  A stamp therefore compares only with a snapshot of its own node, so t
 watermark is one xmin per node group, each read (``run_command_on_all_nodes``) before
 the statements that read the rows: a change those statements could not see was in
 flight, or not yet begun, when that earlier snapshot was taken, so its id is at or
-above that snapshot's xmin, and no change is missed.  A row stamped by a group the
-watermark does not name (a node added since) counts as changed.  Citus runs the
+above that snapshot's xmin, and no change is missed.  A group that a new watermark names
+and the old one did not (a node added, or one that did not answer) reloads everything.  Citus runs the
 statements that read the statistics and the ratings over every shard, separately
 (one statement cannot push down subqueries beside the aggregates).  The tentative users
 there are all those stamped at or above the new watermark: the calling transaction's own
@@ -42,6 +42,8 @@ the erasure has committed.
 
 from __future__ import annotations
 
+import math
+import time
 from typing import Any
 
 import numpy as np
@@ -96,6 +98,12 @@ FROM (SELECT array_send(coalesce(array_agg(w.user_id), '{}')) AS users,
 )
 
 
+# Citus: asking every node for a snapshot opens a connection to each (tens of ms), so a
+# backend asks at most this often; meanwhile its older watermark serves, which is never
+# unsafe (it finds every change a newer one would, and some more).
+WATERMARK_EVERY_S = 1.0
+_watermark_at = -math.inf
+
 # Citus: the watermark, per node group: each node's snapshot xmin, read by the node itself
 # (the local one read here too: the coordinator need not be in pg_dist_node).
 WATERMARKS_SQL = """
@@ -119,12 +127,24 @@ CITUS_TENTATIVE_SQL = f"""
 SELECT coalesce(array_agg(s.user_id), '{{}}') AS tentative
 FROM model.user_rating_stats s WHERE {stamp_at_or_above("$1")}
 """
-# $1 the old watermark, $2 the tentative users, $3 the new watermark
-CITUS_CHANGED_SQL = f"""
-SELECT s.user_id, {stamp_at_or_above("$3")} AS recent
+
+
+def citus_changed_sql(n_groups: int) -> str:
+    """$1 int4[] the old watermark's groups, $2 xid8[] their xmins (n_groups each), $3 int4[]
+    the tentative users, $4 text[] the new watermark -> user_id, and whether stamped at or
+    above the new watermark.  One index range per group (distribute() indexes
+    (changed_group, changed_xid) on Citus)."""
+    ranges = " OR ".join(
+        f"(s.changed_group = ($1::int4[])[{i}] AND s.changed_xid >= ($2::xid8[])[{i}])"
+        for i in range(1, n_groups + 1)
+    )
+    return f"""
+SELECT s.user_id, {stamp_at_or_above("$4")} AS recent
 FROM model.user_rating_stats s
-WHERE {stamp_at_or_above("$1")} OR s.user_id = ANY($2)
+WHERE {ranges or "false"} OR s.user_id = ANY($3)
 """
+
+
 CITUS_RATINGS_SQL = """
 SELECT array_send(coalesce(array_agg(w.user_id), '{}')) AS users,
        array_send(coalesce(array_agg(w.movie_id), '{}')) AS movies,
@@ -177,7 +197,9 @@ def _load_all() -> RatingsIndex:
 
 def _load_all_distributed() -> RatingsIndex:
     """_load_all on Citus: the watermark first, then the rows (see above)."""
+    global _watermark_at
     marks = _watermarks()
+    _watermark_at = time.monotonic()
     erasures = backend.execute(CITUS_ERASURES_SQL)[0]["erasures"]
     tentative = backend.execute(CITUS_TENTATIVE_SQL, ["text[]"], [marks])[0]["tentative"]
     r = backend.execute(CITUS_RATINGS_SQL)[0]
@@ -191,15 +213,31 @@ def _load_all_distributed() -> RatingsIndex:
 
 
 def _refresh_distributed(ix: RatingsIndex, limit: int) -> RatingsIndex:
-    """_refresh on Citus: the new watermark first, then the users stamped at or above the
-    old one (and the tentative ones), then their ratings."""
-    marks = _watermarks()
+    """_refresh on Citus: the new watermark first (at most every WATERMARK_EVERY_S; the old
+    one serves meanwhile), then the users stamped at or above the old one (and the tentative
+    ones), then their ratings.  A group the old watermark lacks (a node added, or one that
+    did not answer) reloads everything once the new one has it."""
+    global _watermark_at
+    old = ix.watermark if isinstance(ix.watermark, list) else []
+    marks = old
+    if time.monotonic() - _watermark_at >= WATERMARK_EVERY_S:
+        fresh = _watermarks()
+        _watermark_at = time.monotonic()
+        # a group that did not answer now keeps its older mark (older is never unsafe)
+        width = max(len(fresh), len(old))
+        marks = [
+            (fresh[g] if g < len(fresh) else None) or (old[g] if g < len(old) else None)
+            for g in range(width)
+        ]
+        if any(m is not None and (g >= len(old) or old[g] is None) for g, m in enumerate(marks)):
+            return _load_all()
     if backend.execute(CITUS_ERASURES_SQL)[0]["erasures"] != ix.erasures:
         return _load_all()
+    groups = [g for g, m in enumerate(old) if m is not None]
     changed = backend.execute(
-        CITUS_CHANGED_SQL,
-        ["text[]", "int4[]", "text[]"],
-        [ix.watermark, sorted(ix.tentative), marks],
+        citus_changed_sql(len(groups)),
+        ["int4[]", "xid8[]", "int4[]", "text[]"],
+        [groups, [old[g] for g in groups], sorted(ix.tentative), marks],
     )
     if len(changed) > limit:
         return _load_all()

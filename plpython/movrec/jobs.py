@@ -144,9 +144,10 @@ def _claim_distributed(
     persist between calls of one drain."""
     while True:
         if not candidates:
-            rows = backend.execute(
-                queue.candidates_sql, ["int4[]", "int4"], [attempted + passed, room]
-            )
+            with backend.one_connection_per_node():
+                rows = backend.execute(
+                    queue.candidates_sql, ["int4[]", "int4"], [attempted + passed, room]
+                )
             if not rows:
                 return None
             candidates.extend(r["user_id"] for r in rows)

@@ -213,6 +213,12 @@ def _load_all_distributed() -> RatingsIndex:
 
 
 def _refresh_distributed(ix: RatingsIndex, limit: int) -> RatingsIndex:
+    with backend.one_connection_per_node():
+        fresh = _refresh_distributed_statements(ix, limit)
+    return _load_all() if fresh is None else fresh  # (a full load reads shards in parallel)
+
+
+def _refresh_distributed_statements(ix: RatingsIndex, limit: int) -> RatingsIndex | None:
     """_refresh on Citus: the new watermark first (at most every WATERMARK_EVERY_S; the old
     one serves meanwhile), then the users stamped at or above the old one (and the tentative
     ones), then their ratings.  A group the old watermark lacks (a node added, or one that
@@ -230,9 +236,9 @@ def _refresh_distributed(ix: RatingsIndex, limit: int) -> RatingsIndex:
             for g in range(width)
         ]
         if any(m is not None and (g >= len(old) or old[g] is None) for g, m in enumerate(marks)):
-            return _load_all()
+            return None  # reload everything
     if backend.execute(CITUS_ERASURES_SQL)[0]["erasures"] != ix.erasures:
-        return _load_all()
+        return None  # reload everything
     groups = [g for g, m in enumerate(old) if m is not None]
     changed = backend.execute(
         citus_changed_sql(len(groups)),
@@ -240,7 +246,7 @@ def _refresh_distributed(ix: RatingsIndex, limit: int) -> RatingsIndex:
         [groups, [old[g] for g in groups], sorted(ix.tentative), marks],
     )
     if len(changed) > limit:
-        return _load_all()
+        return None  # reload everything
     if changed:
         users = sorted(r["user_id"] for r in changed)
         d = backend.execute(CITUS_RATINGS_OF_SQL, ["int4[]"], [users])[0]

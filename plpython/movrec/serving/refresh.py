@@ -41,8 +41,11 @@ def refresh_state(ids: list[int]) -> list[dict[str, Any]]:
     (None without a vector), seen (the movies rated, None without ratings), min_predicted."""
     if not backend.distributed():
         return list(backend.execute(REFRESH_STATE_SQL, ["int4[]"], [ids]))
-    vectors = {r["user_id"]: r for r in backend.execute(REFRESH_VECTORS_SQL, ["int4[]"], [ids])}
-    seen = {r["user_id"]: r["seen"] for r in backend.execute(REFRESH_SEEN_SQL, ["int4[]"], [ids])}
+    with backend.one_connection_per_node():
+        vectors = {r["user_id"]: r for r in backend.execute(REFRESH_VECTORS_SQL, ["int4[]"], [ids])}
+        seen = {
+            r["user_id"]: r["seen"] for r in backend.execute(REFRESH_SEEN_SQL, ["int4[]"], [ids])
+        }
     min_predicted = backend.execute(MIN_PREDICTED_SQL)[0]["min_predicted"]
     none = {"embedding": None, "bias": None, "model_id": None}
     return [

@@ -23,6 +23,7 @@ import numpy as np
 import psycopg
 
 from movrec_cli.errors import CliError
+from movrec_cli.output import note
 
 SNAPSHOT_ID = re.compile(r"^[0-9A-F]+-[0-9A-F]+-[0-9]+$")
 # One row of `COPY (SELECT int4, int4, float4) TO STDOUT (FORMAT binary)`.
@@ -117,7 +118,7 @@ def _worker(
             conn.execute(f"SET TRANSACTION SNAPSHOT '{snapshot_id}'")
             shard = read_shard(conn, rank, world)
             conn.execute("COMMIT")
-        model, metrics, everything = fit_shard(shard, kind, opts, device)
+        model, metrics, everything = fit_shard(shard, kind, opts, device, progress=note)
         if rank == 0:
             assert everything is not None
             Path(out).write_text(

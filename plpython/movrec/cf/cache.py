@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import os
 import time
+import weakref
 from typing import Any
 
 import numpy as np
@@ -57,7 +58,8 @@ _loads = 0  # full loads in this backend (a refresh that reloads everything coun
 _attached = 0  # of them, those that mapped another backend's shared copy
 _shared_name: str | None = None  # the shared copy the base arrays of _index are, if any
 _group: str | None = None
-_tried_base: np.ndarray | None = None  # the private base arrays last offered for sharing
+# The private base arrays last offered for sharing (weakly: a reference would keep them alive).
+_tried_base: weakref.ref[np.ndarray] | None = None
 
 # Bumped whenever what is shared changes, so no backend maps a copy of another layout.
 SHARED_LAYOUT = 1
@@ -164,7 +166,10 @@ def _attach_shared() -> RatingsIndex | None:
 def _publish(ix: RatingsIndex) -> RatingsIndex:
     """Share ix's base arrays (it has no overlay), and use the shared copy from now on."""
     global _shared_name
-    arrays = ix.base_arrays()
+    try:
+        arrays = ix.base_arrays()
+    except ValueError:  # an overlay left in it: nothing of its own to share
+        return ix
     arrays["state"] = np.array([int(ix.watermark), int(ix.erasures)], dtype=np.int64)
     arrays["tentative"] = np.array(sorted(ix.tentative), dtype=np.int64)
     name = f"{_group_name()}-{ix.watermark}-{ix.erasures}-{os.getpid()}-{time.time_ns()}"
@@ -212,8 +217,9 @@ def current_index() -> RatingsIndex:
         else:
             ix = _refresh(_index)
         # A load or a compaction leaves private base arrays: share them (once per base).
-        if not shared.shares(ix.u_movie) and ix.u_movie is not _tried_base:
-            _shared_name, _tried_base = None, ix.u_movie
+        tried = _tried_base() if _tried_base is not None else None
+        if not shared.shares(ix.u_movie) and ix.u_movie is not tried:
+            _shared_name, _tried_base = None, weakref.ref(ix.u_movie)
             if not ix.overrides:
                 ix = _publish(ix)
         _index = ix

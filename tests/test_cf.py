@@ -9,18 +9,21 @@ two never share a movie, so neither changes the other's neighbours.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import numpy as np
 import psycopg
 import pytest
 from click.testing import CliRunner
-from movrec import cf
+from movrec import cf, shared
+from movrec.cf import cache as cf_cache
 from movrec_cli import cf_naive, schema
 from movrec_cli.bench_cf import bench_cf
 from movrec_cli.cluster import Cluster, bindir
@@ -271,6 +274,9 @@ def test_trigger_keeps_statistics_and_enqueues_once(db: str) -> None:
 
 def test_cache_is_refreshed_incrementally(db: str) -> None:
     target = 9001
+    for path in cf_files_of(db):  # no shared copy to map: w loads from the database
+        if path.suffix == ".current":
+            path.unlink()
     with connect(db) as w, connect(db) as other:
         assert_same(recs(w, target), cf_naive.recommend(ratings_of(w), target))
         # a new neighbour (copy of 9001 plus a new movie), a new movie, a re-rating, a deletion
@@ -559,3 +565,146 @@ def test_bench_runs_and_agrees(db: str) -> None:
         rows = bench_cf(conn, None, users=5, naive_users=2, echo=lines.append)
     assert [r[3] for r in rows] == [5, 1, 2]
     assert "same movies in the same order" in lines[-1]
+
+
+# --- the index shared across backends ------------------------------------------------------
+
+SHARED_USERS = (9001, 9002, 9031, 7, 42, 131)
+
+
+def cf_files(conn: psycopg.Connection) -> list[Path]:
+    """This database's shared CF files (copies, holders, the pointer), none of others'."""
+    group = conn.execute(cf_cache.GROUP_SQL).fetchone()[0]
+    return sorted(Path("/dev/shm").glob(f"movrec-*/movrec-{group}[-.]*"))
+
+
+def info(conn: psycopg.Connection) -> dict:
+    return conn.execute("SELECT movrec.cf_cache_info()").fetchone()[0]
+
+
+def all_recs(conn: psycopg.Connection) -> dict[int, list[tuple[int, float, int]]]:
+    return {u: recs(conn, u) for u in SHARED_USERS}
+
+
+def alone(dsn: str) -> None:
+    """Wait until no other backend is connected to the database (nobody holds a memfd)."""
+    with connect(dsn) as c:
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and (
+            c.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            ).fetchone()[0]
+            > 1
+        ):
+            time.sleep(0.05)
+
+
+def test_a_new_backend_maps_the_shared_index_and_agrees(db: str) -> None:
+    with connect(db) as first:
+        want = all_recs(first)
+        assert info(first)["shared"], "the first backend shared no copy"
+        for u in SHARED_USERS:
+            assert_same(want[u], cf_naive.recommend(ratings_of(first), u))
+        with connect(db) as second, connect(db) as writer:
+            got = all_recs(second)
+            i = info(second)
+            assert i["attached"] == 1 and i["shared"], i
+            assert got == want  # the very same numbers as the backend that loaded them
+            # a change after the copy was made: the mapped copy is refreshed like a private one
+            writer.execute(
+                "UPDATE movrec.watch_events SET rating = 0.5 WHERE user_id = 9002 AND movie_id = 1001"
+            )
+            with connect(db) as third:
+                for conn in (first, second, third):
+                    now = all_recs(conn)
+                    for u in SHARED_USERS:
+                        assert_same(now[u], cf_naive.recommend(ratings_of(conn), u))
+                assert info(third)["attached"] == 1
+            writer.execute(
+                "UPDATE movrec.watch_events SET rating = 1.0 WHERE user_id = 9002 AND movie_id = 1001"
+            )
+
+
+def truncate(path: Path) -> None:
+    os.chmod(path, 0o600)
+    with open(path, "r+b") as f:
+        f.truncate(max(0, path.stat().st_size // 2))
+
+
+def overwrite(path: Path) -> None:
+    """The same size, other bytes, in place (a stray writer, a bad disk): every rating of the
+    copy becomes 5 stars, so only the checksum can tell (the structure still fits)."""
+    data = bytearray(path.read_bytes())
+    found = shared._header(data, path.name[len(shared.PREFIX) : -len(".bin")])
+    assert found is not None
+    header, base = found
+    for part, _, _, offset, nbytes in header["parts"]:
+        if part in ("u_half", "m_half"):
+            data[base + offset : base + offset + nbytes] = b"\x0a" * nbytes
+    os.chmod(path, 0o600)
+    with open(path, "r+b") as f:
+        f.write(data)
+
+
+def replace_pointer(path: Path) -> None:
+    """The pointer replaced by one naming something that is no copy of this database."""
+    path.unlink()
+    path.write_bytes(b"../../etc/passwd")
+
+
+@pytest.mark.parametrize(
+    ("damage", "suffix"), [(truncate, ".bin"), (overwrite, ".bin"), (replace_pointer, ".current")]
+)
+def test_a_damaged_shared_index_is_detected_and_rebuilt(
+    db: str, damage: Callable[[Path], None], suffix: str
+) -> None:
+    alone(db)
+    with connect(db) as c:
+        want = all_recs(c)  # whoever made it, a verified copy now exists
+        ratings = ratings_of(c)
+        holder = connect(db)
+    try:
+        assert all_recs(holder) == want
+        files = [p for p in cf_files(holder) if p.suffix == suffix]
+        assert files, "nothing shared: the test tests nothing"
+        for path in files:
+            damage(path)
+        if suffix == ".bin":  # a live holder's sealed memfd cannot have changed: still right
+            with connect(db) as fresh:
+                assert all_recs(fresh) == want
+                assert info(fresh)["attached"] == 1
+    finally:
+        holder.close()
+    alone(db)  # nobody left to copy from: the damaged files must not be trusted
+    for path in [p for p in cf_files_of(db) if p.suffix == suffix]:
+        damage(path)
+    with connect(db) as fresh:
+        got = all_recs(fresh)
+        i = info(fresh)
+        assert i["attached"] == 0 and i["loads"] == 1, i  # loaded from the database
+        assert i["shared"], "the rebuilt copy was not shared again"
+    assert got == want
+    for u in SHARED_USERS:
+        assert_same(got[u], cf_naive.recommend(ratings, u))
+    with connect(db) as after:  # and the next backend maps the rebuilt copy
+        assert all_recs(after) == want
+        assert info(after)["attached"] == 1
+
+
+def cf_files_of(dsn: str) -> list[Path]:
+    with connect(dsn) as c:
+        return cf_files(c)
+
+
+def test_shared_index_arrays_round_trip() -> None:
+    """from_base_arrays(base_arrays()) is the same index: same answers to the last bit."""
+    rows = generated_ratings(seed=3)
+    users, movies, ratings = (np.array(x) for x in zip(*rows, strict=True))
+    ix = cf.RatingsIndex.from_arrays(users, movies, ratings)
+    copy = cf.RatingsIndex.from_base_arrays(ix.base_arrays())
+    for u in (1, 2, 50, 160):
+        for opt in (cf.Options(), cf.Options(baseline=True, shrinkage=10.0)):
+            assert cf.recommend(copy, u, opt) == cf.recommend(ix, u, opt)
+    broken = dict(ix.base_arrays(), u_ptr=ix.u_ptr[:-1])
+    with pytest.raises(ValueError):
+        cf.RatingsIndex.from_base_arrays(broken)

@@ -76,8 +76,11 @@ def test_uninstall_removes_this_databases_shared_files(
 ) -> None:
     with connect(trained) as conn:
         assert conn.execute("SELECT count(*) FROM movrec.recommend(1, 5)").fetchone()[0] == 5
-        ours = shm_files(conn)
-        assert ours, "recommend() built no shared files"
+        conn.execute("SELECT * FROM movrec.user_to_user(1, store => false)").fetchall()
+        cf_ours = shm_files(conn, f"cf-{group_of(conn)}")
+        assert cf_ours, "user_to_user() shared no CF index"
+        ours = shm_files(conn) + cf_ours
+        assert shm_files(conn), "recommend() built no shared files"
         sysid, oid = group_of(conn).split("-")
         # another database of this cluster (oid 1 is template1: a prefix of no other oid)
         # and the same oid in another cluster keep their files
@@ -87,7 +90,7 @@ def test_uninstall_removes_this_databases_shared_files(
         ]
         message = schema.uninstall(conn)
         assert f"{len(ours)} shared serving file(s) removed" in message, message
-        assert shm_files(conn) == []
+        assert shm_files(conn) == [] and shm_files(conn, f"cf-{group_of(conn)}") == []
         assert all(p.exists() for p in others)
         schema.install(conn)
     with connect(trained) as conn:  # a new backend serves again, building the files afresh

@@ -262,7 +262,7 @@ class Cluster:
         return True
 
     def forget_shared_matrices(self) -> int:
-        """Remove the champion matrices this cluster's backends shared in
+        """Remove the champion matrices and CF indexes this cluster's backends shared in
         /dev/shm/movrec-<uid>/ (plpython/movrec/shared.py); returns files removed."""
         out = self._run(str(bindir() / "pg_controldata"), "-D", str(self.data), capture=True)
         ids = [
@@ -274,7 +274,11 @@ class Cluster:
         shm = Path(SHM_DIR)
         # (also the flat files of releases before the private directory)
         paths = (
-            [*shm.glob(f"movrec-*/movrec-{ids[0]}-*"), *shm.glob(f"movrec-{ids[0]}-*.npy")]
+            [
+                *shm.glob(f"movrec-*/movrec-{ids[0]}-*"),
+                *shm.glob(f"movrec-*/movrec-cf-{ids[0]}-*"),  # the CF ratings index
+                *shm.glob(f"movrec-{ids[0]}-*.npy"),
+            ]
             if ids
             else []
         )

@@ -28,6 +28,9 @@ TRAIN_OPTIONS = '{"epochs": 3, "batch_size": 65536, "lr": 0.01}'
 
 PG_EPOCH_S = 946_684_800  # 2000-01-01 UTC, the zero of binary timestamptz
 START_S = 1_262_304_000  # ratings start 2010-01-01 UTC
+END_S = 1_577_836_800  # and end before 2020-01-01 UTC at any scale (the schema refuses the future)
+USER_STEP_S = 1_800  # user u starts rating u half-hours after START_S, while that fits
+RATING_STEP_S = 60  # a user's ratings a minute apart, while that fits
 COPY_HEADER = b"PGCOPY\n\xff\r\n\x00" + (0).to_bytes(4, "big") + (0).to_bytes(4, "big")
 COPY_TRAILER = (-1).to_bytes(2, "big", signed=True)
 ROW = np.dtype(
@@ -122,6 +125,28 @@ def synthetic_movies(
     return titles, years, [[GENRES[g] for g in gs] for gs in genres]
 
 
+def rating_seconds(
+    users: np.ndarray, within: np.ndarray, n_users: int, max_per_user: int
+) -> np.ndarray:
+    """Unix seconds of each rating: user ``users`` (0-based), their ``within``-th rating.
+
+    Every timestamp lies in [START_S, END_S), whatever the number of users: user u starts
+    u * USER_STEP_S after START_S and rates every RATING_STEP_S while that fits, and both
+    steps shrink to fit otherwise (the fixed 30 minutes per user ran past today, which the
+    schema refuses, above about 300k users).  At up to ~175k users (ML-20M's 138,493)
+    the timestamps are those of the fixed steps.  Per user they increase with ``within``.
+    """
+    window = END_S - START_S
+    rating_step = max(1, min(RATING_STEP_S, window // (4 * max(1, max_per_user))))
+    user_window = window - rating_step * max(1, max_per_user)
+    user_step = min(float(USER_STEP_S), user_window / max(1, n_users))
+    return (
+        START_S
+        + np.floor(np.asarray(users, dtype=np.float64) * user_step).astype(np.int64)
+        + np.asarray(within, dtype=np.int64) * rating_step
+    )
+
+
 def rating_chunks(
     plan: Plan,
     genres: list[list[str]],
@@ -165,7 +190,7 @@ def rating_chunks(
         true = 3.5 + bias[users] + quality[movies] + affinity
         noisy = true + rng.normal(0.0, 0.35, len(users)).astype(np.float32)
         ratings = np.clip(np.round(noisy * 2) / 2, 0.5, 5.0).astype(np.float32)
-        seconds = START_S + users.astype(np.int64) * 1_800 + within.astype(np.int64) * 60
+        seconds = rating_seconds(users, within, plan.n_users, n_movies // 3)
         yield (users + 1).astype(np.int32), (movies + 1).astype(np.int32), ratings, seconds
 
 

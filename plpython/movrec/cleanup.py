@@ -1,9 +1,11 @@
-"""What removing movrec from a database removes outside its schemas: its shared serving files.
+"""What removing movrec from a database removes outside its schemas: its shared files (the
+serving matrices and the CF ratings index).
 
 movrec.serving.caches names this database's files in the server's private shm directory
 (movrec.shared) ``movrec-<system identifier>-<database oid>-...`` (and the group's lock file
 ``movrec-<system identifier>-<database oid>.lock``): the cluster and the database, so other
-clusters of the same OS user and other databases of this cluster keep theirs.
+clusters of the same OS user and other databases of this cluster keep theirs.  The CF index
+(movrec.cf.cache) is ``movrec-cf-<system identifier>-<database oid>-...``.
 """
 
 from __future__ import annotations
@@ -34,6 +36,8 @@ def remove_shared_files() -> int:
     ours = [
         *directory.glob(f"{shared.PREFIX}{group}-*"),
         directory / f"{shared.PREFIX}{group}.lock",
+        # the CF ratings index (movrec.cf.cache): its group starts cf-<system id>-<oid>-
+        *directory.glob(f"{shared.PREFIX}cf-{group}-*"),
     ]
     removed = 0
     for path in ours:

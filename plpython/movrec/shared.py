@@ -249,18 +249,33 @@ def _from_holders(
 def _from_file(
     directory: Path, name: str, parts: tuple[str, ...]
 ) -> tuple[int, dict[str, np.ndarray]] | None:
-    """The durable copy read (never mapped: it could shrink) and verified, in a new memfd."""
+    """The durable copy copied (never mapped: it could shrink) into a new memfd by the kernel,
+    sealed, and served only once the sealed bytes match their header's length and CRC-32:
+    what is verified is exactly what is served, and no private copy is made (200 MB under
+    load: 1.1-1.5 s read into Python, checked and copied again; 0.93-0.98 s this way)."""
     try:
-        data = (directory / f"{PREFIX}{name}.bin").read_bytes()
-        unpack(data, name, parts, verify=True)
-        fd = _sealed_memfd(name, data)
-    except (OSError, ValueError):
+        src = os.open(directory / f"{PREFIX}{name}.bin", os.O_RDONLY | os.O_CLOEXEC)
+    except OSError:
         return None
+    fd = -1
     try:
-        return fd, unpack(_map(fd), name, parts, verify=False)
+        fd = os.memfd_create(f"{PREFIX}{name}", os.MFD_CLOEXEC | os.MFD_ALLOW_SEALING)
+        size = os.fstat(src).st_size
+        done = 0
+        while done < size:
+            sent = os.sendfile(fd, src, done, size - done)
+            if sent == 0:  # shrank meanwhile: the length check below refuses it
+                break
+            done += sent
+        fcntl.fcntl(fd, fcntl.F_ADD_SEALS, SEALS)
+        arrays = unpack(_map(fd), name, parts, verify=True)
+        return fd, arrays
     except (OSError, ValueError):
-        os.close(fd)
+        if fd >= 0:
+            os.close(fd)
         return None
+    finally:
+        os.close(src)
 
 
 def _attach(
@@ -336,6 +351,75 @@ def shared_arrays(
         return built if built is not None else build()
 
 
+# --- a group whose content changes without a key: a pointer to the current name --------
+
+
+def _current_path(directory: Path, group: str) -> Path:
+    return directory / f"{PREFIX}{group}.current"
+
+
+def publish(group: str, name: str, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    """Share ``arrays`` under ``name`` and make it the group's current name (see
+    ``attach_current``); the mapped arrays, or None where nothing could be shared (no
+    tmpfs or memfd, tmpfs full, or another process publishing the group right now).
+
+    For content that no key names in advance (the CF ratings, which change with every
+    rating): each publish takes a new ``name`` (starting with ``group``), and the pointer
+    file ``movrec-<group>.current`` is replaced whole to name it.  The group's files of
+    other names are removed at once: whoever still maps them keeps their memfd, and a
+    reader that lost the race finds nothing and builds afresh."""
+    directory = private_dir()
+    if directory is None or not hasattr(os, "memfd_create") or not name.startswith(f"{group}-"):
+        return None
+    try:
+        with file_lock(directory / f"{PREFIX}{group}.lock") as builder:
+            if not builder:
+                return None
+            data = pack(name, arrays)
+            fd = _sealed_memfd(name, data)
+            try:
+                _write_replacing(directory / f"{PREFIX}{name}.bin", data)
+                del data
+                mapped = unpack(_map(fd), name, tuple(arrays), verify=False)
+            except BaseException:
+                os.close(fd)
+                raise
+            (directory / f"{PREFIX}{name}.holders").unlink(missing_ok=True)
+            _hold(directory, name, group, fd)
+            _write_replacing(_current_path(directory, group), name.encode("ascii"))
+            _prune(directory, group, name, keep_s=0.0)
+            return mapped
+    except (OSError, ValueError):
+        return None
+
+
+def attach_current(group: str, parts: tuple[str, ...]) -> tuple[str, dict[str, np.ndarray]] | None:
+    """The group's current name and its arrays, mapped from a live holder's sealed memfd or
+    from the durable copy once its length and CRC-32 match; None when there is none or it
+    cannot be verified (a truncated, overwritten or replaced file is never served).  Any
+    verified container of the group may be returned (a pointer replaced by an older name):
+    callers store in the arrays what they need to bring them up to date."""
+    directory = private_dir()
+    if directory is None or not hasattr(os, "memfd_create"):
+        return None
+    try:
+        raw = _current_path(directory, group).read_bytes()
+        name = raw.decode("ascii")
+    except (OSError, UnicodeDecodeError):
+        return None
+    if (
+        len(raw) > 255
+        or not name.startswith(f"{group}-")
+        or not all(c.isalnum() or c in "-_." for c in name)
+    ):
+        return None
+    try:
+        arrays = _attach(directory, name, parts, group)
+    except OSError:
+        return None
+    return None if arrays is None else (name, arrays)
+
+
 def shares(array: np.ndarray) -> bool:
     """Whether ``array`` is a view of a shared (mapped) copy rather than private memory."""
     base: Any = array
@@ -344,11 +428,11 @@ def shares(array: np.ndarray) -> bool:
     return isinstance(base, mmap.mmap)
 
 
-def _prune(directory: Path, group: str, keep: str) -> None:
-    """Remove the group's files of names other than ``keep`` written over KEEP_S ago.  (Not
+def _prune(directory: Path, group: str, keep: str, keep_s: float = KEEP_S) -> None:
+    """Remove the group's files of names other than ``keep`` written over ``keep_s`` ago.  (Not
     at once: a deploy builds the new champion's copy before it commits, while the others
     still serve the old one.)  Files of older layouts (``.npy``) go the same way."""
-    cutoff = time.time() - KEEP_S
+    cutoff = time.time() - keep_s
     for old in directory.glob(f"{PREFIX}{group}-*"):
         if old.name.startswith(f"{PREFIX}{keep}.") or old.name.endswith(".tmp"):
             continue

@@ -10,6 +10,8 @@ import click
 
 from movrec_cli.cluster import Cluster
 from movrec_cli.connection import connect
+from movrec_cli.errors import CliError
+from movrec_cli.generate import ML20M, TRAIN_OPTIONS
 from movrec_cli.options import data_option, dsn_option, movielens_small
 from movrec_cli.output import note
 
@@ -225,6 +227,100 @@ def bench_cf_command(
         from movrec_cli.bench_cf import bench_cf
 
         bench_cf(conn, data_dir, users, naive_users, seed)
+
+
+@bench.command("scale")
+@click.option(
+    "--dsn",
+    envvar="MOVREC_SCALE_DSN",
+    metavar="DSN",
+    help="target database, EMPTIED (movrec is uninstalled with its data) [default: the embedded "
+    "cluster's movrec_scale, created if missing]",
+)
+@click.option("--users", default=ML20M[0], show_default=True)
+@click.option("--movies", default=ML20M[1], show_default=True)
+@click.option(
+    "--ratings", default=ML20M[2], show_default=True, help="target (about; every user rates >= 20)"
+)
+@click.option("--seed", default=42, show_default=True)
+@click.option("--mf-options", default=TRAIN_OPTIONS, show_default=True, help="movrec.train() JSON")
+@click.option(
+    "--hybrid-options", default=TRAIN_OPTIONS, show_default=True, help="movrec.train() JSON"
+)
+@click.option(
+    "--citus",
+    is_flag=True,
+    help="run on a local Citus cluster (a coordinator and 2 workers, started in a temporary "
+    "directory and removed after) instead of --dsn",
+)
+@click.option("--port", default=59450, show_default=True, help="first port of the --citus nodes")
+@click.option(
+    "--json",
+    "json_out",
+    type=click.Path(dir_okay=False, path_type=Path),
+    metavar="FILE",
+    help="also write the steps as JSON",
+)
+def bench_scale(
+    dsn: str | None,
+    users: int,
+    movies: int,
+    ratings: int,
+    seed: int,
+    mf_options: str,
+    hybrid_options: str,
+    citus: bool,
+    port: int,
+    json_out: Path | None,
+) -> None:
+    """The nightly jobs end to end: generate -> train mf -> train hybrid -> deploy -> refresh
+    every user -> CF for every user, with each step's time and peak memory.
+
+    \b
+    Peak memory: the step's backend (VmHWM; the server must run on this machine) and this
+    process.  A failed step is shown with its error; the steps needing it are skipped.
+    """
+    import shutil
+    import tempfile
+
+    from movrec_cli.bench_scale import DATABASE, as_json, run_scale, table
+    from movrec_cli.cluster import CitusCluster
+    from movrec_cli.generate import Plan
+
+    plan = Plan(users, movies, ratings, seed)
+    home: Path | None = None
+    nodes: CitusCluster | None = None
+    try:
+        if citus:
+            home = Path(tempfile.mkdtemp(prefix="movrec-bench-scale-", dir="/tmp"))
+            home.chmod(0o755)
+            nodes = CitusCluster(home, port)
+            nodes.start()
+            target = nodes.create_database(DATABASE)
+        elif dsn is None:
+            cluster = Cluster.default()
+            if not cluster.running():
+                raise CliError("the embedded cluster is not running: `movrec db up`, or --dsn")
+            cluster.ensure_database(DATABASE)
+            target = cluster.dsn(DATABASE)
+        else:
+            target = dsn
+        note(f"database: {target}")
+        steps = run_scale(target, plan, mf_options, hybrid_options, citus, note)
+    finally:
+        if nodes is not None:
+            nodes.stop()
+        if home is not None:
+            shutil.rmtree(home, ignore_errors=True)
+    where = "Citus (coordinator + 2 workers)" if citus else "single node"
+    click.echo(
+        table(
+            steps,
+            f"movrec bench scale: {users:,} users, {movies:,} movies, ~{ratings:,} ratings, {where}",
+        )
+    )
+    if json_out is not None:
+        json_out.write_text(as_json(steps, plan, citus))
 
 
 COMMANDS = [bench]

@@ -9,8 +9,8 @@ from typing import Any
 import click
 from movrec.training import TrainOptions
 
-from movrec_cli import inprocess, schema
-from movrec_cli.connection import connect, one
+from movrec_cli import ddp, inprocess, schema
+from movrec_cli.connection import connect, one, resolve_dsn
 from movrec_cli.errors import CliError
 from movrec_cli.options import EPILOG, dsn_option
 from movrec_cli.output import table
@@ -99,7 +99,21 @@ def _train_option(name: str, type_: Any) -> Any:
     "are kept in the registry's params->'search'); 0: one run with the kind's defaults",
 )
 @click.option("--no-deploy", is_flag=True, help="register the model without making it the champion")
-def train(dsn: str | None, kind: str, no_deploy: bool, options_json: str, **options: Any) -> None:
+@click.option(
+    "--nproc",
+    type=click.IntRange(min=1),
+    default=None,
+    help="train mf with this many PyTorch DDP processes here (gloo on CPU, NCCL on CUDA), each "
+    "reading its shard of users; runs the options given (no --budget-s search)",
+)
+def train(
+    dsn: str | None,
+    kind: str,
+    no_deploy: bool,
+    options_json: str,
+    nproc: int | None,
+    **options: Any,
+) -> None:
     """Train a model in the database (SELECT movrec.train(KIND, OPTIONS, deploy)); in a
     portable install (no PL/Python there) in this process, with the same code.
 
@@ -114,10 +128,12 @@ def train(dsn: str | None, kind: str, no_deploy: bool, options_json: str, **opti
     """
     opts = _options_object(options_json)
     opts.update({k: v for k, v in options.items() if v is not None})
-    if not opts.get("budget_s"):
+    if not opts.get("budget_s") or nproc is not None:
         opts.pop("budget_s", None)  # 0: no search, as movrec.train() without it
     with connect(dsn) as conn:
-        if schema.install_kind(conn) == "portable":  # no PL/Python there: torch runs here
+        if nproc is not None:
+            model_id = ddp.train(conn, resolve_dsn(dsn), kind, opts, not no_deploy, nproc)
+        elif schema.install_kind(conn) == "portable":  # no PL/Python there: torch runs here
             model_id = inprocess.train(conn, kind, json.dumps(opts), not no_deploy)
         else:
             model_id = one(

@@ -38,17 +38,32 @@ ratings, so no ``changed_xid`` names them afterwards; instead it counts itself i
 count in its snapshot, and a refresh that finds it changed reloads everything: a
 forgotten user's ratings never feed a neighbour, a score or a baseline again once
 the erasure has committed.
+
+Sharing across backends.  Every pg_cron run and every new worker is a new backend, and
+loading 20M ratings takes ~18 s, so the base arrays (CSR and CSC, no overlay) are shared
+by all backends of a server through ``movrec.shared`` (sealed memfds, a checksummed
+durable copy; a truncated, overwritten or replaced file is never served, only rebuilt).
+A backend that loads everything, or compacts its overlay, publishes its base arrays
+with the watermark, the tentative users and the erasure count they were read with; a
+new backend maps the current copy and refreshes it like its own (the rule above holds
+for any correct base read at a watermark, whoever read it), so its answers are those
+a private load would give.  The group name holds the cluster, the database and the
+postmaster's start time: a copy never outlives the server that wrote it (a restore can
+rewind transaction ids).  On Citus nothing is shared: the watermark there is one xmin per
+node group, and each backend loads its own.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import time
+import weakref
 from typing import Any
 
 import numpy as np
 
-from movrec import backend
+from movrec import backend, shared
 from movrec.cf.index import RatingsIndex
 
 # A refresh that finds more than this share of the users changed reloads everything.
@@ -57,6 +72,22 @@ RELOAD_MIN_USERS = 1000
 
 _index: RatingsIndex | None = None
 _loads = 0  # full loads in this backend (a refresh that reloads everything counts)
+_attached = 0  # of them, those that mapped another backend's shared copy
+_shared_name: str | None = None  # the shared copy the base arrays of _index are, if any
+_group: str | None = None
+# The private base arrays last offered for sharing (weakly: a reference would keep them alive).
+_tried_base: weakref.ref[np.ndarray] | None = None
+
+# Bumped whenever what is shared changes, so no backend maps a copy of another layout.
+SHARED_LAYOUT = 1
+SHARED_PARTS = (*RatingsIndex.BASE_PARTS, "state", "tentative")
+
+GROUP_SQL = f"""
+SELECT 'cf-' || (SELECT system_identifier FROM pg_control_system())::text
+       || '-' || (SELECT oid FROM pg_database WHERE datname = current_database())::text
+       || '-' || (extract(epoch FROM pg_postmaster_start_time()) * 1000000)::bigint::text
+       || '-v{SHARED_LAYOUT}' AS name
+"""
 
 ERASURES_SQL = "(SELECT coalesce(max(e.n_erasures), 0) FROM model.cf_erasures e) AS erasures"
 
@@ -260,6 +291,60 @@ def _refresh_distributed_statements(ix: RatingsIndex, limit: int) -> RatingsInde
     return ix
 
 
+def _group_name() -> str:
+    global _group
+    if _group is None:
+        _group = str(backend.execute(GROUP_SQL)[0]["name"])
+    return _group
+
+
+def _attach_shared() -> RatingsIndex | None:
+    """The index from the server's shared copy (not yet refreshed), or None (always on
+    Citus, whose watermark is one xmin per node: there each backend loads its own)."""
+    global _loads, _attached, _shared_name
+    if backend.distributed():
+        return None
+    found = shared.attach_current(_group_name(), SHARED_PARTS)
+    if found is None:
+        return None
+    name, arrays = found
+    try:
+        ix = RatingsIndex.from_base_arrays(arrays)
+        watermark, erasures = (int(x) for x in arrays["state"])
+    except (ValueError, KeyError):
+        return None
+    ix.watermark, ix.erasures = str(watermark), erasures
+    ix.tentative = {int(u) for u in arrays["tentative"]}
+    _loads, _attached, _shared_name = _loads + 1, _attached + 1, name
+    return ix
+
+
+def _publish(ix: RatingsIndex) -> RatingsIndex:
+    """Share ix's base arrays (it has no overlay), and use the shared copy from now on."""
+    global _shared_name
+    if backend.distributed() or not isinstance(ix.watermark, str):
+        return ix
+    try:
+        arrays = ix.base_arrays()
+    except ValueError:  # an overlay left in it: nothing of its own to share
+        return ix
+    arrays["state"] = np.array([int(ix.watermark), int(ix.erasures)], dtype=np.int64)
+    arrays["tentative"] = np.array(sorted(ix.tentative), dtype=np.int64)
+    name = f"{_group_name()}-{ix.watermark}-{ix.erasures}-{os.getpid()}-{time.time_ns()}"
+    mapped = shared.publish(_group_name(), name, arrays)
+    if mapped is None:
+        return ix
+    shared_ix = RatingsIndex.from_base_arrays(mapped)
+    shared_ix.watermark, shared_ix.tentative, shared_ix.erasures = (
+        ix.watermark,
+        set(ix.tentative),
+        ix.erasures,
+    )
+    shared_ix.version = ix.version + 1
+    _shared_name = name
+    return shared_ix
+
+
 def _refresh(ix: RatingsIndex) -> RatingsIndex:
     """Bring the cache up to date (see the invalidation rule above); may reload it all."""
     limit = max(RELOAD_MIN_USERS, int(RELOAD_FRACTION * ix.n_users))
@@ -282,10 +367,22 @@ def _refresh(ix: RatingsIndex) -> RatingsIndex:
 
 
 def current_index() -> RatingsIndex:
-    """This backend's ratings, refreshed; loaded on first use."""
-    global _index
+    """This backend's ratings, refreshed; on first use mapped from the server's shared copy
+    (then refreshed) or loaded from the database."""
+    global _index, _shared_name, _tried_base
     try:
-        _index = _load_all() if _index is None else _refresh(_index)
+        if _index is None:
+            attached = _attach_shared()
+            ix = _load_all() if attached is None else _refresh(attached)
+        else:
+            ix = _refresh(_index)
+        # A load or a compaction leaves private base arrays: share them (once per base).
+        tried = _tried_base() if _tried_base is not None else None
+        if not shared.shares(ix.u_movie) and ix.u_movie is not tried:
+            _shared_name, _tried_base = None, weakref.ref(ix.u_movie)
+            if not ix.overrides:
+                ix = _publish(ix)
+        _index = ix
     except BaseException:
         _index = None  # half-changed: start again next time
         raise
@@ -306,4 +403,6 @@ def cache_info() -> dict[str, Any]:
         "overlay_ratings": _index.override_ratings,
         "version": _index.version,
         "watermark": _index.watermark,
+        "attached": _attached,
+        "shared": _shared_name is not None and shared.shares(_index.u_movie),
     }

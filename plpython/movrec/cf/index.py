@@ -137,6 +137,60 @@ class RatingsIndex:
     ) -> RatingsIndex:
         return cls(users, movies, to_halves(ratings))
 
+    # --- sharing the base arrays ----------------------------------------------
+
+    # The base arrays a RatingsIndex without an overlay is made of (``base_arrays``).
+    BASE_PARTS = (
+        "user_ids",
+        "movie_ids",
+        "u_ptr",
+        "u_movie",
+        "u_half",
+        "m_ptr",
+        "m_user",
+        "m_half",
+        "n_ratings",
+        "sum_halves",
+    )
+
+    def base_arrays(self) -> dict[str, np.ndarray]:
+        """The base arrays by name (BASE_PARTS); only an index without an overlay has them
+        all (ValueError otherwise: its current ratings are not in them alone)."""
+        if self.overrides or self._extra_users or self._extra_movies:
+            raise ValueError("an index with an overlay has no base arrays of its own")
+        return {part: getattr(self, part) for part in self.BASE_PARTS}
+
+    @classmethod
+    def from_base_arrays(cls, arrays: dict[str, np.ndarray]) -> RatingsIndex:
+        """The index whose base arrays these are (``base_arrays``), without sorting anything.
+
+        The large arrays are used as they are (read-only views of a shared copy are fine:
+        nothing writes to them); the per-user counts, which the overlay changes, are
+        copied."""
+        ix = cls.__new__(cls)
+        for part in cls.BASE_PARTS:
+            setattr(ix, part, arrays[part])
+        ix.n_ratings = np.array(arrays["n_ratings"], dtype=np.int64)
+        ix.sum_halves = np.array(arrays["sum_halves"], dtype=np.int64)
+        ix._n_base_users, ix._n_base_movies = len(ix.user_ids), len(ix.movie_ids)
+        n_user_rows = len(ix.u_movie)
+        if (
+            len(ix.u_ptr) != ix._n_base_users + 1
+            or len(ix.m_ptr) != ix._n_base_movies + 1
+            or len(ix.n_ratings) != ix._n_base_users
+            or len(ix.sum_halves) != ix._n_base_users
+            or not len(ix.u_half) == len(ix.m_user) == len(ix.m_half) == n_user_rows
+            or int(ix.u_ptr[-1]) != n_user_rows
+            or int(ix.m_ptr[-1]) != n_user_rows
+        ):
+            raise ValueError("the base arrays do not fit together")
+        ix._extra_users, ix._extra_movies = {}, {}
+        ix.stale = np.zeros(ix._n_base_users, dtype=bool)
+        ix.overrides, ix._overlay, ix.override_ratings = {}, None, 0
+        ix.version, ix._baselines = 0, None
+        ix.watermark, ix.tentative, ix.erasures = "0", set(), 0
+        return ix
+
     # --- sizes and ids --------------------------------------------------------
 
     @property

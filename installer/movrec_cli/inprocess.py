@@ -186,9 +186,7 @@ def rollback(conn: psycopg.Connection) -> int:
         plan = plpy.execute("SELECT * FROM movrec._rollback_plan()")[0]
         registry.deploy_model(int(plan["model_id"]))
         plpy.execute(
-            plpy.prepare(
-                "SELECT movrec._rollback_record($1, $2, $3)", ["int8", "int8", "int8"]
-            ),
+            plpy.prepare("SELECT movrec._rollback_record($1, $2, $3)", ["int8", "int8", "int8"]),
             [plan["undone_deployment"], plan["undone_model"], plan["previous_deployment"]],
         )
         return int(plan["model_id"])
@@ -199,9 +197,9 @@ def deploy_best(conn: psycopg.Connection, metric: str) -> int:
     (movrec._best_model: the same errors), then :func:`deploy` of that model."""
     with backend(conn) as plpy:
         plpy.execute("SELECT movrec._require_primary('deploy_best()')")
-        best = plpy.execute(
-            plpy.prepare("SELECT movrec._best_model($1) AS m", ["text"]), [metric]
-        )[0]["m"]
+        best = plpy.execute(plpy.prepare("SELECT movrec._best_model($1) AS m", ["text"]), [metric])[
+            0
+        ]["m"]
     return deploy(conn, int(best))
 
 

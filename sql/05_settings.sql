@@ -25,7 +25,7 @@ CREATE TABLE IF NOT EXISTS movrec.settings (
         CONSTRAINT backup_retention_is_0_to_10000 CHECK (backup_retention BETWEEN 0 AND 10000),
     recommend_search text NOT NULL DEFAULT 'exact'
         CONSTRAINT recommend_search_is_exact_or_hnsw CHECK (recommend_search IN ('exact', 'hnsw')),
-    hnsw_ef_search   integer NOT NULL DEFAULT 100
+    hnsw_ef_search   integer NOT NULL DEFAULT 40
         CONSTRAINT hnsw_ef_search_is_10_to_1000 CHECK (hnsw_ef_search BETWEEN 10 AND 1000),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     updated_by       text NOT NULL DEFAULT session_user

@@ -205,21 +205,25 @@ COMMENT ON FUNCTION movrec.deploy(bigint) IS
     'Makes a registered model the champion: publishes its movie and user vectors. Atomic; a corrupt checkpoint, or a '
     'model trained on another catalogue (SQLSTATE 55000), is refused';
 
-CREATE OR REPLACE FUNCTION movrec.rollback() RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+-- rollback() and deploy_best() in three parts, so that the portable install's CLI (which
+-- deploys with torch in its own process) chooses and records exactly as the full install does:
+-- _rollback_plan and _best_model choose (and raise the errors), _deploy deploys,
+-- _rollback_record writes the rollback into the history.
+CREATE OR REPLACE FUNCTION movrec._rollback_plan(OUT model_id bigint, OUT undone_deployment bigint,
+                                                 OUT undone_model bigint, OUT previous_deployment bigint)
+LANGUAGE plpgsql VOLATILE SET search_path = movrec, model, public, pg_temp AS $$
 DECLARE
     cur model.deployments;
     target model.deployments;
     prev bigint;
 BEGIN
-    PERFORM movrec._require_primary('rollback()');
     -- one rollback at a time: two would both read the same champion and both step back once
     LOCK TABLE model.deployments IN SHARE ROW EXCLUSIVE MODE;
     SELECT * INTO cur FROM model.deployments ORDER BY deployment_id DESC LIMIT 1;
     prev := cur.previous_deployment_id;
     LOOP  -- ids only decrease along the chain, so this ends
         EXIT WHEN prev IS NULL;
-        SELECT * INTO target FROM model.deployments WHERE deployment_id = prev;
+        SELECT * INTO target FROM model.deployments d WHERE d.deployment_id = prev;
         EXIT WHEN target.model_id IS NOT NULL AND target.model_id IS DISTINCT FROM cur.model_id;
         prev := target.previous_deployment_id;  -- a retirement, or the champion itself again
     END LOOP;
@@ -228,48 +232,80 @@ BEGIN
             HINT = 'SELECT * FROM model.deployments ORDER BY deployment_id';
     END IF;
     PERFORM movrec._require_current_catalogue(target.model_id, 'rollback()');
-    PERFORM movrec._deploy(target.model_id);
+    model_id := target.model_id;
+    undone_deployment := cur.deployment_id;
+    undone_model := cur.model_id;
+    previous_deployment := target.previous_deployment_id;
+END $$;
+COMMENT ON FUNCTION movrec._rollback_plan() IS
+    'rollback()''s choice: the model one step back through the deployment history (retirements skipped), the '
+    'deployment it undoes, and the previous of the row it goes back to; takes the deployments lock; raises P0002 '
+    'when there is none, 55000 for a model trained on another catalogue';
+
+CREATE OR REPLACE FUNCTION movrec._rollback_record(undone_deployment bigint, undone_model bigint,
+                                                   previous_deployment bigint) RETURNS void
+LANGUAGE sql VOLATILE SET search_path = movrec, model, public, pg_temp AS $$
     UPDATE model.deployments
-    SET reason = format('rollback from %s', coalesce(cur.model_id::text, 'none')),
-        previous_deployment_id = target.previous_deployment_id, rolled_back_from = cur.deployment_id
+    SET reason = format('rollback from %s', coalesce(undone_model::text, 'none')),
+        previous_deployment_id = previous_deployment, rolled_back_from = undone_deployment
     WHERE deployment_id = (SELECT max(deployment_id) FROM model.deployments);
-    RETURN target.model_id;
+$$;
+COMMENT ON FUNCTION movrec._rollback_record(bigint, bigint, bigint) IS
+    'After rollback()''s deploy: marks the newest deployment as the rollback it is (reason, rolled_back_from) and '
+    'points it at the previous of the row it went back to, so that the next rollback goes further back';
+
+CREATE OR REPLACE FUNCTION movrec.rollback() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+DECLARE
+    plan record;
+BEGIN
+    PERFORM movrec._require_primary('rollback()');
+    SELECT * INTO plan FROM movrec._rollback_plan();
+    PERFORM movrec._deploy(plan.model_id);
+    PERFORM movrec._rollback_record(plan.undone_deployment, plan.undone_model, plan.previous_deployment);
+    RETURN plan.model_id;
 END $$;
 COMMENT ON FUNCTION movrec.rollback() IS
     'Goes one step back through the deployment history (each call further back; retirements skipped) and returns '
     'the model_id it deployed; refuses (55000) a model trained on another catalogue';
 
-CREATE OR REPLACE FUNCTION movrec.deploy_best(metric text DEFAULT 'val_rmse') RETURNS bigint
-LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+CREATE OR REPLACE FUNCTION movrec._best_model(metric text) RETURNS bigint
+LANGUAGE plpgsql STABLE SET search_path = movrec, model, public, pg_temp AS $$
 DECLARE
-    best bigint;
     candidate bigint;
     other_catalogue integer := 0;
     higher_is_better boolean := metric LIKE '%ndcg%' OR metric LIKE '%precision%' OR metric LIKE '%recall%';
 BEGIN
-    PERFORM movrec._require_primary('deploy_best()');
     -- best first; only models trained on the current catalogue compete
     FOR candidate IN
-        SELECT model_id FROM model.registry
-        WHERE kind <> 'mlp' AND dim = 100 AND (metrics ->> metric) IS NOT NULL
-        ORDER BY CASE WHEN higher_is_better THEN -(metrics ->> metric)::float8 ELSE (metrics ->> metric)::float8 END,
-                 model_id DESC
+        SELECT r.model_id FROM model.registry r
+        WHERE r.kind <> 'mlp' AND r.dim = 100 AND (r.metrics ->> metric) IS NOT NULL
+        ORDER BY CASE WHEN higher_is_better THEN -(r.metrics ->> metric)::float8
+                      ELSE (r.metrics ->> metric)::float8 END,
+                 r.model_id DESC
     LOOP
         IF movrec._catalogue_mismatch(candidate) IS NULL THEN
-            best := candidate;
-            EXIT;
+            RETURN candidate;
         END IF;
         other_catalogue := other_catalogue + 1;
     END LOOP;
-    IF best IS NULL AND other_catalogue > 0 THEN
+    IF other_catalogue > 0 THEN
         RAISE EXCEPTION 'deploy_best(): the % model(s) with the metric % were trained on another catalogue',
             other_catalogue, metric USING ERRCODE = 'object_not_in_prerequisite_state',
             HINT = 'train a model on the current data: SELECT movrec.train()';
-    ELSIF best IS NULL THEN
-        RAISE EXCEPTION 'deploy_best(): no deployable model has the metric %', metric USING ERRCODE = 'no_data_found',
-            HINT = 'metrics are keys of model.registry.metrics, e.g. val_rmse, val_ndcg@10';
     END IF;
-    RETURN movrec.deploy(best);
+    RAISE EXCEPTION 'deploy_best(): no deployable model has the metric %', metric USING ERRCODE = 'no_data_found',
+        HINT = 'metrics are keys of model.registry.metrics, e.g. val_rmse, val_ndcg@10';
+END $$;
+COMMENT ON FUNCTION movrec._best_model(text) IS
+    'deploy_best()''s choice: the registered model with the best value of a metric (lowest for errors, highest for '
+    'ndcg/precision/recall) among those trained on the current catalogue; raises 55000 or P0002 when there is none';
+
+CREATE OR REPLACE FUNCTION movrec.deploy_best(metric text DEFAULT 'val_rmse') RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    PERFORM movrec._require_primary('deploy_best()');
+    RETURN movrec.deploy(movrec._best_model(metric));
 END $$;
 COMMENT ON FUNCTION movrec.deploy_best(text) IS
     'Deploys the registered model with the best value of a metric (lowest for errors, highest for ndcg/precision/recall) '

@@ -33,8 +33,8 @@ FULL_ONLY = {"_activate()", "pin_venv(text)"}
 PORTABLE_ONLY = {
     "_float4s(bytea)",
     "_needs_cli(text,text)",
-    "_recommend_model(bigint,vector,double precision,integer,integer[],text[],integer,integer,"
-    "double precision)",
+    "_recommend_model(bigint,vector,double precision,boolean,integer,integer,integer[],text[],integer,"
+    "integer,double precision)",
     "_scaled(vector,double precision)",
     "publish_serving_vectors()",
     "serving_vectors_on_deploy()",
@@ -203,7 +203,7 @@ def test_hnsw_search_recall_at_10_and_always_k_rows(generated_pair: tuple[str, s
     full_dsn, port_dsn = generated_pair
     hits = total = 0
     with connect(full_dsn) as full, connect(port_dsn) as port:
-        set_settings(port, recommend_search="hnsw", hnsw_ef_search=100)
+        set_settings(port, recommend_search="hnsw")  # the default ef_search
         try:
             for user in range(1, 1500, 7):
                 for call in CALLS:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 
 import psycopg
 import pytest
 from movrec_cli.cluster import Cluster
 
-from tests.conftest import INSTALL_KINDS, connect, install_into
+from tests.conftest import INSTALL_KINDS, connect, install_into, train
 
 # Every test on the database fixtures runs on the full and the portable install.
 INSTALL_KINDS = INSTALL_KINDS
@@ -110,6 +111,11 @@ def test_without_a_model_everyone_gets_popular(
             "model 424242 is not in model.registry",
         ),
         ("SELECT deploy(NULL)", psycopg.errors.NoDataFound, "model NULL is not in model.registry"),
+        (
+            "SELECT deploy_best('no_such_metric')",
+            psycopg.errors.NoDataFound,
+            "no deployable model has the metric no_such_metric",
+        ),
     ],
 )
 def test_bad_input_gives_a_clear_error(
@@ -118,3 +124,63 @@ def test_bad_input_gives_a_clear_error(
     with pytest.raises(error, match=message) as info:
         conn.execute(call)
     assert "Traceback" not in str(info.value)
+
+
+def _deploy_command(dsn: str, *args: str) -> int:
+    """`movrec deploy ARGS`: the model it deployed (it fails the test on an error)."""
+    from click.testing import CliRunner
+    from movrec_cli.main import cli
+
+    result = CliRunner().invoke(cli, ["deploy", *args, "--dsn", dsn])
+    assert result.exit_code == 0, result.output
+    deployed = re.search(r"^model (\d+) deployed$", result.output, re.M)
+    assert deployed, result.output
+    return int(deployed.group(1))
+
+
+def _serves(conn: psycopg.Connection, model_id: int) -> None:
+    """model_id is the champion, its vectors are the published ones, and recommend() uses them."""
+    assert conn.execute("SELECT model_id FROM model.champion").fetchone() == (model_id,)
+    assert conn.execute(
+        "SELECT array_agg(DISTINCT model_id) FROM model.movie_latent_attributes"
+    ).fetchone() == ([model_id],)
+    assert [r[0] for r in conn.execute("SELECT source FROM recommend(5, 10)")] == ["model"] * 10
+
+
+def test_rollback_and_deploy_best_walk_the_history(
+    trained: str, conn: psycopg.Connection, install_kind: str
+) -> None:
+    # `movrec deploy --rollback` / `--best` on either install: in SQL in the full one, the
+    # same choice in SQL and the deploy in the CLI in the portable one
+    first = conn.execute("SELECT model_id FROM model.champion").fetchone()[0]
+    second = train(conn, "mf", '{"epochs": 2}')
+    third = train(conn, "mf", '{"epochs": 2, "seed": 3}')
+    try:
+        if install_kind == "portable":  # the deploy needs torch: the SQL names the command
+            with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+                conn.execute("SELECT movrec.rollback()")
+            assert "movrec deploy --rollback" in (e.value.diag.message_hint or "")
+            _serves(conn, third)  # nothing changed
+        assert _deploy_command(trained, "--rollback") == second
+        _serves(conn, second)
+        assert _deploy_command(trained, "--rollback") == first  # not back to third
+        _serves(conn, first)
+        assert conn.execute(
+            "SELECT reason, rolled_back_from IS NOT NULL FROM model.deployments "
+            "ORDER BY deployment_id DESC LIMIT 1"
+        ).fetchone() == (f"rollback from {second}", True)
+        best = conn.execute(
+            "SELECT model_id FROM model.registry WHERE model_id IN (%s, %s, %s) "
+            "ORDER BY (metrics ->> 'val_rmse')::float8, model_id DESC LIMIT 1",
+            (first, second, third),
+        ).fetchone()[0]
+        assert _deploy_command(trained, "--best", "val_rmse") == best
+        _serves(conn, best)
+        if install_kind == "portable":
+            with pytest.raises(psycopg.errors.FeatureNotSupported) as e:
+                conn.execute("SELECT movrec.deploy_best('val_rmse')")
+            assert "movrec deploy --best val_rmse" in (e.value.diag.message_hint or "")
+        else:
+            assert conn.execute("SELECT movrec.deploy_best('val_rmse')").fetchone() == (best,)
+    finally:
+        _deploy_command(trained, str(first))

@@ -206,6 +206,24 @@ def _set_online_update(dsn: str, mode: str) -> None:
             conn.execute("UPDATE movrec.settings SET online_update = %s", (mode,))
 
 
+# The floor of a PL/Python recommend(): what every call pays before it scores anything (the
+# call into PL/Python, one prepared fetch of the user's rated movies, rows back to SQL).
+FLOOR_SQL = """
+CREATE SCHEMA IF NOT EXISTS movrec_bench;
+CREATE OR REPLACE FUNCTION movrec_bench.floor(uid integer)
+RETURNS TABLE (movie_id integer, title text, score real, predicted_rating real, source text)
+LANGUAGE plpython3u STABLE AS $$
+plan = GD.get("movrec_bench_floor")
+if plan is None:
+    plan = GD["movrec_bench_floor"] = plpy.prepare(
+        "SELECT coalesce(array_agg(movie_id), '{}') AS seen FROM movrec.watch_events "
+        "WHERE user_id = $1", ["int4"])
+plpy.execute(plan, [uid])
+return [(i, "title", 1.0, 4.0, "model") for i in range(1, 11)]
+$$
+"""
+
+
 def _row(name: str, r: dict[str, Any]) -> str:
     return (
         f"{name:<38} {r['tps']:>9,.0f} {r['p50_ms']:>8.2f} {r['p99_ms']:>8.2f} "
@@ -226,6 +244,7 @@ def run_serving(dsn: str | None, seconds: int, clients: int, rounds: int, skip_r
                         INCLUDING DEFAULTS INCLUDING CONSTRAINTS INCLUDING INDEXES)""")
         conn.execute("""ALTER TABLE bench_plain_ratings ADD FOREIGN KEY (movie_id)
                         REFERENCES movrec.movies (movie_id)""")
+        conn.execute(FLOOR_SQL)
     note(f"{n_users:,} users, {n_movies:,} movies; {clients} clients, {seconds} s each")
     v = {"n_users": n_users, "n_movies": n_movies}
     results: dict[str, dict[str, Any]] = {}
@@ -256,7 +275,11 @@ def run_serving(dsn: str | None, seconds: int, clients: int, rounds: int, skip_r
         inserts.append(("insert + online refit (only trigger)", "rate_online.sql", refit, "online"))
     # Inserts into a 20M-row table are bound by WAL full-page writes of index pages, which
     # fall as pages get touched after a checkpoint: a warm-up, then the variants in rounds.
-    runs = [("recommend(user, 10)", "recommend.sql", "", "all")]
+    runs = [
+        ("recommend(user, 10)", "recommend.sql", "", "all"),
+        ("floor: PL/Python, seen list, 10 rows", "floor.sql", "", "all"),
+        ("pgvector HNSW top-10, unfiltered", "hnsw_top10_full.sql", "", "all"),
+    ]
     runs += [
         (f"{name} #{i + 1}", script, options, triggers)
         for i in range(rounds)
@@ -280,6 +303,29 @@ def run_serving(dsn: str | None, seconds: int, clients: int, rounds: int, skip_r
     finally:
         _set_triggers(dsn, "all")
         _set_online_update(dsn, mode_before)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("DROP TABLE IF EXISTS bench_plain_ratings")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP TABLE IF EXISTS bench_plain_ratings")
+            conn.execute("DROP SCHEMA IF EXISTS movrec_bench CASCADE")
+    for line in ratios(results, rounds):
+        note(line)
     click.echo(json.dumps(results, indent=1))
+
+
+def ratios(results: dict[str, dict[str, Any]], rounds: int) -> list[str]:
+    """recommend() against its floor and against pgvector's unfiltered HNSW top-10; inserts
+    with triggers against the trigger-less insert into watch_events (round by round: each
+    round's runs follow one another, so they share the machine's state)."""
+    rec = results["recommend(user, 10)"]["tps"]
+    lines = [
+        f"recommend(user, 10): {rec / results['floor: PL/Python, seen list, 10 rows']['tps']:.2f} "
+        f"x the PL/Python floor, {rec / results['pgvector HNSW top-10, unfiltered']['tps']:.2f} "
+        "x pgvector's unfiltered HNSW top-10"
+    ]
+    for name in ("insert + online sgd (all triggers)", "insert + online sgd (only trigger)"):
+        got = [
+            results[f"{name} #{i + 1}"]["tps"]
+            / results[f"insert, watch_events, no triggers #{i + 1}"]["tps"]
+            for i in range(rounds)
+        ]
+        lines.append(f"{name}: {', '.join(f'{x:.2f}' for x in got)} x the trigger-less insert")
+    return lines

@@ -175,6 +175,34 @@ def deploy(conn: psycopg.Connection, model_id: int) -> int:
         return int(registry.deploy(model_id))
 
 
+def rollback(conn: psycopg.Connection) -> int:
+    """movrec.rollback() of a portable install: the full install's choice and bookkeeping in
+    SQL (movrec._rollback_plan, movrec._rollback_record: the same errors, the same history),
+    the deploy between them here; all in one transaction."""
+    from movrec import registry
+
+    with backend(conn) as plpy:
+        plpy.execute("SELECT movrec._require_primary('rollback()')")
+        plan = plpy.execute("SELECT * FROM movrec._rollback_plan()")[0]
+        registry.deploy_model(int(plan["model_id"]))
+        plpy.execute(
+            plpy.prepare("SELECT movrec._rollback_record($1, $2, $3)", ["int8", "int8", "int8"]),
+            [plan["undone_deployment"], plan["undone_model"], plan["previous_deployment"]],
+        )
+        return int(plan["model_id"])
+
+
+def deploy_best(conn: psycopg.Connection, metric: str) -> int:
+    """movrec.deploy_best(metric) of a portable install: the full install's choice in SQL
+    (movrec._best_model: the same errors), then :func:`deploy` of that model."""
+    with backend(conn) as plpy:
+        plpy.execute("SELECT movrec._require_primary('deploy_best()')")
+        best = plpy.execute(plpy.prepare("SELECT movrec._best_model($1) AS m", ["text"]), [metric])[
+            0
+        ]["m"]
+    return deploy(conn, int(best))
+
+
 def cf_drain(conn: psycopg.Connection, max_jobs: int) -> int:
     """movrec.cf_drain() of a portable install, here: the full install's CF drain (its sparse
     matrix cached in this process, as a backend caches it), one subtransaction per job."""

@@ -40,3 +40,33 @@ BEGIN
 END $$;
 COMMENT ON FUNCTION movrec._evaluate(bigint, regclass) IS
     'Portable install: evaluation runs in the CLI (`movrec evaluate ID`); raises 0A000';
+
+-- rollback() and deploy_best() choose in SQL, as the full install does (sql/22_models.sql:
+-- _rollback_plan, _best_model, so their errors are the full install's), and then need the
+-- deploy, which loads a checkpoint with torch: `movrec deploy --rollback` / `--best` run
+-- the same choice and the deploy in the CLI.  These replace the full install's bodies.
+CREATE OR REPLACE FUNCTION movrec.rollback() RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    PERFORM movrec._require_primary('rollback()');
+    PERFORM movrec._rollback_plan();
+    PERFORM movrec._needs_cli('rollback()', 'movrec deploy --rollback');
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION movrec.rollback() IS
+    'Goes one step back through the deployment history (retirements skipped); in the portable install the deploy '
+    'runs in the CLI: after the full install''s checks (P0002 none to go back to, 55000 another catalogue) it '
+    'raises 0A000 naming `movrec deploy --rollback`';
+
+CREATE OR REPLACE FUNCTION movrec.deploy_best(metric text DEFAULT 'val_rmse') RETURNS bigint
+LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
+BEGIN
+    PERFORM movrec._require_primary('deploy_best()');
+    PERFORM movrec._best_model(metric);
+    PERFORM movrec._needs_cli('deploy_best()', format('movrec deploy --best %s', metric));
+    RETURN NULL;
+END $$;
+COMMENT ON FUNCTION movrec.deploy_best(text) IS
+    'Deploys the registered model with the best value of a metric; in the portable install the deploy runs in the '
+    'CLI: after the full install''s checks (P0002 no model has it, 55000 another catalogue) it raises 0A000 naming '
+    '`movrec deploy --best METRIC`';

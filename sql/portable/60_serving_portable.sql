@@ -79,17 +79,20 @@ BEGIN
     END IF;
     -- a user without a vector of the champion who rated gets the default vector's list
     FOR u IN
-        SELECT t.id, coalesce(a.embedding, g.default_embedding::vector) AS e, coalesce(a.bias, g.default_bias) AS b,
+        SELECT t.id, (coalesce(a.embedding::real[], g.default_embedding) || 1::real)::vector AS q,
+               g.global_mean + coalesce(a.bias, g.default_bias) AS base, g.serving_ranking IS NOT NULL AS has_ranking,
+               CASE WHEN s.recommend_search = 'hnsw' THEN s.hnsw_ef_search END AS hnsw_ef,
                ARRAY(SELECT w.movie_id FROM movrec.watch_events w WHERE w.user_id = t.id) AS seen
         FROM unnest(ids) AS t (id)
-        CROSS JOIN model.registry g
+        CROSS JOIN model.registry g CROSS JOIN movrec.settings s
         LEFT JOIN model.user_latent_attributes a ON a.user_id = t.id AND a.model_id = champ
         WHERE g.model_id = champ
           AND (a.user_id IS NOT NULL OR EXISTS (SELECT FROM movrec.watch_events w WHERE w.user_id = t.id))
     LOOP
         INSERT INTO model.model_recommendation (user_id, rank, movie_id, score, predicted_rating, model_id, computed_at)
         SELECT u.id, row_number() OVER (), x.movie_id, x.score, x.predicted_rating, champ, clock_timestamp()
-        FROM movrec._recommend_model(champ, u.e, u.b, 150, u.seen, NULL, NULL, NULL, min_pred) x;
+        FROM movrec._recommend_model(champ, u.q, u.base, u.has_ranking, u.hnsw_ef, 150, u.seen, NULL, NULL, NULL,
+                                     min_pred) x;
         GET DIAGNOSTICS written = ROW_COUNT;
         n := n + written;
     END LOOP;

@@ -6,7 +6,7 @@
 ALTER TABLE IF EXISTS movrec.settings
     ADD COLUMN IF NOT EXISTS recommend_search text NOT NULL DEFAULT 'exact'
         CONSTRAINT recommend_search_is_exact_or_hnsw CHECK (recommend_search IN ('exact', 'hnsw')),
-    ADD COLUMN IF NOT EXISTS hnsw_ef_search integer NOT NULL DEFAULT 100
+    ADD COLUMN IF NOT EXISTS hnsw_ef_search integer NOT NULL DEFAULT 40
         CONSTRAINT hnsw_ef_search_is_10_to_1000 CHECK (hnsw_ef_search BETWEEN 10 AND 1000);
 
 -- evaluate() scores the rows a model held out, stored with it (NULL for models trained before).

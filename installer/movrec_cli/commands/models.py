@@ -173,11 +173,18 @@ def deploy(dsn: str | None, model_id: int | None, best_metric: str | None, rollb
     ):
         raise CliError("give exactly one of MODEL_ID, --best [METRIC], --rollback")
     with connect(dsn) as conn:
+        portable = schema.install_kind(conn) == "portable"  # no PL/Python: torch runs here
         if rollback:
-            model_id = one(conn.execute("SELECT movrec.rollback()"))[0]
+            if portable:
+                model_id = inprocess.rollback(conn)
+            else:
+                model_id = one(conn.execute("SELECT movrec.rollback()"))[0]
         elif best_metric:
-            model_id = one(conn.execute("SELECT movrec.deploy_best(%s)", (best_metric,)))[0]
-        elif schema.install_kind(conn) == "portable":
+            if portable:
+                model_id = inprocess.deploy_best(conn, best_metric)
+            else:
+                model_id = one(conn.execute("SELECT movrec.deploy_best(%s)", (best_metric,)))[0]
+        elif portable:
             assert model_id is not None
             inprocess.deploy(conn, model_id)
         else:

@@ -100,8 +100,11 @@ class _Picker:
             best, kept = cand[good[:want]], predicted[good[:want]]
             rank = champ.ranking[best]
             scores = rank[:, :-1] @ u + rank[:, -1]
-        for m, s, p in zip(champ.movie_ids[best], scores, kept, strict=True):
-            self.chosen[int(m)] = (float(s), float(clip_rating(p)), "model")
+        # one clip for the k rows: np.clip costs ~20 us a call, as much on a scalar as on k
+        for m, s, p in zip(
+            champ.movie_ids[best], scores, np.asarray(clip_rating(kept)), strict=True
+        ):
+            self.chosen[int(m)] = (float(s), float(p), "model")
 
     def add_ranked(self, ids: np.ndarray, scores: np.ndarray, source: str) -> None:
         """Candidates in the order given (best first)."""

@@ -1,5 +1,5 @@
-"""`movrec bench scale` at a tiny scale: every step runs, is timed and measured; on Citus a
-step that fails there is reported with its error and the command still finishes."""
+"""`movrec bench scale` at a tiny scale: every step runs, is timed and measured, on a single
+node and on Citus; a step that fails is reported with its error and the command still finishes."""
 
 from __future__ import annotations
 
@@ -83,13 +83,10 @@ def test_a_failing_step_is_reported_and_the_rest_runs(
 
 
 @pytest.mark.skipif(bool(citus_missing()), reason="Citus is not installed here")
-def test_citus_reports_each_step(tmp_path: Path) -> None:
+def test_every_step_runs_on_citus(tmp_path: Path) -> None:
     code, output, report = run(tmp_path, "--citus", "--port", "59470")
     assert code == 0, output
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == STEPS and report["citus"] is True
-    for s in steps.values():
-        assert s["status"] in ("ok", "failed", "skipped"), s
-        if s["status"] == "failed":
-            assert s["detail"], s  # the error, in one line
-    assert steps["generate"]["status"] == "ok"
+    # every step runs on Citus: refresh and CF read without pushed-down subqueries there
+    assert [steps[s]["status"] for s in STEPS] == ["ok"] * len(STEPS), steps

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from movrec.models import Model
 
 MIN_RATINGS = 10
+DEFAULT_BUDGET_S = 120.0  # movrec.settings.train_budget_s's default, for installs without it
 EPOCH_NOTICE_S = 5.0  # within an epoch, a progress NOTICE at most this often
 BLENDS = (0.25, 0.5, 1.0)  # candidate weights of the predicted rating in the ranking score
 POPULARITY = (0.0, 0.1, 0.2, 0.4)  # candidate weights of log(1 + ratings) in the movie's prior
@@ -461,7 +462,10 @@ def read_ratings() -> tuple[Ratings, dict[str, Any]]:
 def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -> int:
     """movrec.train(): options NULL means none; every check runs before any data is read.
 
-    With ``budget_s`` the whole call, importing torch included, is what the budget covers."""
+    Options the caller did not give are chosen on the validation split within ``budget_s``
+    seconds (``movrec.settings.train_budget_s`` when the options name none; 0: one run with
+    the kind's defaults).  The whole call, importing torch included, is what the budget
+    covers."""
     started = time.perf_counter()
     import torch
 
@@ -476,8 +480,13 @@ def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -
         raw = json.loads(options) if options else {}
     except json.JSONDecodeError as e:
         raise InvalidArgument(f"options is not valid JSON: {e}") from None
-    if isinstance(raw, dict) and "device" not in raw:  # the database's default device
-        raw = {**raw, "device": backend.settings()["device"]}
+    if isinstance(raw, dict):  # what the options do not name, the database's settings give
+        settings = backend.settings()
+        defaults = {
+            "device": settings["device"],
+            "budget_s": settings.get("train_budget_s", DEFAULT_BUDGET_S),
+        }
+        raw = {**{k: v for k, v in defaults.items() if k not in raw}, **raw}
     opts = TrainOptions.parse(raw, kind)
     torch.set_num_threads(backend.train_threads())
     data, snapshot = read_ratings()

@@ -93,10 +93,10 @@ def _train_option(name: str, type_: Any) -> Any:
     "--budget-s",
     "budget_s",
     type=click.FloatRange(min=0),
-    default=120.0,
-    show_default=True,
+    default=None,
     help="seconds to choose the options you did not give on the validation split (the trials "
-    "are kept in the registry's params->'search'); 0: one run with the kind's defaults",
+    "are kept in the registry's params->'search'); 0: one run with the kind's defaults "
+    "[default: movrec.settings.train_budget_s, 120]",
 )
 @click.option("--no-deploy", is_flag=True, help="register the model without making it the champion")
 def train(dsn: str | None, kind: str, no_deploy: bool, options_json: str, **options: Any) -> None:
@@ -114,8 +114,6 @@ def train(dsn: str | None, kind: str, no_deploy: bool, options_json: str, **opti
     """
     opts = _options_object(options_json)
     opts.update({k: v for k, v in options.items() if v is not None})
-    if not opts.get("budget_s"):
-        opts.pop("budget_s", None)  # 0: no search, as movrec.train() without it
     with connect(dsn) as conn:
         if schema.install_kind(conn) == "portable":  # no PL/Python there: torch runs here
             model_id = inprocess.train(conn, kind, json.dumps(opts), not no_deploy)

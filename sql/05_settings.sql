@@ -27,6 +27,8 @@ CREATE TABLE IF NOT EXISTS movrec.settings (
         CONSTRAINT recommend_search_is_exact_or_hnsw CHECK (recommend_search IN ('exact', 'hnsw')),
     hnsw_ef_search   integer NOT NULL DEFAULT 40
         CONSTRAINT hnsw_ef_search_is_10_to_1000 CHECK (hnsw_ef_search BETWEEN 10 AND 1000),
+    train_budget_s   float8 NOT NULL DEFAULT 120
+        CONSTRAINT train_budget_s_is_0_to_604800 CHECK (train_budget_s >= 0 AND train_budget_s <= 604800),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     updated_by       text NOT NULL DEFAULT session_user
 );
@@ -51,6 +53,9 @@ COMMENT ON COLUMN movrec.settings.recommend_search IS
     'iterative HNSW scan, approximate, faster); the full install ranks exactly in numpy and ignores it';
 COMMENT ON COLUMN movrec.settings.hnsw_ef_search IS
     'Portable install, recommend_search = hnsw: hnsw.ef_search of the scan (higher: better recall, slower)';
+COMMENT ON COLUMN movrec.settings.train_budget_s IS
+    'Seconds train() spends choosing the options a caller did not give, on the validation split, when the '
+    'options name no budget_s (0: one run with the kind''s defaults)';
 
 -- Who changed what, whoever updates the row.
 CREATE OR REPLACE FUNCTION movrec._settings_stamp() RETURNS trigger

@@ -177,7 +177,8 @@ END $$;
 COMMENT ON FUNCTION movrec.train(text, jsonb, boolean) IS
     'Trains a model (hybrid, mf, functional, mlp) on watch_events with a seeded train/validation split, registers '
     'it, and deploys it unless deploy => false. options: epochs, dim, lr, reg, batch_size, seed, val_fraction, '
-    'patience, device, ranking, negatives, field_dim, hidden, dropout. Returns model_id';
+    'patience, device, ranking, negatives, field_dim, hidden, dropout, budget_s (seconds to choose the options not '
+    'given on the validation split; default movrec.settings.train_budget_s). Returns model_id';
 
 CREATE OR REPLACE FUNCTION movrec.deploy(model_id bigint) RETURNS bigint
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$

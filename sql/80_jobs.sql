@@ -142,8 +142,9 @@ BEGIN
                          '(SELECT movrec.train()); nothing was changed';
     END IF;
     -- the champion's own options when the kind is the same (its device is the database's
-    -- default now, not what it had then); the split is the champion's in any case
-    opts := CASE WHEN champ.kind = train_kind THEN champ.params - 'device' ELSE '{}' END
+    -- default now, not what it had then; its search's trials are a record, not an option);
+    -- the split is the champion's in any case
+    opts := CASE WHEN champ.kind = train_kind THEN champ.params - 'device' - 'search' ELSE '{}' END
             || coalesce(options, '{}');
     IF champ.model_id IS NOT NULL THEN
         opts := opts || jsonb_strip_nulls(jsonb_build_object('seed', champ.params -> 'seed',

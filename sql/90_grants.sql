@@ -76,5 +76,5 @@ GRANT INSERT, DELETE ON movrec.loads, movrec.quarantine TO movrec_admin;
 GRANT USAGE ON ALL SEQUENCES IN SCHEMA movrec TO movrec_admin;
 -- Settings: the values, not the bookkeeping (movrec_settings_stamp writes that).
 GRANT UPDATE (threads, train_threads, device, online_update, online_lr, online_reg, refit_reg, backup_retention,
-               recommend_search, hnsw_ef_search)
+               recommend_search, hnsw_ef_search, train_budget_s)
     ON movrec.settings TO movrec_admin;

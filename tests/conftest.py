@@ -135,13 +135,18 @@ def installed(
 
 
 def install_into(cluster: Cluster, dsn: str, kind: str) -> str:
-    """movrec's full install (as the superuser), or the portable one (as the owner); ``dsn``."""
+    """movrec's full install (as the superuser), or the portable one (as the owner); ``dsn``.
+
+    Its train() runs one fit with the options a test gives (train_budget_s 0): the search
+    would try other options, and take minutes; the search's own tests give a budget."""
     if kind == "portable":
         with connect(portable_database(cluster, dsn)) as conn:
             schema.install(conn, portable=True)
-        return dsn
+    else:
+        with connect(dsn) as conn:
+            schema.install(conn)
     with connect(dsn) as conn:
-        schema.install(conn)
+        set_settings(conn, train_budget_s=0)
     return dsn
 
 
@@ -187,7 +192,10 @@ def set_settings(conn: psycopg.Connection, **values: object) -> None:
 
 
 def reset_settings(conn: psycopg.Connection) -> None:
-    conn.execute("DELETE FROM movrec.settings; INSERT INTO movrec.settings DEFAULT VALUES")
+    """The defaults, but train() as install_into leaves it: one fit (train_budget_s 0)."""
+    conn.execute(
+        "DELETE FROM movrec.settings; INSERT INTO movrec.settings (train_budget_s) VALUES (0)"
+    )
 
 
 CITUS_SRC_DEFAULT = (

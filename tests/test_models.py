@@ -3,18 +3,22 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Iterator
 
 import numpy as np
 import psycopg
 import pytest
+from click.testing import CliRunner
 from movrec_cli import schema
+from movrec_cli.cluster import Cluster
 from movrec_cli.demo_data import load_demo
+from movrec_cli.main import cli
 
 from tests.conftest import connect
 
-QUICK = '{"epochs": 12, "patience": 12}'
+QUICK = '{"epochs": 12, "patience": 12, "budget_s": 0}'  # one fit, no search
 
 
 @pytest.fixture(scope="module")
@@ -176,6 +180,49 @@ def test_search_keeps_to_its_budget_and_records_its_trials(db: psycopg.Connectio
     best = min(trials, key=lambda t: t["metrics"]["val_rmse"])
     assert stored["val_rmse"] == pytest.approx(best["metrics"]["val_rmse"])
     assert all(params[k] == v for k, v in best["options"].items())  # the chosen options
+
+
+def test_train_without_a_budget_searches_within_the_settings_budget(
+    db: psycopg.Connection, cluster: Cluster
+) -> None:
+    """Options naming no budget_s: SELECT movrec.train(kind) and `movrec train` both search
+    within movrec.settings.train_budget_s, record their trials, and the command ends within
+    1.1 x that budget."""
+    budget = 20.0
+    dsn = cluster.dsn("t_models")  # the fixture's database
+    db.execute("UPDATE movrec.settings SET train_budget_s = %s", (budget,))
+    try:
+        model = db.execute(
+            "SELECT movrec.train('mf', %s::jsonb, deploy => false)", ('{"epochs": 3}',)
+        ).fetchone()[0]
+        started = time.perf_counter()
+        result = CliRunner().invoke(cli, ["train", "--dsn", dsn, "--model", "mf", "--no-deploy"])
+        wall = time.perf_counter() - started
+    finally:
+        db.execute("UPDATE movrec.settings SET train_budget_s = DEFAULT")
+    assert result.exit_code == 0, result.output
+    found = re.search(r"^model (\d+): val RMSE", result.stdout, re.M)
+    assert found, result.output
+    cli_model = int(found.group(1))
+    trials, duration = db.execute(
+        "SELECT params->'search', duration_s FROM model.registry WHERE model_id = %s",
+        (cli_model,),
+    ).fetchone()
+    assert wall <= 1.1 * budget + 2.0, (wall, duration, trials)  # + connecting, the commit
+    for model_id in (model, cli_model):
+        params = db.execute(
+            "SELECT params FROM model.registry WHERE model_id = %s", (model_id,)
+        ).fetchone()[0]
+        assert params["budget_s"] == budget
+        trials = params["search"]
+        assert trials and trials[0]["options"] == {}  # how many fit depends on the machine
+        assert all(set(t) == {"options", "metrics", "seconds"} for t in trials)
+    one_run = db.execute(
+        """SELECT movrec.train('mf', '{"epochs": 2, "budget_s": 0}', deploy => false)"""
+    ).fetchone()[0]
+    assert db.execute(  # budget_s 0: one run
+        "SELECT params->'search' IS NULL FROM model.registry WHERE model_id = %s", (one_run,)
+    ).fetchone()[0]
 
 
 def test_hybrid_gives_a_cold_movie_a_vector_from_content(db: psycopg.Connection) -> None:

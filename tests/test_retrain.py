@@ -100,3 +100,28 @@ def test_only_movrec_admin_may_run_it(weak_champion: str) -> None:
         assert not conn.execute(
             "SELECT has_function_privilege('public', 'movrec.retrain_and_promote(text, jsonb)', 'EXECUTE')"
         ).fetchone()[0]
+
+
+def test_a_champion_chosen_by_the_search_retrains_with_its_chosen_options(
+    weak_champion: str,
+) -> None:
+    """A champion's params carry its search's trials (params->'search'), which are no training
+    option: retraining it takes the options the search chose, and searches nothing again."""
+    with connect(weak_champion) as conn:
+        searched = conn.execute(
+            """SELECT movrec.train('mf', '{"epochs": 2, "budget_s": 30}')"""
+        ).fetchone()[0]
+        chosen = conn.execute(
+            "SELECT params FROM model.registry WHERE model_id = %s", (searched,)
+        ).fetchone()[0]
+        assert chosen["search"]  # the trials, kept with its params
+        new = conn.execute(
+            "SELECT model_id FROM movrec.retrain_and_promote(NULL, '{\"epochs\": 1}')"
+        ).fetchone()[0]
+        params = conn.execute(
+            "SELECT params FROM model.registry WHERE model_id = %s", (new,)
+        ).fetchone()[0]
+        assert {k: params[k] for k in ("reg", "dim", "lr")} == {
+            k: chosen[k] for k in ("reg", "dim", "lr")
+        }
+        assert [t["options"] for t in params["search"]] == [{}]  # every option was given

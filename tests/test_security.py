@@ -273,6 +273,8 @@ def test_only_the_admin_changes_settings_and_only_to_valid_values(
             ("backup_retention", "-1", "backup_retention_is_0_to_10000"),
             ("threads", "0", "threads_is_1_to_64"),
             ("device", "tpu", "device_is_auto_cpu_or_cuda"),
+            ("train_budget_s", "-1", "train_budget_s_is_0_to_604800"),
+            ("train_budget_s", "NaN", "train_budget_s_is_0_to_604800"),
         ):
             with pytest.raises(psycopg.errors.CheckViolation, match=check):
                 ops.execute(f"UPDATE movrec.settings SET {column} = %s", (value,))

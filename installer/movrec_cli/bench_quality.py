@@ -122,6 +122,18 @@ def _compact(conn: Any, table: str, column: str) -> dict[int, int]:
     return dict(conn.execute(f"SELECT {column}, {key} FROM {table}").fetchall())
 
 
+def _search_note(params: dict[str, Any]) -> str:
+    """What the budgeted search tried and kept, for the table's note ('' without a search)."""
+    trials = params.get("search") or []
+    if not trials:
+        return ""
+    kept = max(
+        (t for t in trials if all(params.get(k) == v for k, v in t["options"].items())),
+        key=lambda t: len(t["options"]),
+    )
+    return f"; search: {len(trials)} trials, kept {kept['options'] or 'the defaults'}"
+
+
 def movrec_rows(
     conn: Any,
     data_dir: Path,
@@ -195,9 +207,10 @@ def movrec_rows(
             )
         )[0]
         seconds = time.perf_counter() - t
-        (blob,) = conn.execute(
-            "SELECT checkpoint FROM model.registry WHERE model_id = %s", (model_id,)
+        blob, params = conn.execute(
+            "SELECT checkpoint, params FROM model.registry WHERE model_id = %s", (model_id,)
         ).fetchone()
+        searched = _search_note(params)
         model = load_checkpoint(kind, blob, model_id)
         result = evaluate_model(
             model,
@@ -222,7 +235,7 @@ def movrec_rows(
                 "ndcg@10": result["test_ndcg@10"],
                 "fit_seconds": seconds,
                 "note": f"rare-movie RMSE {rare_result['test_rmse']:.4f} ({int(rare.sum())} rows); "
-                f"{result['n_test_unknown']} test rows unmapped",
+                f"{result['n_test_unknown']} test rows unmapped{searched}",
             }
         )
         progress(f"bench: {rows[-1]}")

@@ -65,6 +65,16 @@ def settings() -> dict[str, Any]:
     return dict(execute("SELECT * FROM movrec.settings")[0])
 
 
+def statement_age_s() -> float:
+    """Seconds since the current statement began (0 outside a server): what a backend spent
+    before the Python code that asks, loading PL/Python and movrec included."""
+    if not in_server():
+        return 0.0
+    return float(
+        execute("SELECT extract(epoch FROM clock_timestamp() - statement_timestamp()) AS s")[0]["s"]
+    )
+
+
 def installed_venv() -> str | None:
     """The venv pinned in movrec.installs (what movrec._activate() loaded)."""
     rows = execute(

@@ -28,6 +28,7 @@ if TYPE_CHECKING:
     from movrec.models import Model
 
 MIN_RATINGS = 10
+DEFAULT_BUDGET_S = 120.0  # movrec.settings.train_budget_s's default, for installs without it
 EPOCH_NOTICE_S = 5.0  # within an epoch, a progress NOTICE at most this often
 BLENDS = (0.25, 0.5, 1.0)  # candidate weights of the predicted rating in the ranking score
 POPULARITY = (0.0, 0.1, 0.2, 0.4)  # candidate weights of log(1 + ratings) in the movie's prior
@@ -171,11 +172,13 @@ class _Run:
         w /= w[train_rows].mean()
         self.W = torch.from_numpy(w.astype(np.float32)).to(self.device)
 
-    def epoch(self) -> float:
+    def epoch(self, deadline: float | None = None) -> float:
         """One shuffled pass over the training rows (or one ALS sweep); returns the summed
-        squared rating error."""
+        squared rating error.  A pass still running at ``deadline`` (``time.perf_counter()``
+        seconds) stops after the batch then running: ``self.rows_seen`` says how far it got."""
         import torch
 
+        self.rows_seen = len(self.tr)
         if self.als is not None:
             self.als.sweep()
             return self.als.train_sse()
@@ -186,6 +189,9 @@ class _Run:
         started = said
         for step, batch in enumerate(batches, 1):
             backend.check_interrupts()  # a cancel or terminate ends the run within a batch
+            if deadline is not None and step > 1 and time.perf_counter() > deadline:
+                self.rows_seen = (step - 1) * opts.batch_size  # the budget ends the pass here
+                break
             if time.monotonic() - said >= EPOCH_NOTICE_S:  # a long epoch is not silent
                 said, rate = time.monotonic(), (step - 1) / (time.monotonic() - started)
                 backend.notice(
@@ -336,7 +342,8 @@ def fit(
     Early stopping watches validation RMSE, or validation NDCG@10 when the
     model has a ranking head (that is what recommend() orders by).  With a ``deadline``
     (``time.perf_counter()`` seconds) no epoch starts that the last one's length says
-    would end after it; ``metrics["stopped_at_deadline"]`` says whether that cut the run.
+    would end after it, and one still running at it stops there (a first epoch longer than
+    the budget too); ``metrics["stopped_at_deadline"]`` says whether that cut the run.
     """
     from movrec.models import MODELS
 
@@ -365,17 +372,23 @@ def fit(
             stopped = True
             break
         epoch_started = time.perf_counter()
-        total = run.epoch()
-        last = epoch == opts.epochs or (
-            deadline is not None
-            and time.perf_counter() + 2 * (time.perf_counter() - epoch_started) > deadline
+        total = run.epoch(deadline)
+        cut = run.rows_seen < len(run.tr)  # the deadline came within the pass: no more
+        stopped = stopped or cut
+        last = (
+            epoch == opts.epochs
+            or cut
+            or (
+                deadline is not None
+                and time.perf_counter() + 2 * (time.perf_counter() - epoch_started) > deadline
+            )
         )
         val = run.validate(ranked=not cosine or last)
         epoch_s = time.perf_counter() - epoch_started
         history.append(
             {
                 "epoch": epoch,
-                "train_rmse": round(math.sqrt(total / len(run.tr)), 5),
+                "train_rmse": round(math.sqrt(total / max(run.rows_seen, 1)), 5),
                 **{f"val_{k}": round(v, 5) for k, v in val.items() if k != "n_users"},
             }
         )
@@ -461,8 +474,11 @@ def read_ratings() -> tuple[Ratings, dict[str, Any]]:
 def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -> int:
     """movrec.train(): options NULL means none; every check runs before any data is read.
 
-    With ``budget_s`` the whole call, importing torch included, is what the budget covers."""
-    started = time.perf_counter()
+    Options the caller did not give are chosen on the validation split within ``budget_s``
+    seconds (``movrec.settings.train_budget_s`` when the options name none; 0: one run with
+    the kind's defaults).  The whole call, importing torch included, is what the budget
+    covers, from the statement's start (loading PL/Python and movrec in a new backend too)."""
+    started = time.perf_counter() - backend.statement_age_s()
     import torch
 
     from movrec import registry
@@ -476,8 +492,13 @@ def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -
         raw = json.loads(options) if options else {}
     except json.JSONDecodeError as e:
         raise InvalidArgument(f"options is not valid JSON: {e}") from None
-    if isinstance(raw, dict) and "device" not in raw:  # the database's default device
-        raw = {**raw, "device": backend.settings()["device"]}
+    if isinstance(raw, dict):  # what the options do not name, the database's settings give
+        settings = backend.settings()
+        defaults = {
+            "device": settings["device"],
+            "budget_s": settings.get("train_budget_s", DEFAULT_BUDGET_S),
+        }
+        raw = {**{k: v for k, v in defaults.items() if k not in raw}, **raw}
     opts = TrainOptions.parse(raw, kind)
     torch.set_num_threads(backend.train_threads())
     data, snapshot = read_ratings()

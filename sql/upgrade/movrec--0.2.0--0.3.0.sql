@@ -7,7 +7,9 @@ ALTER TABLE IF EXISTS movrec.settings
     ADD COLUMN IF NOT EXISTS recommend_search text NOT NULL DEFAULT 'exact'
         CONSTRAINT recommend_search_is_exact_or_hnsw CHECK (recommend_search IN ('exact', 'hnsw')),
     ADD COLUMN IF NOT EXISTS hnsw_ef_search integer NOT NULL DEFAULT 40
-        CONSTRAINT hnsw_ef_search_is_10_to_1000 CHECK (hnsw_ef_search BETWEEN 10 AND 1000);
+        CONSTRAINT hnsw_ef_search_is_10_to_1000 CHECK (hnsw_ef_search BETWEEN 10 AND 1000),
+    ADD COLUMN IF NOT EXISTS train_budget_s float8 NOT NULL DEFAULT 120
+        CONSTRAINT train_budget_s_is_0_to_604800 CHECK (train_budget_s >= 0 AND train_budget_s <= 604800);
 
 -- evaluate() scores the rows a model held out, stored with it (NULL for models trained before).
 ALTER TABLE model.registry ADD COLUMN IF NOT EXISTS validation_split bytea;

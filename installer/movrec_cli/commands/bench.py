@@ -49,6 +49,13 @@ def bench() -> None:
     help="load the TMDB metadata for movrec's models (--no-tmdb: titles and genres only)",
 )
 @click.option(
+    "--train-threads",
+    type=click.IntRange(1, 256),
+    default=None,
+    help="movrec.settings.train_threads of the scratch database [default: all cores]; 1 on a "
+    "shared machine, where two torch threads waiting on each other ran 3x slower than one",
+)
+@click.option(
     "--json",
     "json_out",
     type=click.Path(dir_okay=False, path_type=Path),
@@ -63,6 +70,7 @@ def bench_quality(
     options: str,
     protocols: str,
     tmdb: bool,
+    train_threads: int | None,
     json_out: Path | None,
 ) -> None:
     """movrec's models and the peers on one split per protocol, one table each.
@@ -98,6 +106,8 @@ def bench_quality(
                 if dsn is None:  # a scratch database: nothing of the last run stays
                     sch.uninstall(conn, drop_data=True)
                 sch.install(conn)
+                if train_threads is not None:
+                    conn.execute("UPDATE movrec.settings SET train_threads = %s", (train_threads,))
                 rows += bq.movrec_rows(
                     conn, data_dir, kinds, json.loads(options), echo, protocol=protocol, tmdb=tmdb
                 )
@@ -107,7 +117,7 @@ def bench_quality(
         click.echo(f"\nprotocol: {protocol}; movrec models {'with' if tmdb else 'without'} TMDB")
         click.echo(bq.format_table(rows))
     if json_out is not None:
-        bq.write_json(tables, json_out, data=str(data_dir), tmdb=tmdb)
+        bq.write_json(tables, json_out, data=str(data_dir), tmdb=tmdb, train_threads=train_threads)
         note(f"bench: wrote {json_out}")
 
 

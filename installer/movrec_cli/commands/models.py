@@ -93,10 +93,10 @@ def _train_option(name: str, type_: Any) -> Any:
     "--budget-s",
     "budget_s",
     type=click.FloatRange(min=0),
-    default=120.0,
-    show_default=True,
+    default=None,
     help="seconds to choose the options you did not give on the validation split (the trials "
-    "are kept in the registry's params->'search'); 0: one run with the kind's defaults",
+    "are kept in the registry's params->'search'); 0: one run with the kind's defaults "
+    "[default: movrec.settings.train_budget_s, 120]",
 )
 @click.option("--no-deploy", is_flag=True, help="register the model without making it the champion")
 @click.option(
@@ -128,8 +128,11 @@ def train(
     """
     opts = _options_object(options_json)
     opts.update({k: v for k, v in options.items() if v is not None})
+<<<<<<< HEAD
     if not opts.get("budget_s") or nproc is not None:
         opts.pop("budget_s", None)  # 0: no search, as movrec.train() without it
+=======
+>>>>>>> quality
     with connect(dsn) as conn:
         if nproc is not None:
             model_id = ddp.train(conn, resolve_dsn(dsn), kind, opts, not no_deploy, nproc)

@@ -140,3 +140,65 @@ def test_training_without_validation_rows_runs_every_epoch() -> None:
     )
     _, metrics = fit(data, "mf", TrainOptions.parse({"epochs": 5, "dim": 4}))
     assert metrics["n_val"] == 0 and len(metrics["history"]) == 5 and metrics["best_epoch"] == 5
+
+
+def test_the_ranking_loss_stays_bounded_at_any_batch_size() -> None:
+    """A batch of 70,000 with in-batch negatives would ask for 70,000 x 70,000 logits (20 GB
+    a copy; the kernel killed the backend, restarting the server): the candidates and the
+    rows the ranking loss averages over are capped."""
+    from types import SimpleNamespace
+
+    from movrec.models import HybridModel
+    from movrec.models.hybrid import IN_BATCH_MAX, RANKING_LOGITS
+
+    n_users, n_movies, batch, dim = 1000, 500, 70_000, 4
+    seen: list[tuple[int, int]] = []
+
+    def softmax(u, movies, pos, negatives, neg, log_q):  # type: ignore[no-untyped-def]
+        seen.append((len(u), len(negatives)))
+        assert len(pos) == len(u) == len(movies) and len(neg) == len(negatives)
+        return torch.zeros(len(u))
+
+    def movie_repr(distinct):  # type: ignore[no-untyped-def]
+        return (
+            torch.zeros(len(distinct), dim),
+            torch.zeros(len(distinct)),
+            torch.zeros(len(distinct), dim + 1),
+        )
+
+    fake = SimpleNamespace(
+        movie_repr=movie_repr,
+        user_embedding=torch.nn.Embedding(n_users, dim),
+        user_bias=torch.nn.Embedding(n_users, 1),
+        global_mean=torch.tensor(3.5),
+        _sampled_softmax=softmax,
+    )
+    g = torch.Generator().manual_seed(0)
+    users = torch.randint(n_users, (batch,), generator=g)
+    movies = torch.randint(n_movies, (batch,), generator=g)
+    ratings = torch.full((batch,), 4.0)
+    HybridModel.joint_loss(
+        fake,  # type: ignore[arg-type]
+        users,
+        movies,
+        ratings,
+        torch.empty(0, dtype=torch.long),
+        None,
+        torch.ones(batch),
+        True,
+    )
+    ((rows, candidates),) = seen
+    assert candidates == IN_BATCH_MAX and rows * candidates <= RANKING_LOGITS and rows > 0
+    # a small batch is unchanged: every row, every movie of the batch
+    seen.clear()
+    HybridModel.joint_loss(
+        fake,  # type: ignore[arg-type]
+        users[:1024],
+        movies[:1024],
+        ratings[:1024],
+        torch.empty(0, dtype=torch.long),
+        None,
+        None,
+        True,
+    )
+    assert seen == [(1024, 1024)]

@@ -24,7 +24,8 @@ from movrec_cli.connection import one
 DATABASE = "movrec_20m"
 # MovieLens 20M: 138,493 users, 26,744 movies, 20,000,263 ratings.
 ML20M = (138_493, 26_744, 20_000_263)
-TRAIN_OPTIONS = '{"epochs": 3, "batch_size": 65536, "lr": 0.01}'
+# One fit with fixed options (budget_s 0: no search): scale figures are for one fit.
+TRAIN_OPTIONS = '{"epochs": 3, "batch_size": 65536, "lr": 0.01, "budget_s": 0}'
 
 PG_EPOCH_S = 946_684_800  # 2000-01-01 UTC, the zero of binary timestamptz
 START_S = 1_262_304_000  # ratings start 2010-01-01 UTC

@@ -154,8 +154,11 @@ class _Run:
         if opts.in_batch:
             # A movie's expected appearances among a step's candidates: the batch's movies
             # (drawn ~ rating count) plus the sampled ones; the logQ correction is its log.
+            from movrec.models.hybrid import IN_BATCH_MAX
+
             in_batch = (self.counts + 1.0) / (self.counts + 1.0).sum()
-            q_all = opts.batch_size * in_batch + opts.negatives * self.q.numpy()
+            drawn = min(opts.batch_size, IN_BATCH_MAX)
+            q_all = drawn * in_batch + opts.negatives * self.q.numpy()
             self.log_q = torch.log(torch.from_numpy(q_all)).float().to(self.device)
         else:
             self.log_q = torch.log(self.q).float().to(self.device)

@@ -128,11 +128,6 @@ def train(
     """
     opts = _options_object(options_json)
     opts.update({k: v for k, v in options.items() if v is not None})
-<<<<<<< HEAD
-    if not opts.get("budget_s") or nproc is not None:
-        opts.pop("budget_s", None)  # 0: no search, as movrec.train() without it
-=======
->>>>>>> quality
     with connect(dsn) as conn:
         if nproc is not None:
             model_id = ddp.train(conn, resolve_dsn(dsn), kind, opts, not no_deploy, nproc)

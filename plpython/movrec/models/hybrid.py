@@ -27,6 +27,15 @@ from movrec.content import NUMERIC, MovieContent
 from movrec.models.base import UserEmbeddings
 from movrec.tokenizer import FIELDS
 
+# The ranking loss's logits are (rows x candidates) and autograd keeps several copies of
+# them: unbounded, a batch of 65,536 with in-batch negatives asked for 17 GB a copy and
+# the kernel killed the backend, which restarts the whole server.  Past these bounds the
+# batch's first IN_BATCH_MAX movies serve as in-batch candidates (the batch is shuffled,
+# so they are a uniform draw of its movies; the logQ correction counts that many) and the
+# ranking loss averages over the first rows that keep rows x candidates <= RANKING_LOGITS.
+IN_BATCH_MAX = 4096
+RANKING_LOGITS = 1 << 25
+
 
 class ContentEncoder(nn.Module):
     """Content -> hidden features: mean-pooled token embeddings per field, numeric features."""
@@ -188,10 +197,13 @@ class HybridModel(UserEmbeddings):
         if in_batch:
             # the batch's other movies are negatives too, at no extra sub-network cost;
             # log_q then counts both ways a movie can be among the candidates
-            negatives = torch.cat([movies, negatives])
-            neg_at = torch.cat([at, neg_at])
-        ce = self._sampled_softmax(u, movies, rank[at], negatives, rank[neg_at], log_q)
-        return mse, (ce if weights is None else ce * weights).mean()
+            negatives = torch.cat([movies[:IN_BATCH_MAX], negatives])
+            neg_at = torch.cat([at[:IN_BATCH_MAX], neg_at])
+        rows = min(len(movies), max(1, RANKING_LOGITS // max(1, len(negatives))))
+        ce = self._sampled_softmax(
+            u[:rows], movies[:rows], rank[at[:rows]], negatives, rank[neg_at], log_q
+        )
+        return mse, (ce if weights is None else ce * weights[:rows]).mean()
 
     def _sampled_softmax(
         self,

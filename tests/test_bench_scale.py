@@ -47,7 +47,7 @@ def test_every_step_runs_on_a_single_node(
     steps = {s["name"]: s for s in report["steps"]}
     assert list(steps) == STEPS
     for s in steps.values():
-        assert s["status"] == "ok", s
+        assert s["status"] == "ok", (s["name"], s.get("detail"))
         assert s["seconds"] > 0 and s["backend_peak_mb"] > 0 and s["client_peak_mb"] > 0
         assert s["name"] in output
     with connect(dsn) as conn:  # the steps did what they say

@@ -22,11 +22,12 @@ if TYPE_CHECKING:
 
 # The search: each kind's defaults first, then one change at a time (the options a caller
 # gave are never changed).  Ranking kinds are chosen by validation NDCG@10 (what recommend()
-# orders by), the others by validation RMSE.
+# orders by), the others by validation RMSE.  The kinds that serve keep dim 100: deploy
+# publishes vector(100) and refuses any other width, so a narrower winner could not serve.
 SEARCH_SPACE: dict[str, list[dict[str, Any]]] = {
-    "mf": [{}, {"reg": 0.05}, {"reg": 0.2}, {"dim": 32}, {"lr": 0.01}],
+    "mf": [{}, {"reg": 0.05}, {"reg": 0.2}, {"lr": 0.01}],
     "mlp": [{}, {"reg": 0.05}, {"reg": 0.2}, {"lr": 0.01}],
-    "hybrid": [{}, {"epochs": 12}, {"lr": 0.002}, {"reg": 0.05}, {"reg": 0.2}, {"dim": 64}],
+    "hybrid": [{}, {"epochs": 12}, {"lr": 0.002}, {"reg": 0.05}, {"reg": 0.2}],
     "functional": [{}, {"epochs": 12}, {"lr": 0.002}, {"reg": 0.2}],
 }
 SEARCH_RESERVE = 0.08  # share of the budget kept for reading, registering and deploying

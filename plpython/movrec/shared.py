@@ -428,11 +428,12 @@ def shares(array: np.ndarray) -> bool:
     return isinstance(base, mmap.mmap)
 
 
-def _prune(directory: Path, group: str, keep: str, keep_s: float = KEEP_S) -> None:
-    """Remove the group's files of names other than ``keep`` written over ``keep_s`` ago.  (Not
+def _prune(directory: Path, group: str, keep: str, keep_s: float | None = None) -> None:
+    """Remove the group's files of names other than ``keep`` written over ``keep_s`` (default
+    KEEP_S, read at the call) ago.  (Not
     at once: a deploy builds the new champion's copy before it commits, while the others
     still serve the old one.)  Files of older layouts (``.npy``) go the same way."""
-    cutoff = time.time() - keep_s
+    cutoff = time.time() - (KEEP_S if keep_s is None else keep_s)
     for old in directory.glob(f"{PREFIX}{group}-*"):
         if old.name.startswith(f"{PREFIX}{keep}.") or old.name.endswith(".tmp"):
             continue

@@ -48,6 +48,18 @@ def data_option(*, required: bool, extra: str = "") -> Any:
     )
 
 
+def json_option(what: str, extra: str = "") -> Any:
+    """--json FILE (into ``json_out``), with one meaning in every bench command: also write
+    ``what`` as JSON."""
+    return click.option(
+        "--json",
+        "json_out",
+        type=click.Path(dir_okay=False, path_type=Path),
+        metavar="FILE",
+        help=f"also write {what} as JSON{extra}",
+    )
+
+
 def movielens_small(data_dir: Path) -> Path:
     """The ml-latest-small folder that --data names."""
     sub = data_dir / "ml-latest-small"

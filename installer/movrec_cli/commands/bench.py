@@ -12,7 +12,7 @@ from movrec_cli.cluster import Cluster
 from movrec_cli.connection import connect
 from movrec_cli.errors import CliError
 from movrec_cli.generate import ML20M, TRAIN_OPTIONS
-from movrec_cli.options import data_option, dsn_option, movielens_small
+from movrec_cli.options import data_option, dsn_option, json_option, movielens_small
 from movrec_cli.output import note
 
 
@@ -55,13 +55,7 @@ def bench() -> None:
     help="movrec.settings.train_threads of the scratch database [default: all cores]; 1 on a "
     "shared machine, where two torch threads waiting on each other ran 3x slower than one",
 )
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE",
-    help="also write the rows as JSON (for `movrec report --bench FILE`)",
-)
+@json_option("the rows", " (for `movrec report --bench FILE`)")
 def bench_quality(
     dsn: str | None,
     data_dir: Path,
@@ -264,13 +258,7 @@ def bench_cf_command(
     "directory and removed after) instead of --dsn",
 )
 @click.option("--port", default=59450, show_default=True, help="first port of the --citus nodes")
-@click.option(
-    "--json",
-    "json_out",
-    type=click.Path(dir_okay=False, path_type=Path),
-    metavar="FILE",
-    help="also write the steps as JSON",
-)
+@json_option("the steps")
 def bench_scale(
     dsn: str | None,
     users: int,

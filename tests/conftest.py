@@ -10,8 +10,10 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -73,6 +75,41 @@ def new_database(cluster: Cluster) -> Callable[[str], str]:
 
 def connect(dsn: str) -> psycopg.Connection:
     return psycopg.connect(dsn, autocommit=True)
+
+
+def keepers(files: list[Path]) -> set[int]:
+    """Live shm_keeper processes (plpython/movrec/shm_keeper.py) among the holders that these
+    shared files' ``.holders`` files list."""
+    pids = set()
+    for path in files:
+        if path.suffix != ".holders":
+            continue
+        with contextlib.suppress(OSError):
+            for line in path.read_text().splitlines():
+                pid = int(line.split()[0])
+                with contextlib.suppress(OSError):
+                    if b"shm_keeper" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        pids.add(pid)
+    return pids
+
+
+def alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
+def stop_keepers(files: list[Path]) -> None:
+    """End the keepers of these shared files, so that no process is left to map them from."""
+    pids = keepers(files)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + 10
+    while any(alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.05)
 
 
 INSTALL_KINDS = ("full", "portable")

@@ -29,7 +29,7 @@ from movrec_cli.bench_cf import bench_cf
 from movrec_cli.cluster import Cluster, bindir
 from movrec_cli.commands.worker import worker
 
-from tests.conftest import connect
+from tests.conftest import alive, connect, keepers, stop_keepers
 
 GENERATED_USERS = range(1, 161)
 FIXTURE_MOVIES = range(1001, 1061)
@@ -498,11 +498,17 @@ def test_crash_and_restart_lose_no_job(db: str, cluster: Cluster, some_users: li
     try:
         inflight.execute("BEGIN")
         inflight.execute("SELECT movrec.cf_drain(2)")
+        kept = keepers(cf_files(inflight))
+        assert kept, "no keeper holds the shared index"
         r = cluster._run(
             str(bindir() / "pg_ctl"), "-D", str(cluster.data), "-l", str(cluster.logfile),
             "-m", "immediate", "-w", "restart", capture=True,
         )  # fmt: skip
         assert r.returncode == 0, r.stderr
+        deadline = time.monotonic() + 5  # keepers end with the server that started them
+        while any(alive(p) for p in kept) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not any(alive(p) for p in kept), "a keeper outlived the server"
     finally:
         inflight.close()
     with connect(db) as conn:
@@ -676,6 +682,7 @@ def test_a_damaged_shared_index_is_detected_and_rebuilt(
     finally:
         holder.close()
     alone(db)  # nobody left to copy from: the damaged files must not be trusted
+    stop_keepers(cf_files_of(db))
     for path in [p for p in cf_files_of(db) if p.suffix == suffix]:
         damage(path)
     with connect(db) as fresh:
@@ -689,6 +696,30 @@ def test_a_damaged_shared_index_is_detected_and_rebuilt(
     with connect(db) as after:  # and the next backend maps the rebuilt copy
         assert all_recs(after) == want
         assert info(after)["attached"] == 1
+
+
+def test_a_keeper_holds_the_shared_index_once_every_backend_has_gone(db: str) -> None:
+    alone(db)
+    with connect(db) as c:
+        want = all_recs(c)  # loads and shares a copy, or maps the one there is
+    alone(db)
+    files = cf_files_of(db)
+    kept = keepers(files)
+    assert kept, f"no keeper holds the shared index: {files}"
+    for path in files:  # the durable copy damaged: only the keeper's memfd is still whole
+        if path.suffix == ".bin":
+            truncate(path)
+    with connect(db) as fresh:
+        assert all_recs(fresh) == want
+        i = info(fresh)
+        assert i["attached"] == 1 and i["loads"] == 1 and i["shared"], i
+    for path in cf_files_of(db):  # the copy removed (replaced by a newer one): the keeper ends
+        if path.suffix == ".bin":
+            path.unlink()
+    deadline = time.monotonic() + 5
+    while any(alive(p) for p in kept) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not any(alive(p) for p in kept), "a keeper outlived the copy it keeps"
 
 
 def cf_files_of(dsn: str) -> list[Path]:

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from movrec.serving import caches
 
-from tests.conftest import connect
+from tests.conftest import connect, stop_keepers
 
 USERS = (5, 9, 11)
 
@@ -104,6 +104,7 @@ def test_damaged_shared_files_never_crash_or_mislead(trained: str, damage: objec
             ):
                 time.sleep(0.05)
             files = shared_files(c)
+        stop_keepers(files)
         for path in files:
             damage(path)  # type: ignore[operator]
         with connect(trained) as fresh:

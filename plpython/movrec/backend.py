@@ -39,6 +39,10 @@ def activate(threads: int = 1) -> str:
     """Called once per backend by movrec._activate() after thread caps are set."""
     global _threads
     _threads = max(1, threads)
+    if in_server():
+        from movrec import shared
+
+        shared.keeper_parent = os.getppid()  # the postmaster: a shared copy's keeper ends with it
     return f"movrec {__version__}"
 
 

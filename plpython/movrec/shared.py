@@ -17,6 +17,10 @@ Three layers, each checked before use:
   it read-only and records ``<pid> <fd>`` in ``movrec-<name>.holders``; later backends open
   a holder's memfd through ``/proc/<pid>/fd/<fd>`` (same OS user) after checking that it
   is a movrec memfd (its link name), sealed, of the size and name its header states;
+* a keeper (``shm_keeper``): a small process, started when a copy is built or read from
+  its durable file because no holder was alive, that holds the memfd until the postmaster
+  exits or the durable file is removed, so a backend started after all others have gone
+  (a pg_cron run after an idle spell) still maps a memfd instead of copying the file;
 * the durable copy ``movrec-<name>.bin`` that outlives the backends: written under a
   private temporary name, fsync'd, made read-only and renamed into place, never modified;
   read (not mapped) into a new memfd only after its length and CRC-32 match its header;
@@ -41,6 +45,8 @@ import mmap
 import os
 import stat
 import struct
+import subprocess
+import sys
 import time
 import zlib
 from collections.abc import Callable, Iterator
@@ -49,6 +55,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from movrec import shm_keeper
 
 SHM_ROOT = Path(os.environ.get("MOVREC_SHM_DIR", "/dev/shm"))
 PREFIX = "movrec-"
@@ -62,6 +70,11 @@ SEALS = (
 )
 HOLDERS_MAX_BYTES = 4096  # a longer holders file is replaced by this process's entry alone
 HOLDERS_TRIED = 8  # newest entries tried before the durable copy
+
+# The process whose life bounds a keeper (shm_keeper): the postmaster, set by
+# backend.activate() in a server backend; None elsewhere (the CLI's own long-lived process
+# holds its copies itself), and then no keeper is started.
+keeper_parent: int | None = None
 
 # name -> the fd of the memfd this process holds for it (so others can open it; the arrays
 # keep their mapping themselves).  Only the latest name of a group stays open.
@@ -281,12 +294,52 @@ def _from_file(
 def _attach(
     directory: Path, name: str, parts: tuple[str, ...], group: str
 ) -> dict[str, np.ndarray] | None:
-    found = _from_holders(directory, name, parts) or _from_file(directory, name, parts)
+    found = _from_holders(directory, name, parts)
+    if found is None and (found := _from_file(directory, name, parts)) is not None:
+        # nobody held it: a keeper keeps it for the next backend after this one has gone
+        _start_keeper(directory, name, found[0])
     if found is None:
         return None
     fd, arrays = found
     _hold(directory, name, group, fd)
     return arrays
+
+
+def _python() -> str | None:
+    """A Python interpreter to run the keeper with (a backend's sys.executable is postgres)."""
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    for candidate in (
+        sys.executable if os.path.basename(sys.executable or "").startswith("python") else "",
+        os.path.join(sys.base_exec_prefix, "bin", version),
+        os.path.join(sys.base_exec_prefix, "bin", "python3"),
+    ):
+        if candidate and os.access(candidate, os.X_OK):
+            return candidate
+    return None
+
+
+def _start_keeper(directory: Path, name: str, fd: int) -> None:
+    """Start a shm_keeper holding ``fd`` (memfd of ``name``) for as long as the server and the
+    durable copy live; nothing where there is no server (``keeper_parent``) or no
+    interpreter.  The keeper detaches at once, so this waits only for its first fork
+    (about 30 ms): callers are the builders and the backend that copied the durable file,
+    which have just spent far longer."""
+    parent = keeper_parent
+    start = shm_keeper.process_start(parent) if parent is not None else None
+    python = _python()
+    if parent is None or start is None or python is None:
+        return
+    args = [python, "-I", shm_keeper.__file__, str(directory), name, str(fd), str(parent)]
+    with contextlib.suppress(OSError, subprocess.SubprocessError):
+        subprocess.run(
+            [*args, str(start)],
+            pass_fds=(fd,),
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=10,
+            check=False,
+        )
 
 
 def _write_replacing(path: Path, data: bytes) -> None:
@@ -386,6 +439,7 @@ def publish(group: str, name: str, arrays: dict[str, np.ndarray]) -> dict[str, n
                 raise
             (directory / f"{PREFIX}{name}.holders").unlink(missing_ok=True)
             _hold(directory, name, group, fd)
+            _start_keeper(directory, name, fd)
             _write_replacing(_current_path(directory, group), name.encode("ascii"))
             _prune(directory, group, name, keep_s=0.0)
             return mapped

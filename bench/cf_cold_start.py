@@ -7,17 +7,21 @@
 arrays (binary COPY, indexes rebuilt, CF statistics rebuilt).  Then, per sampled user (users
 spread over the rating counts), a new connection times a trivial movrec call (PL/Python and
 numpy starting in the backend), the first user_to_user(u, store => false) and the best of
-three more: ``shared`` maps the copy the backends share (no other backend alive, so it is
-read from /dev/shm and checked), ``held`` keeps one backend alive that holds it, ``private``
-removes the pointer to the shared copy first (a full load, as before the index was shared).
+three more: ``shared`` maps the copy the backends share with no other backend alive (as a
+pg_cron run after an idle spell: its keeper holds it), ``unkept`` ends the keepers first (so
+the copy is read from /dev/shm and checked, as before keepers), ``held`` keeps one backend
+alive that holds it, ``private`` removes the pointer to the shared copy first (a full load,
+as before the index was shared).
 Prints each figure with the backend's memory (VmHWM, RssAnon, RssShmem in MB).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import glob
 import os
+import signal
 import time
 from pathlib import Path
 
@@ -75,6 +79,32 @@ def memory(pid: int) -> dict[str, int]:
     return out
 
 
+def end_keepers() -> None:
+    """End the shm_keeper processes holding CF copies, and wait until they are gone."""
+    pids = set()
+    for holders in glob.glob("/dev/shm/movrec-*/movrec-cf-*.holders"):
+        with contextlib.suppress(OSError, ValueError):
+            for line in Path(holders).read_text().splitlines():
+                pid = int(line.split()[0])
+                with contextlib.suppress(OSError):
+                    if b"shm_keeper" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                        pids.add(pid)
+    for pid in pids:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGTERM)
+    while any(alive(pid) for pid in pids):
+        time.sleep(0.01)
+
+
+def alive(pid: int) -> bool:
+    """Running (a zombie that nobody reaped yet holds nothing)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat[stat.rindex(")") + 2] != "Z"
+
+
 def call(conn: psycopg.Connection, user: int) -> float:
     t = time.perf_counter()
     conn.execute("SELECT * FROM movrec.user_to_user(%s, store => false)", (user,)).fetchall()
@@ -85,7 +115,7 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("dsn")
     ap.add_argument("--load", metavar="NPZ")
-    ap.add_argument("--mode", default="shared", choices=["shared", "private", "held"])
+    ap.add_argument("--mode", default="shared", choices=["shared", "unkept", "private", "held"])
     ap.add_argument("--users", type=int, default=4)
     a = ap.parse_args()
     if a.load:
@@ -107,6 +137,8 @@ def main() -> None:
         if a.mode == "private":
             for p in glob.glob("/dev/shm/movrec-*/movrec-cf-*.current"):
                 os.unlink(p)
+        if a.mode == "unkept":
+            end_keepers()
         with psycopg.connect(a.dsn, autocommit=True) as conn:
             pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]  # type: ignore[index]
             t = time.perf_counter()

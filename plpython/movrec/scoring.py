@@ -61,17 +61,29 @@ class MovieSide:
         return self.vectors.shape[1]
 
     @cached_property
-    def ids64(self) -> np.ndarray:
-        """movie_ids as int64: searchsorted with int64 keys on the int32 ids would convert all
-        of them on every call (a copy of the catalogue per lookup)."""
-        return np.asarray(self.movie_ids, dtype=np.int64)
+    def row_of(self) -> np.ndarray | None:
+        """Dense movie id -> row (-1: unknown), where ids are dense enough (at most 8 slots a
+        movie, int32: 32 bytes a movie at most): one lookup per id, where a binary search
+        over the catalogue misses the cache a dozen times per id.  None for sparse ids:
+        positions() searches instead."""
+        if not len(self.movie_ids) or int(self.movie_ids[0]) < 0:
+            return None
+        top = int(self.movie_ids[-1])
+        if top >= 8 * len(self.movie_ids) + 1024:
+            return None
+        table = np.full(top + 1, -1, dtype=np.int32)
+        table[self.movie_ids] = np.arange(len(self.movie_ids), dtype=np.int32)
+        return table
 
     def positions(self, movie_ids: np.ndarray | list[int]) -> np.ndarray:
         """Row of each movie id in the matrix, -1 for movies the model does not know."""
         ids = np.asarray(movie_ids, dtype=np.int64)
-        hay = self.ids64
-        pos = np.searchsorted(hay, ids)
-        pos = np.minimum(pos, len(hay) - 1)
+        table = self.row_of
+        if table is not None:
+            inside = (ids >= 0) & (ids < len(table))
+            return np.where(inside, table[np.where(inside, ids, 0)], -1).astype(np.int64)
+        hay = np.asarray(self.movie_ids, dtype=np.int64)
+        pos = np.minimum(np.searchsorted(hay, ids), len(hay) - 1)
         return np.where(hay[pos] == ids, pos, -1)
 
     def scores(self, user_vector: np.ndarray, user_bias: float) -> np.ndarray:

@@ -144,6 +144,35 @@ def recommend(
     min_year: int | None = None,
     max_year: int | None = None,
 ) -> list[Row]:
+    """recommend()'s rows with their titles, best first (movies deleted from the catalogue
+    since training are left out)."""
+    return _with_titles(_chosen(user_id, k, genres, min_year, max_year))
+
+
+@backend.sql_entry
+def recommend_rows(
+    user_id: int | None,
+    k: int | None,
+    genres: list[str] | None = None,
+    min_year: int | None = None,
+    max_year: int | None = None,
+) -> list[tuple[int, float, float, str]]:
+    """recommend()'s rows without titles, best first: (movie_id, score, predicted_rating,
+    source).  movrec._recommend() joins the titles in SQL (which also leaves out movies
+    deleted since training): an index probe per row in the executor, where a lookup from
+    Python costs a statement and a row-to-dict conversion per call."""
+    return [
+        (m, s, p, src) for m, (s, p, src) in _chosen(user_id, k, genres, min_year, max_year).items()
+    ]
+
+
+def _chosen(
+    user_id: int | None,
+    k: int | None,
+    genres: list[str] | None,
+    min_year: int | None,
+    max_year: int | None,
+) -> dict[int, tuple[float, float, str]]:
     user_id = check_user(user_id)
     if k is None or k < 1:
         raise InvalidArgument(f"k must be a positive number of movies, got {k}")
@@ -171,7 +200,7 @@ def recommend(
     if picker.missing > 0 and default is not None:  # 3. a rater without a vector: the mean user
         picker.add_model(*default)
     picker.add_popular()  # 4. damped mean rating
-    return _with_titles(picker.chosen)
+    return picker.chosen
 
 
 def _with_titles(chosen: dict[int, tuple[float, float, str]]) -> list[Row]:

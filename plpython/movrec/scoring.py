@@ -6,6 +6,7 @@ tested directly.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property
 
@@ -80,6 +81,10 @@ class MovieSide:
         ids = np.asarray(movie_ids, dtype=np.int64)
         table = self.row_of
         if table is not None:
+            if not len(ids):
+                return np.empty(0, dtype=np.int64)
+            if ids.min() >= 0 and ids.max() < len(table):  # the usual case: one lookup
+                return table[ids].astype(np.int64)
             inside = (ids >= 0) & (ids < len(table))
             return np.where(inside, table[np.where(inside, ids, 0)], -1).astype(np.int64)
         hay = np.asarray(self.movie_ids, dtype=np.int64)
@@ -217,9 +222,11 @@ class BoundIndex:
         q[:h], q[h] = ru[:h], 1.0
         approx = q @ self.head
         # float32 sums of d products: allow far more than their rounding error
-        slack_u = float(np.linalg.norm(ru[h:]))
+        # (norms as square roots of dot products: np.linalg.norm is a dozen calls in Python)
+        rest = ru[h:]
+        slack_u = math.sqrt(float(rest @ rest))
         allowance = 1e-4 * (
-            float(self.scale[0]) * float(np.linalg.norm(ru)) + float(self.scale[1]) + 1
+            float(self.scale[0]) * math.sqrt(float(ru @ ru)) + float(self.scale[1]) + 1
         )
         slack = self.tail * np.float32(slack_u)
         slack += np.float32(allowance)

@@ -1,11 +1,13 @@
 """Backend CPU time per call of recommend() against its PL/Python floor, and where it goes.
 
-    .venv/bin/python bench/recommend_cpu.py DSN [--calls 2000] [--profile 600]
+    .venv/bin/python bench/recommend_cpu.py DSN [--rounds 8] [--calls 150] [--profile 600]
 
-DSN: a `movrec generate` database with a champion (bench serving's data).  Each case runs
-``--calls`` times on one connection for random users; the time is the backend's own CPU time
-(``/proc/<pid>/schedstat``, nanoseconds on a CPU), which other work on the machine does not
-inflate the way it inflates wall time, so cases of one run compare even on a loaded machine.
+DSN: a `movrec generate` database with a champion (bench serving's data).  Each case has its
+own connection; the cases take turns, ``--calls`` calls each for random users, for
+``--rounds`` rounds.  The time is the backend's own CPU time (``/proc/<pid>/schedstat``,
+nanoseconds on a CPU), which other work on the machine inflates far less than wall time;
+each case's ratio to the floor is taken round by round (the median is printed), so a change
+in the machine's load between rounds cancels out.
 Cases: ``recommend(u, 10)`` for users with a vector; the floor of `movrec bench serving` (a
 PL/Python function that fetches the user's rated movies through a prepared plan and returns
 10 constant rows); pgvector's unfiltered HNSW top-10; recommend() with a genre filter; for a
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 import argparse
 import random
-import time
+import statistics
 from pathlib import Path
 
 import psycopg
@@ -71,22 +73,11 @@ def cpu_ns(pid: int) -> int:
     return int(Path(f"/proc/{pid}/schedstat").read_text().split()[0])
 
 
-def per_call(
-    conn: psycopg.Connection, sql: str, args: list[tuple[int, ...]]
-) -> tuple[float, float]:
-    """(backend CPU us, wall us) per call, after one untimed call to warm the caches."""
-    pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
-    conn.execute(sql, args[0]).fetchall()
-    cpu, wall = cpu_ns(pid), time.perf_counter()
-    for a in args:
-        conn.execute(sql, a).fetchall()
-    return (cpu_ns(pid) - cpu) / 1e3 / len(args), (time.perf_counter() - wall) * 1e6 / len(args)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("dsn")
-    ap.add_argument("--calls", type=int, default=2000)
+    ap.add_argument("--rounds", type=int, default=8)
+    ap.add_argument("--calls", type=int, default=150, help="calls per case and round")
     ap.add_argument("--profile", type=int, default=0, help="cProfile over N calls (0: none)")
     a = ap.parse_args()
     rng = random.Random(7)
@@ -95,35 +86,54 @@ def main() -> None:
         n_users = conn.execute("SELECT max(user_id) FROM movrec.watch_events").fetchone()[0]
         genre = conn.execute("SELECT genres[1] FROM movrec.movies LIMIT 1").fetchone()[0]
         movie = conn.execute("SELECT min(movie_id) FROM movrec.movies").fetchone()[0]
-    users = [(rng.randint(1, n_users),) for _ in range(a.calls)]
-    cold = [(n_users + 1000 + i,) for i in range(a.calls)]
     rec = "SELECT * FROM movrec.recommend(%s, 10)"
+    no_vector = n_users + 1
     cases = [
-        ("recommend(u, 10)", rec, users),
-        ("floor", "SELECT * FROM movrec_bench.floor(%s)", users),
-        ("pgvector HNSW top-10", HNSW_SQL, users),
-        (f"recommend(u, 10, '{{{genre}}}')", f"{rec[:-4]}10, ARRAY['{genre}'])", users),
-        ("recommend(), rater without a vector", rec, [(n_users + 1,)] * a.calls),
-        ("recommend(), user who rated nothing", rec, cold),
+        ("floor", "SELECT * FROM movrec_bench.floor(%s)", lambda: rng.randint(1, n_users)),
+        ("recommend(u, 10)", rec, lambda: rng.randint(1, n_users)),
+        ("pgvector HNSW top-10", HNSW_SQL, lambda: rng.randint(1, n_users)),
+        (
+            f"recommend(u, 10, '{{{genre}}}')",
+            f"SELECT * FROM movrec.recommend(%s, 10, ARRAY['{genre}'])",
+            lambda: rng.randint(1, n_users),
+        ),
+        ("recommend(), rater without a vector", rec, lambda: no_vector),
+        ("recommend(), user who rated nothing", rec, lambda: n_users + 1000 + rng.randint(1, 9999)),
     ]
-    results = {}
-    for name, sql, args in cases:
-        # each case on a fresh connection with warm caches: no case pays another's misses
-        with psycopg.connect(a.dsn) as conn:
-            if "without a vector" in name:
-                conn.execute("SET session_replication_role = replica")  # no trigger: no vector
-                conn.execute(
-                    "INSERT INTO movrec.watch_events (user_id, movie_id, rating, rated_at) "
-                    "VALUES (%s, %s, 4, now())",
-                    (n_users + 1, movie),
-                )
-                conn.execute("SET session_replication_role = origin")
-            results[name] = per_call(conn, sql, args)
-            conn.rollback()
-    floor = results["floor"][0]
-    print(f"{'case':<40} {'CPU us':>8} {'wall us':>8} {'x floor':>8}")
-    for name, (cpu, wall) in results.items():
-        print(f"{name:<40} {cpu:>8.0f} {wall:>8.0f} {cpu / floor:>8.2f}")
+    # One connection per case, each warm; the cases take turns, round by round, so that each
+    # round's figures share the machine's state, and the ratio to the floor is taken per round.
+    conns = []
+    for name, sql, user in cases:
+        conn = psycopg.connect(a.dsn)
+        if "without a vector" in name:  # in this session's open transaction, rolled back
+            conn.execute("SET session_replication_role = replica")  # no trigger: no vector
+            conn.execute(
+                "INSERT INTO movrec.watch_events (user_id, movie_id, rating, rated_at) "
+                "VALUES (%s, %s, 4, now())",
+                (no_vector, movie),
+            )
+            conn.execute("SET session_replication_role = origin")
+        pid = conn.execute("SELECT pg_backend_pid()").fetchone()[0]
+        for _ in range(20):
+            conn.execute(sql, (user(),)).fetchall()
+        conns.append((name, sql, user, conn, pid))
+    cpu: dict[str, list[float]] = {name: [] for name, *_ in cases}
+    for _ in range(a.rounds):
+        for name, sql, user, conn, pid in conns:
+            args = [(user(),) for _ in range(a.calls)]
+            before = cpu_ns(pid)
+            for arg in args:
+                conn.execute(sql, arg).fetchall()
+            cpu[name].append((cpu_ns(pid) - before) / 1e3 / a.calls)
+    for *_, conn, _ in conns:
+        conn.rollback()
+        conn.close()
+    floor = cpu["floor"]
+    print(f"backend CPU per call, median of {a.rounds} rounds of {a.calls} calls")
+    print(f"{'case':<40} {'CPU us':>8} {'x floor':>8}")
+    for name, v in cpu.items():
+        ratio = statistics.median(x / f for x, f in zip(v, floor, strict=True))
+        print(f"{name:<40} {statistics.median(v):>8.0f} {ratio:>8.2f}")
     if a.profile:
         with psycopg.connect(a.dsn, autocommit=True) as conn:
             conn.add_notice_handler(lambda d: print(d.message_primary))

@@ -1,10 +1,29 @@
 -- The numpy implementations of recommend() and predict() (front doors: 21_recommend.sql).
+
+-- _recommend() is SQL that the front door's query inlines (LANGUAGE sql, not SECURITY DEFINER,
+-- no SET: what inlining needs; it runs inside the front door, as the owner): the numpy rows
+-- joined with their titles by the executor, an index probe per row, where a lookup from Python
+-- cost a statement and a dict per call.  The inner join leaves out movies deleted from the
+-- catalogue since training, as the Python lookup did.
+CREATE OR REPLACE FUNCTION movrec._recommend_numpy(user_id integer, k integer, genres text[], min_year integer,
+                                                   max_year integer)
+RETURNS TABLE (movie_id integer, score real, predicted_rating real, source text)
+LANGUAGE plpython3u STABLE SECURITY DEFINER ROWS 10 SET search_path = movrec, model, public, pg_temp AS $$
+GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
+from movrec import serving; return serving.recommend_rows(user_id, k, genres, min_year, max_year)
+$$;
+COMMENT ON FUNCTION movrec._recommend_numpy(integer, integer, text[], integer, integer) IS
+    'The rows of movrec.recommend() without titles, best first (numpy); movrec._recommend() adds the titles';
+
 CREATE OR REPLACE FUNCTION movrec._recommend(user_id integer, k integer, genres text[], min_year integer,
                                              max_year integer)
 RETURNS TABLE (movie_id integer, title text, score real, predicted_rating real, source text)
-LANGUAGE plpython3u STABLE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$
-GD.get("movrec") or plpy.execute("SELECT movrec._activate()")
-from movrec import serving; return serving.recommend(user_id, k, genres, min_year, max_year)
+LANGUAGE sql STABLE AS $$
+    SELECT r.movie_id, m.title, r.score, r.predicted_rating, r.source
+    FROM movrec._recommend_numpy(_recommend.user_id, _recommend.k, _recommend.genres, _recommend.min_year,
+                                 _recommend.max_year) WITH ORDINALITY AS r
+    JOIN movrec.movies m ON m.movie_id = r.movie_id
+    ORDER BY r.ordinality
 $$;
 COMMENT ON FUNCTION movrec._recommend(integer, integer, text[], integer, integer) IS
     'Implementation of movrec.recommend(); call that instead';

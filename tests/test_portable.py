@@ -28,8 +28,13 @@ from tests.conftest import (
 )
 
 # Functions of one install only, and why: the full install's loader and venv pin are
-# PL/Python's; the portable one's helpers do in SQL what numpy does in the full install.
-FULL_ONLY = {"_activate()", "pin_venv(text)"}
+# PL/Python's, and its recommend() rows come from numpy without titles (_recommend joins them);
+# the portable one's helpers do in SQL what numpy does in the full install.
+FULL_ONLY = {
+    "_activate()",
+    "pin_venv(text)",
+    "_recommend_numpy(integer,integer,text[],integer,integer)",
+}
 PORTABLE_ONLY = {
     "_float4s(bytea)",
     "_needs_cli(text,text)",

@@ -32,6 +32,22 @@ def test_recommend_returns_k_unseen_movies_best_first(conn: psycopg.Connection) 
     assert all(titles[r[0]] == r[1] for r in rows)
 
 
+def test_a_movie_deleted_since_training_is_left_out(conn: psycopg.Connection) -> None:
+    """The champion still scores a movie deleted from the catalogue; recommend() leaves it out
+    (the full install's titles join, the portable one's), never a row without a title."""
+    before = conn.execute("SELECT movie_id, title, score FROM recommend(5, 10)").fetchall()
+    victim = before[0][0]
+    with conn.transaction(force_rollback=True):
+        # its ratings would keep the row (FK): delete the movie alone, as a restore could leave it
+        conn.execute("SET LOCAL session_replication_role = replica")
+        conn.execute("DELETE FROM movrec.movies WHERE movie_id = %s", (victim,))
+        conn.execute("SET LOCAL session_replication_role = origin")
+        after = conn.execute("SELECT movie_id, title, score FROM recommend(5, 10)").fetchall()
+    assert victim not in {r[0] for r in after}
+    assert [r for r in before if r[0] != victim] == after[: len(before) - 1]
+    assert all(r[1] is not None for r in after)
+
+
 def test_recommend_scores_match_predict(conn: psycopg.Connection) -> None:
     for movie_id, _, _, predicted, _ in conn.execute("SELECT * FROM recommend(9, 5)").fetchall():
         assert conn.execute("SELECT predict(9, %s)", (movie_id,)).fetchone()[0] == pytest.approx(

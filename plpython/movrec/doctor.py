@@ -187,7 +187,7 @@ def _serving() -> Row:
         else "a private copy (no usable shared memory directory)"
     )
     index = (
-        f"top-k index head {side.index.head.shape[1] - 1} of {side.dim} dims"
+        f"top-k index head {side.index.head.shape[0] - 1} of {side.dim} dims"
         if side.index is not None
         else "top-k scores every movie (no index: small catalogue, or vectors that do not prune)"
     )

@@ -24,7 +24,7 @@ from movrec.serving.caches import (
 from movrec.serving.explain import explain, explain_rows
 from movrec.serving.predict import predict, predict_many
 from movrec.serving.queue import QUEUE, drain_from_sql
-from movrec.serving.recommend import recommend
+from movrec.serving.recommend import recommend, recommend_rows
 from movrec.serving.refresh import refresh_from_sql, refresh_many, top_for_users
 from movrec.serving.user import UserState, user_state
 
@@ -43,6 +43,7 @@ __all__ = [
     "predict",
     "predict_many",
     "recommend",
+    "recommend_rows",
     "refresh_from_sql",
     "refresh_many",
     "top_for_users",

@@ -70,7 +70,7 @@ FROM movrec.watch_events GROUP BY movie_id ORDER BY movie_id
 """
 
 # Bumped whenever what champion() shares changes, so no backend maps files of an older layout.
-SHARED_LAYOUT = 3
+SHARED_LAYOUT = 4
 # Users whose vectors choose the champion's index head (movrec.scoring.BoundIndex.build).
 PROBES_SQL = """
 SELECT embedding::real[] AS e FROM model.user_latent_attributes WHERE model_id = $1 LIMIT 64

@@ -49,9 +49,9 @@ class _Picker:
         return self.k - len(self.chosen)
 
     def acceptable(self, ids: np.ndarray) -> np.ndarray:
-        ok = ~np.isin(ids, np.asarray(self.state.seen, dtype=np.int64))
+        ok = ~_isin(ids, self.state.seen)
         if self.chosen:
-            ok &= ~np.isin(ids, np.fromiter(self.chosen, dtype=np.int64))
+            ok &= ~_isin(ids, np.fromiter(self.chosen, dtype=np.int64))
         if self.cat_mask is not None and self.cat is not None:
             ok &= self.cat.allowed(ids, self.cat_mask)
         champ = self.state.champ
@@ -66,17 +66,19 @@ class _Picker:
     def add_model(self, u: np.ndarray, b_u: float) -> None:
         champ = self.state.champ
         assert champ is not None
-        bad = np.zeros(len(champ.movie_ids), dtype=bool)
-        seen_pos = champ.positions(self.state.seen)
-        bad[seen_pos[seen_pos >= 0]] = True
+        # the rows to skip, as positions (repeats are harmless): seen and chosen movies are a
+        # few, so no mask over the whole catalogue unless a filter needs one
+        skip = self.state.seen
         if self.chosen:
-            pos = champ.positions(list(self.chosen))
-            bad[pos[pos >= 0]] = True
+            skip = np.concatenate([skip, np.fromiter(self.chosen, dtype=np.int64)])
+        exclude = champ.positions(skip)
+        exclude = exclude[exclude >= 0]
         if self.cat_mask is not None and self.cat is not None:
             aligned = aligned_positions(champ, self.cat)
-            bad |= ~((aligned >= 0) & self.cat_mask[np.maximum(aligned, 0)])
+            bad = ~((aligned >= 0) & self.cat_mask[np.maximum(aligned, 0)])
+            bad[exclude] = True
+            exclude = np.flatnonzero(bad)
         want = self.missing
-        exclude = np.flatnonzero(bad)
         if champ.ranking is None:
             # Ordered by the predicted rating itself: the k best, then the >= 3 stars filter
             # (a best movie below 3 stars means every later one is below it too).
@@ -100,11 +102,10 @@ class _Picker:
             best, kept = cand[good[:want]], predicted[good[:want]]
             rank = champ.ranking[best]
             scores = rank[:, :-1] @ u + rank[:, -1]
-        # one clip for the k rows: np.clip costs ~20 us a call, as much on a scalar as on k
-        for m, s, p in zip(
-            champ.movie_ids[best], scores, np.asarray(clip_rating(kept)), strict=True
-        ):
-            self.chosen[int(m)] = (float(s), float(p), "model")
+        # one clip for the k rows, and Python numbers by tolist() (one call, not one per value)
+        clipped = np.asarray(clip_rating(kept)).tolist()
+        for m, s, p in zip(champ.movie_ids[best].tolist(), scores.tolist(), clipped, strict=True):
+            self.chosen[m] = (s, p, "model")
 
     def add_ranked(self, ids: np.ndarray, scores: np.ndarray, source: str) -> None:
         """Candidates in the order given (best first)."""
@@ -125,6 +126,16 @@ class _Picker:
             self.chosen[int(m)] = (float(s), float(s), "popular")
 
 
+def _isin(ids: np.ndarray, of: np.ndarray) -> np.ndarray:
+    """np.isin(ids, of) for int64 ids: a sorted search, which np.isin's setup costs more than
+    for the few ids a user rated or a call chose (the answer is the same)."""
+    if not len(of):
+        return np.zeros(len(ids), dtype=bool)
+    hay = np.sort(of)
+    pos = np.minimum(np.searchsorted(hay, ids), len(hay) - 1)
+    return hay[pos] == ids
+
+
 @backend.sql_entry
 def recommend(
     user_id: int | None,
@@ -133,13 +144,42 @@ def recommend(
     min_year: int | None = None,
     max_year: int | None = None,
 ) -> list[Row]:
+    """recommend()'s rows with their titles, best first (movies deleted from the catalogue
+    since training are left out)."""
+    return _with_titles(_chosen(user_id, k, genres, min_year, max_year))
+
+
+@backend.sql_entry
+def recommend_rows(
+    user_id: int | None,
+    k: int | None,
+    genres: list[str] | None = None,
+    min_year: int | None = None,
+    max_year: int | None = None,
+) -> list[tuple[int, float, float, str]]:
+    """recommend()'s rows without titles, best first: (movie_id, score, predicted_rating,
+    source).  movrec._recommend() joins the titles in SQL (which also leaves out movies
+    deleted since training): an index probe per row in the executor, where a lookup from
+    Python costs a statement and a row-to-dict conversion per call."""
+    return [
+        (m, s, p, src) for m, (s, p, src) in _chosen(user_id, k, genres, min_year, max_year).items()
+    ]
+
+
+def _chosen(
+    user_id: int | None,
+    k: int | None,
+    genres: list[str] | None,
+    min_year: int | None,
+    max_year: int | None,
+) -> dict[int, tuple[float, float, str]]:
     user_id = check_user(user_id)
     if k is None or k < 1:
         raise InvalidArgument(f"k must be a positive number of movies, got {k}")
     if genres is not None and (not genres or any(g is None for g in genres)):
         raise InvalidArgument("genres must be NULL or a non-empty array without NULLs")
-    state = user_state(user_id)
     filtered = genres is not None or min_year is not None or max_year is not None
+    state = user_state(user_id)
     cat = catalogue(state.max_movie) if filtered else None
     cat_mask = cat.mask(genres, min_year, max_year) if cat is not None else None
     champ = state.champ
@@ -160,7 +200,7 @@ def recommend(
     if picker.missing > 0 and default is not None:  # 3. a rater without a vector: the mean user
         picker.add_model(*default)
     picker.add_popular()  # 4. damped mean rating
-    return _with_titles(picker.chosen)
+    return picker.chosen
 
 
 def _with_titles(chosen: dict[int, tuple[float, float, str]]) -> list[Row]:

@@ -298,6 +298,35 @@ def _publish(sql: str, ids: Any, vectors: Any, bias: Any, model_id: int) -> None
     )
 
 
+PUBLISH_NEIGHBOURS_SQL = """
+INSERT INTO model.movie_neighbours (movie_id, neighbour_id, model_id, weight)
+SELECT m, n, $4, w FROM unnest($1::int4[], $2::int4[], $3::float4[]) AS t(m, n, w)
+"""
+
+
+def _publish_neighbours(model_id: int) -> None:
+    """The portable install's model.movie_neighbours: the model's item-item weights (none for
+    a model without).  The full install has no such table: its backends read the registry."""
+    if not backend.execute("SELECT to_regclass('model.movie_neighbours') IS NOT NULL AS t")[0]["t"]:
+        return
+    backend.execute("DELETE FROM model.movie_neighbours")
+    if not _has_column("item_item"):
+        return
+    blob = backend.execute(
+        "SELECT item_item FROM model.registry WHERE model_id = $1", ["int8"], [model_id]
+    )[0]["item_item"]
+    if blob is None:
+        return
+    from movrec.item_item import Neighbours
+
+    m, n, w = Neighbours.unpack(bytes(blob)).triples()
+    backend.execute(
+        PUBLISH_NEIGHBOURS_SQL,
+        ["int4[]", "int4[]", "float4[]", "int8"],
+        [m.tolist(), n.tolist(), w.tolist(), model_id],
+    )
+
+
 def deploy_model(model_id: int, reason: str = "deploy") -> int:
     # Deploys take turns, and each reads the registry after its turn came (a new snapshot
     # per statement), so the later one publishes over the earlier one's committed rows.
@@ -331,6 +360,7 @@ def deploy_model(model_id: int, reason: str = "deploy") -> int:
         ["text", "float4", "int8"],
         [vector_literal(np.asarray(default_embedding)), default_bias, model_id],
     )
+    _publish_neighbours(model_id)
     backend.execute(
         "INSERT INTO model.deployments (model_id, reason) VALUES ($1, $2)",
         ["int8", "text"],

@@ -20,6 +20,7 @@ from movrec.item_item import Neighbours
 from movrec.scoring import MovieSide
 
 ITEM_ITEM_SQL = "SELECT item_item FROM model.registry WHERE model_id = $1"
+VERSION_SQL = "SELECT xmin::text AS v FROM model.registry WHERE model_id = $1"
 HAS_COLUMN_SQL = """
 SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'model.registry'::regclass
                AND attname = 'item_item' AND NOT attisdropped) AS present
@@ -69,7 +70,10 @@ def _load(champ: MovieSide) -> Aligned | None:
     ids = champ.movie_ids
     group = f"{_database()}-nbr"
     tail = f"{int(ids[-1])}-{int(ids.astype(np.int64).sum())}" if len(ids) else "0-0"
-    name = f"{group}-{champ.model_id}-{len(ids)}-{tail}-v{LAYOUT}"
+    # the registry row's version: an UPDATE of its weights (a repair, a test) is a new copy
+    rows = backend.execute(VERSION_SQL, ["int8"], [champ.model_id])
+    version = rows[0]["v"] if rows else "0"
+    name = f"{group}-{champ.model_id}-{version}-{len(ids)}-{tail}-v{LAYOUT}"
     missing = {"none": np.ones(1, np.int8)}
 
     def build() -> dict[str, np.ndarray]:

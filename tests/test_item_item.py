@@ -80,21 +80,30 @@ def test_choose_keeps_none_when_nothing_beats_the_model_alone() -> None:
     rows = (u, i, r)
     chosen, about = item_item.choose(lambda nb: 0.5 if nb is None else 0.4, rows, rows)
     assert chosen is None and about["chosen"] is None
-    assert len(about["trials"]) == len(item_item.LAMBDAS) * len(item_item.BLENDS)
-    best = {"lambda": item_item.LAMBDAS[1], "w": item_item.BLENDS[2]}
+    n_trials = len(item_item.LAMBDAS) * len(item_item.KEPT) * len(item_item.BLENDS)
+    assert len(about["trials"]) == n_trials
+    best = {"lambda": item_item.LAMBDAS[1], "neighbours": 4, "w": item_item.BLENDS[2]}
 
     def score(nb: Neighbours | None) -> float:
         return 0.6 if nb is not None and _is(nb, rows, best) else 0.5
 
-    chosen, about = item_item.choose(score, rows, rows)
+    chosen, about = item_item.choose(score, rows, rows, kept=(4, 8))
     assert about["chosen"] == best and chosen is not None
-    want = item_item.fit(*rows, best["lambda"]).scaled(best["w"])
+    want = item_item.fit(*rows, best["lambda"], 4).scaled(best["w"])
     np.testing.assert_allclose(chosen.weights, want.weights)
 
 
 def _is(nb: Neighbours, rows: tuple[np.ndarray, ...], options: dict[str, float]) -> bool:
-    want = item_item.fit(*rows, options["lambda"]).scaled(options["w"])
+    want = item_item.fit(*rows, options["lambda"], int(options["neighbours"])).scaled(options["w"])
     return len(want) == len(nb) and np.allclose(want.weights, nb.weights)
+
+
+def test_a_cut_of_the_fitted_weights_is_the_smaller_fit() -> None:
+    u, i, r = _planted(40, 30)
+    cut = item_item.fit(u, i, r, lam=10.0, n=12).cut(5)
+    small = item_item.fit(u, i, r, lam=10.0, n=5)
+    for a, b in zip(cut.triples(), small.triples(), strict=True):
+        np.testing.assert_allclose(a, b, rtol=1e-6)
 
 
 # --- in the database -------------------------------------------------------------------
@@ -174,7 +183,9 @@ def test_recommend_adds_the_rated_movies_weights(hybrid_db: str) -> None:
         ]
         rng = np.random.default_rng(3)
         src = np.repeat(movies, 4)
-        nbr = np.array([rng.choice([x for x in movies if x != s]) for s in src])
+        nbr = np.concatenate(
+            [rng.choice([x for x in movies if x != s], 4, replace=False) for s in movies]
+        )
         weights = Neighbours.from_triples(src, nbr, rng.normal(0, 2.0, len(src)))
         # one movie that will be rated adds a large weight to one other
         user = 5
@@ -182,9 +193,13 @@ def test_recommend_adds_the_rated_movies_weights(hybrid_db: str) -> None:
             r[0]
             for r in conn.execute("SELECT movie_id FROM watch_events WHERE user_id = %s", (user,))
         }
-        top = {r[0] for r in conn.execute("SELECT movie_id FROM recommend(%s, 10)", (user,))}
         unseen = [m for m in movies if m not in seen]
         rated = unseen[0]
+        m, n, w = weights.triples()
+        keep = m != rated  # the movie to be rated adds nothing yet but the weight below
+        weights = Neighbours.from_triples(m[keep], n[keep], w[keep])
+        _force_weights(conn, weights)
+        top = {r[0] for r in conn.execute("SELECT movie_id FROM recommend(%s, 10)", (user,))}
         # the best-predicted movie outside the top 10: it passes the 3-star filter
         lifted = conn.execute(
             "SELECT m FROM unnest(%s::int[]) m WHERE m <> ALL (%s::int[]) "
@@ -192,9 +207,8 @@ def test_recommend_adds_the_rated_movies_weights(hybrid_db: str) -> None:
             (unseen[1:], list(top), user),
         ).fetchone()[0]
         m, n, w = weights.triples()
-        keep = ~((m == rated) & (n == lifted))
         weights = Neighbours.from_triples(
-            np.append(m[keep], rated), np.append(n[keep], lifted), np.append(w[keep], 1000.0)
+            np.append(m, rated), np.append(n, lifted), np.append(w, 1000.0)
         )
         _force_weights(conn, weights)
         for u in (user, 17, 101):

@@ -143,7 +143,7 @@ def _item_item_note(params: dict[str, Any]) -> str:
     if not chosen:
         return "; item-item: none beat the ranking alone"
     return (
-        f"; item-item λ {chosen['lambda']:g}, w {chosen['w']:g}, {about['neighbours']} a movie "
+        f"; item-item λ {chosen['lambda']:g}, w {chosen['w']:g}, {chosen['neighbours']} a movie "
         f"({about['n_weights']} weights, {about['seconds']:.0f} s)"
     )
 

@@ -6,10 +6,10 @@ recommend() orders a user's candidates by
 
 where ranking is the hybrid's ranking head and weight(i, j) = w x B_ij, B the EASE matrix
 (Steck 2019: B = I - P diag(1 / diag P), P = (XᵀX + λI)⁻¹, X the binary user x movie matrix of
-ratings >= POSITIVE) with each row i cut to its NEIGHBOURS largest |B_ij|.  The cut keeps the
-model at NEIGHBOURS weights a movie (27k movies x 128: 3.5M weights, 41 MB) and a call's cost
-at one sum over the user's rated movies' rows, where the dense B would be 2.9 GB at 27k movies.
-λ and the blend w are chosen by validation NDCG@10 on the hybrid's own validation split (the
+ratings >= POSITIVE) with each row i cut to its 128 or 256 largest |B_ij| (KEPT).  The cut keeps the
+model at that many weights a movie (27k movies x 256: 6.9M weights, 83 MB) and a call's cost at
+one sum over the user's rated movies' rows, where the dense B would be 2.9 GB at 27k movies.
+λ, the cut and the blend w are chosen by validation NDCG@10 on the hybrid's own validation split (the
 rows it never trained on), with B fitted on the hybrid's training rows; the chosen λ is then
 refitted on every rating, and the weights stored with the model are w x B_ij, so serving adds
 them as they are.  Measured on ml-latest-small (README, "Measured quality"): the sum lifts
@@ -34,9 +34,12 @@ from movrec import backend
 # the weights over everything the user watched add more (validation NDCG@10 0.1667 against
 # 0.1659 on ml-latest-small, and on its test split 0.2700 against 0.2573).
 POSITIVE: float | None = None
-NEIGHBOURS = 128  # weights kept per rated movie
+NEIGHBOURS = 256  # weights fitted per rated movie; validation keeps all or the first half
+KEPT = (128, 256)  # candidate weights kept per movie
 LAMBDAS = (50.0, 150.0, 500.0)
-BLENDS = (1.0, 2.0, 4.0, 8.0, 16.0)  # candidate w
+# candidate w: without TMDB content the hybrid is weaker and validation chose w 16, the
+# largest of 1-16, so the grid goes on to 64
+BLENDS = (1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0)
 # Movies with the most positives that take part: P is a MAX_MOVIES-square matrix when the
 # users outnumber them (8 bytes x 12k² = 1.15 GB); the rest have no weights.
 MAX_MOVIES = 12_000
@@ -98,6 +101,16 @@ class Neighbours:
             np.frombuffer(blob, "<i4", n, 4 * n),
             np.frombuffer(blob, "<f4", n, 8 * n),
         )
+
+    def cut(self, n: int) -> Neighbours:
+        """Each movie's ``n`` largest |weights| (ties: the lower neighbour id)."""
+        if not len(self) or int(np.diff(self.indptr).max()) <= n:
+            return self
+        m, nbr, w = self.triples()
+        order = np.lexsort((nbr, -np.abs(w), m))
+        rank = np.arange(len(w)) - np.repeat(self.indptr[:-1], np.diff(self.indptr))
+        keep = order[rank < n]
+        return Neighbours.from_triples(m[keep], nbr[keep], w[keep])
 
     def scaled(self, w: float) -> Neighbours:
         return Neighbours(
@@ -246,10 +259,11 @@ def choose(
     all_rows: tuple[np.ndarray, np.ndarray, np.ndarray],
     lambdas: Sequence[float] = LAMBDAS,
     blends: Sequence[float] = BLENDS,
+    kept: Sequence[int] = KEPT,
     progress: Callable[[str], None] = lambda _msg: None,
     deadline: float | None = None,
 ) -> tuple[Neighbours | None, dict[str, Any]]:
-    """λ and w by validation: ``score(neighbours)`` is the validation NDCG@10 of the model
+    """λ, the weights kept per movie and w by validation: ``score(neighbours)`` is the validation NDCG@10 of the model
     with those weights added (None: the model alone), the weights fitted on ``fit_rows``
     (the rows the model trained on); the best is refitted on ``all_rows``.  Returns
     (weights times w, or None when no candidate beats the model alone; what was chosen and
@@ -258,22 +272,30 @@ def choose(
     started = time.perf_counter()
     alone = score(None)
     trials: list[dict[str, Any]] = []
-    best: tuple[float, float, float] = (alone, 0.0, 0.0)
+    best: tuple[float, float, float, int] = (alone, 0.0, 0.0, 0)
     last_s = 0.0
     for lam in lambdas:
         t = time.perf_counter()
         if deadline is not None and t + 2 * last_s > deadline:
             progress(f"movrec train: item-item stops at the time budget ({len(trials)} trials)")
             break
-        nb = fit(*fit_rows, lam)
+        fitted = fit(*fit_rows, lam, max(kept))
         fit_s = time.perf_counter() - t
-        for w in blends:
-            value = score(nb.scaled(w))
-            trials.append(
-                {"lambda": lam, "w": w, "val_ndcg@10": round(value, 5), "fit_s": round(fit_s, 2)}
-            )
-            if value > best[0] + 1e-4:
-                best = (value, lam, w)
+        for n in kept:
+            nb = fitted.cut(n)
+            for w in blends:
+                value = score(nb.scaled(w))
+                trials.append(
+                    {
+                        "lambda": lam,
+                        "neighbours": n,
+                        "w": w,
+                        "val_ndcg@10": round(value, 5),
+                        "fit_s": round(fit_s, 2),
+                    }
+                )
+                if value > best[0] + 1e-4:
+                    best = (value, lam, w, n)
         last_s = time.perf_counter() - t
         progress(
             f"movrec train: item-item λ {lam:g}: best val NDCG@10 "
@@ -281,17 +303,16 @@ def choose(
         )
     about: dict[str, Any] = {
         "val_ndcg@10_alone": round(alone, 5),
-        "neighbours": NEIGHBOURS,
         "positive": POSITIVE,
         "trials": trials,
     }
     if best[1] == 0.0:
         about.update(chosen=None, seconds=round(time.perf_counter() - started, 2))
         return None, about
-    value, lam, w = best
-    final = fit(*all_rows, lam).scaled(w)
+    value, lam, w, n = best
+    final = fit(*all_rows, lam, n).scaled(w)
     about.update(
-        chosen={"lambda": lam, "w": w},
+        chosen={"lambda": lam, "neighbours": n, "w": w},
         **{"val_ndcg@10": round(value, 5)},
         n_weights=len(final),
         seconds=round(time.perf_counter() - started, 2),

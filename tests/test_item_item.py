@@ -241,3 +241,16 @@ def test_the_portable_install_ranks_the_same(
                 assert [r[3] for r in got] == [r[3] for r in want]
                 flat = [x for r in got for x in r[1:3]]
                 assert flat == pytest.approx([x for r in want for x in r[1:3]], abs=1e-3)
+        # the stored lists (model.model_recommendation) are recommend()'s order in both
+        for conn in (full, port):
+            for user in (3, 50):
+                conn.execute("SELECT movrec.refresh_recommendations_batch(ARRAY[%s])", (user,))
+                stored = conn.execute(
+                    "SELECT movie_id FROM model.model_recommendation WHERE user_id = %s "
+                    "ORDER BY rank LIMIT 10",
+                    (user,),
+                ).fetchall()
+                served = conn.execute(
+                    "SELECT movie_id FROM movrec.recommend(%s, 10)", (user,)
+                ).fetchall()
+                assert stored == served, (conn.info.dbname, user)

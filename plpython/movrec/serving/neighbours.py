@@ -11,6 +11,7 @@ database: a hot standby serves it too.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,7 +40,7 @@ class Aligned:
     weights: np.ndarray  # float32
     n: int  # the champion's movie rows
 
-    def term(self, seen: list[int] | np.ndarray) -> np.ndarray:
+    def term(self, seen: Sequence[int] | np.ndarray) -> np.ndarray:
         """float64 per champion row: the sum of the weights of the movies in ``seen``."""
         rows = Neighbours(self.movie_ids, self.indptr, self.columns, self.weights)
         at = rows.rows_of(np.unique(np.asarray(seen, dtype=np.int64)))

@@ -147,6 +147,22 @@ def test_train_records_the_choice_with_the_model(hybrid_db: str) -> None:
         assert metrics["val_ndcg@10"] == about["val_ndcg@10"]
 
 
+def test_evaluate_scores_the_split_with_weights_that_never_saw_it(hybrid_db: str) -> None:
+    """The served weights are refitted on every rating; evaluate() scores the stored split
+    with weights refitted without it (the choice's options), as the choice scored it."""
+    with connect(hybrid_db) as conn:
+        found = conn.execute(
+            "SELECT model_id, params FROM model.registry WHERE kind = 'hybrid' "
+            "AND jsonb_typeof(params->'item_item'->'chosen') = 'object' ORDER BY model_id LIMIT 1"
+        ).fetchone()
+        if found is None:
+            pytest.skip("validation kept no item-item weights for the demo's hybrid")
+        model, params = found
+        got = dict(conn.execute("SELECT * FROM movrec.evaluate(%s)", (model,)).fetchall())
+    assert got["item_item_refitted_without_split"] == 1
+    assert got["val_ndcg@10"] == pytest.approx(params["item_item"]["val_ndcg@10"], abs=1e-4)
+
+
 def _expected(conn: psycopg.Connection, user: int, k: int, nb: Neighbours) -> list[int]:
     """recommend()'s model rows by hand: ranking + the rated movies' weights, unseen movies
     predicted >= 3 stars, best first (ties: lower movie id)."""

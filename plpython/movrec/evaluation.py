@@ -221,7 +221,7 @@ def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, 
 
     rows = plpy.execute(
         plpy.prepare(
-            "SELECT kind, checkpoint, data_snapshot, validation_split FROM model.registry "
+            "SELECT kind, checkpoint, data_snapshot, validation_split, params FROM model.registry "
             "WHERE model_id = $1",
             ["int8"],
         ),
@@ -284,6 +284,21 @@ def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, 
             [model_id],
         )[0]["item_item"]
         weights = Neighbours.unpack(bytes(blob)) if blob is not None else None
+        chosen = (json.loads(row["params"]).get("item_item") or {}).get("chosen")
+        if weights is not None and chosen and not test_table:
+            # The served weights were refitted on every rating, the validation split's too:
+            # the split is scored with weights fitted as the choice was, on the other rows.
+            from movrec.item_item import fit
+
+            held = np.isin(row_keys(data.users, data.movies), row_keys(test[0], test[1]))
+            weights = fit(
+                data.users[~held],
+                data.movies[~held],
+                data.ratings[~held],
+                float(chosen["lambda"]),
+                int(chosen["neighbours"]),
+            ).scaled(float(chosen["w"]))
+            extra["item_item_refitted_without_split"] = 1
     result = evaluate_model(model, train, test, prefix=prefix, item_item=weights)
     result.update(extra)
     result["evaluated_on"] = source

@@ -17,7 +17,8 @@ CREATE TABLE IF NOT EXISTS model.registry (
     duration_s        real,
     trained_at        timestamptz NOT NULL DEFAULT now(),
     trained_by        text NOT NULL DEFAULT session_user,
-    validation_split  bytea
+    validation_split  bytea,
+    item_item         bytea
 );
 COMMENT ON TABLE model.registry IS 'Every trained model: kind, hyper-parameters, data snapshot, metrics and checkpoint';
 COMMENT ON COLUMN model.registry.checkpoint IS 'torch.save() bytes of the state_dict; loaded with weights_only=True';
@@ -27,6 +28,9 @@ COMMENT ON COLUMN model.registry.serving_matrix IS
 COMMENT ON COLUMN model.registry.validation_split IS
     'The ratings the model held out of training (its validation split), which evaluate() scores: n little-endian '
     'int32 user ids, then n int32 movie ids, then n float32 ratings, sorted by (user, movie); NULL: not recorded';
+COMMENT ON COLUMN model.registry.item_item IS
+    'The hybrid''s item-item weights, added to its ranking (movrec.item_item): n little-endian int32 movie ids, '
+    'then n int32 neighbour ids, then n float32 weights, sorted by (movie, neighbour); NULL: none';
 COMMENT ON COLUMN model.registry.default_embedding IS 'Mean user vector: the default latent attributes of a new user';
 
 CREATE TABLE IF NOT EXISTS model.deployments (

@@ -38,6 +38,8 @@ FULL_ONLY = {
 PORTABLE_ONLY = {
     "_float4s(bytea)",
     "_needs_cli(text,text)",
+    "_recommend_item_item(bigint,vector,double precision,integer,integer[],integer[],text[],integer,"
+    "integer,double precision)",
     "_recommend_model(bigint,vector,double precision,boolean,integer,integer,integer[],text[],integer,"
     "integer,double precision)",
     "_scaled(vector,double precision)",

@@ -29,7 +29,8 @@ COPY_TABLES = (
 )
 REGISTRY_COLUMNS = (
     "kind, dim, params, data_snapshot, metrics, global_mean, checkpoint, serving_movie_ids, "
-    "serving_matrix, serving_ranking, default_embedding, default_bias, duration_s, validation_split"
+    "serving_matrix, serving_ranking, default_embedding, default_bias, duration_s, validation_split, "
+    "item_item"
 )
 
 

@@ -134,6 +134,20 @@ def _search_note(params: dict[str, Any]) -> str:
     return f"; search: {len(trials)} trials, kept {kept['options'] or 'the defaults'}"
 
 
+def _item_item_note(params: dict[str, Any]) -> str:
+    """What the item-item choice kept ('' for a model without one)."""
+    about = params.get("item_item") or {}
+    chosen = about.get("chosen")
+    if not about:
+        return ""
+    if not chosen:
+        return "; item-item: none beat the ranking alone"
+    return (
+        f"; item-item λ {chosen['lambda']:g}, w {chosen['w']:g}, {chosen['neighbours']} a movie "
+        f"({about['n_weights']} weights, {about['seconds']:.0f} s)"
+    )
+
+
 def movrec_rows(
     conn: Any,
     data_dir: Path,
@@ -157,6 +171,7 @@ def movrec_rows(
 
     import numpy as np
     from movrec.evaluation import evaluate_model
+    from movrec.item_item import Neighbours
     from movrec.registry import load_checkpoint
 
     from movrec_cli import loaders, pipeline
@@ -207,23 +222,35 @@ def movrec_rows(
             )
         )[0]
         seconds = time.perf_counter() - t
-        blob, params = conn.execute(
-            "SELECT checkpoint, params FROM model.registry WHERE model_id = %s", (model_id,)
+        blob, params, ii_blob = conn.execute(
+            "SELECT checkpoint, params, item_item FROM model.registry WHERE model_id = %s",
+            (model_id,),
         ).fetchone()
-        searched = _search_note(params)
+        searched = _search_note(params) + _item_item_note(params)
         model = load_checkpoint(kind, blob, model_id)
+        weights = Neighbours.unpack(bytes(ii_blob)) if ii_blob is not None else None
         result = evaluate_model(
             model,
             train_ids,
             (te_u, te_m, test.rating.to_numpy()),
             movie_space=np.array(sorted(m_of.values())),
+            item_item=weights,
         )
         rare_result = evaluate_model(
             model,
             train_ids,
             (te_u[rare], te_m[rare], test.rating.to_numpy()[rare]),
             movie_space=np.array(sorted(m_of.values())),
+            item_item=weights,
         )
+        if weights is not None:  # the ranking head alone, for the note
+            alone = evaluate_model(
+                model,
+                train_ids,
+                (te_u, te_m, test.rating.to_numpy()),
+                movie_space=np.array(sorted(m_of.values())),
+            )
+            searched += f"; without item-item NDCG@10 {alone['test_ndcg@10']:.4f}"
         rows.append(
             {
                 "model": f"movrec {kind} (#{model_id})",

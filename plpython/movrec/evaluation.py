@@ -21,6 +21,7 @@ import numpy as np
 from movrec.metrics import ranking_metrics, rating_metrics
 
 if TYPE_CHECKING:
+    from movrec.item_item import Neighbours
     from movrec.models import Model
 
 
@@ -36,8 +37,12 @@ def evaluate_model(
     movie_space: np.ndarray | None = None,
     min_predicted: float = 3.0,
     prefix: str = "test",
+    item_item: Neighbours | None = None,
 ) -> dict[str, Any]:
     """train = (user ids, movie ids); test = (user ids, movie ids, ratings).
+
+    ``item_item`` (the model's weights, movrec.item_item) adds to each user's ranking score
+    the sum of their training movies' weights, as recommend() adds their rated movies'.
 
     Every figure is named for what it was measured on: ``{prefix}_rmse``, ``{prefix}_known_rmse``,
     ``{prefix}_ndcg@10``, ..., ``n_{prefix}`` and ``n_{prefix}_unknown`` (rows whose user or
@@ -75,6 +80,8 @@ def evaluate_model(
     all_users = np.unique(np.concatenate([train[0], tu]))
     u_of = {u: i for i, u in enumerate(all_users)}
     upos_all = _positions(user_ids, all_users)
+    seen_of = _seen_lists(item_item, all_users, train)
+    nbr_pos = _positions(movie_ids, item_item.neighbour_ids) if item_item is not None else None
 
     def score(idx: np.ndarray) -> np.ndarray:
         vecs = np.where(
@@ -83,6 +90,10 @@ def evaluate_model(
         biases = np.where(upos_all[idx] >= 0, user_bias[np.maximum(upos_all[idx], 0)], default_b)
         predicted = vecs @ movies.T + movie_bias + biases[:, None] + mean
         rank = predicted if ranking is None else vecs @ ranking[:, :-1].T + ranking[:, -1]
+        if item_item is not None and nbr_pos is not None:
+            rank = rank + np.stack(
+                [item_item.term(seen_of[i], nbr_pos, len(movie_ids)) for i in idx]
+            )
         rank = np.where(
             predicted >= min_predicted, rank, rank - 1e6
         )  # the filter: after all others
@@ -101,6 +112,22 @@ def evaluate_model(
     out.update({f"{prefix}_{k}": v for k, v in ranked.items() if k != "n_users"})
     out[f"n_{prefix}_users_ranked"] = int(ranked["n_users"])
     return out
+
+
+def _seen_lists(
+    item_item: Neighbours | None, all_users: np.ndarray, train: tuple[np.ndarray, np.ndarray]
+) -> list[np.ndarray]:
+    """Each of ``all_users``' training movie ids (none are needed without item_item)."""
+    if item_item is None:
+        return []
+    tu, tm = np.asarray(train[0], np.int64), np.asarray(train[1], np.int64)
+    order = np.argsort(tu, kind="stable")
+    bounds = (
+        np.searchsorted(tu[order], all_users, side="left"),
+        np.searchsorted(tu[order], all_users, side="right"),
+    )
+    movies = tm[order]
+    return [movies[a:b] for a, b in zip(*bounds, strict=True)]
 
 
 # --- the stored validation split -------------------------------------------------------
@@ -194,7 +221,7 @@ def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, 
 
     rows = plpy.execute(
         plpy.prepare(
-            "SELECT kind, checkpoint, data_snapshot, validation_split FROM model.registry "
+            "SELECT kind, checkpoint, data_snapshot, validation_split, params FROM model.registry "
             "WHERE model_id = $1",
             ["int8"],
         ),
@@ -248,7 +275,31 @@ def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, 
             "n_val_stored": n_stored,
             "n_val_gone": gone,
         }
-    result = evaluate_model(model, train, test, prefix=prefix)
+    weights = None
+    if registry._has_column("item_item"):  # the weights recommend() adds (0.3.0 and later)
+        from movrec.item_item import Neighbours
+
+        blob = plpy.execute(
+            plpy.prepare("SELECT item_item FROM model.registry WHERE model_id = $1", ["int8"]),
+            [model_id],
+        )[0]["item_item"]
+        weights = Neighbours.unpack(bytes(blob)) if blob is not None else None
+        chosen = (json.loads(row["params"]).get("item_item") or {}).get("chosen")
+        if weights is not None and chosen and not test_table:
+            # The served weights were refitted on every rating, the validation split's too:
+            # the split is scored with weights fitted as the choice was, on the other rows.
+            from movrec.item_item import fit
+
+            held = np.isin(row_keys(data.users, data.movies), row_keys(test[0], test[1]))
+            weights = fit(
+                data.users[~held],
+                data.movies[~held],
+                data.ratings[~held],
+                float(chosen["lambda"]),
+                int(chosen["neighbours"]),
+            ).scaled(float(chosen["w"]))
+            extra["item_item_refitted_without_split"] = 1
+    result = evaluate_model(model, train, test, prefix=prefix, item_item=weights)
     result.update(extra)
     result["evaluated_on"] = source
     backend.execute(

@@ -26,8 +26,8 @@ PUBLISHED_DIM = 100  # model.*_latent_attributes.embedding is vector(100)
 REGISTER_SQL = """
 INSERT INTO model.registry (kind, dim, params, data_snapshot, metrics, global_mean, checkpoint,
                             serving_movie_ids, serving_matrix, default_embedding, default_bias, duration_s,
-                            serving_ranking, validation_split)
-VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14)
+                            serving_ranking, validation_split, item_item)
+VALUES ($1, $2, $3::jsonb, $4::jsonb, $5::jsonb, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15)
 RETURNING model_id
 """
 
@@ -85,12 +85,18 @@ def register(
     metrics: dict[str, Any],
     duration_s: float,
     validation_split: bytes | None = None,
+    item_item: bytes | None = None,
 ) -> int:
     """Insert the registry row; ``validation_split`` is evaluation.pack_split() of the held-out
-    ratings (what evaluate() scores later), None when not recorded."""
+    ratings (what evaluate() scores later), None when not recorded; ``item_item`` is
+    item_item.Neighbours.pack() of the weights recommend() adds, None for none."""
     ids, matrix, default_embedding, default_bias = serving_blobs(model)
     sql = REGISTER_SQL
-    if not _has_validation_split():
+    if not _has_column("item_item"):
+        # the package is upgraded before the SQL: the model is stored without its weights
+        sql = sql.replace(", item_item)", ")").replace(", $15)", ")")
+        item_item = None
+    if not _has_column("validation_split"):
         # A registry installed by an older release (the package is upgraded before the SQL
         # is): the row is stored without its split, and evaluate() says it has none.
         sql = sql.replace(", validation_split)", ")").replace(", $14)", ")")
@@ -112,6 +118,7 @@ def register(
         "float4",
         "bytea",
         "bytea",
+        "bytea",
     ]
     values = [
         kind,
@@ -128,20 +135,23 @@ def register(
         duration_s,
         ranking_blob,
         validation_split,
+        item_item,
     ]
+    if "item_item" not in sql:
+        types, values = types[:-1], values[:-1]
     if validation_split is None and "validation_split" not in sql:
         types, values = types[:-1], values[:-1]
     row = backend.execute(sql, types, values)
     return int(row[0]["model_id"])
 
 
-def _has_validation_split() -> bool:
-    """Whether model.registry has the validation_split column (0.3.0 and later)."""
+def _has_column(name: str) -> bool:
+    """Whether model.registry has the column (validation_split, item_item: 0.3.0 and later)."""
     row = backend.execute(
         "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = 'model.registry'::regclass "
-        "AND attname = 'validation_split' AND NOT attisdropped) AS present",
-        [],
-        [],
+        "AND attname = $1 AND NOT attisdropped) AS present",
+        ["text"],
+        [name],
     )
     return bool(row[0]["present"])
 
@@ -288,6 +298,35 @@ def _publish(sql: str, ids: Any, vectors: Any, bias: Any, model_id: int) -> None
     )
 
 
+PUBLISH_NEIGHBOURS_SQL = """
+INSERT INTO model.movie_neighbours (movie_id, neighbour_id, model_id, weight)
+SELECT m, n, $4, w FROM unnest($1::int4[], $2::int4[], $3::float4[]) AS t(m, n, w)
+"""
+
+
+def _publish_neighbours(model_id: int) -> None:
+    """The portable install's model.movie_neighbours: the model's item-item weights (none for
+    a model without).  The full install has no such table: its backends read the registry."""
+    if not backend.execute("SELECT to_regclass('model.movie_neighbours') IS NOT NULL AS t")[0]["t"]:
+        return
+    backend.execute("DELETE FROM model.movie_neighbours")
+    if not _has_column("item_item"):
+        return
+    blob = backend.execute(
+        "SELECT item_item FROM model.registry WHERE model_id = $1", ["int8"], [model_id]
+    )[0]["item_item"]
+    if blob is None:
+        return
+    from movrec.item_item import Neighbours
+
+    m, n, w = Neighbours.unpack(bytes(blob)).triples()
+    backend.execute(
+        PUBLISH_NEIGHBOURS_SQL,
+        ["int4[]", "int4[]", "float4[]", "int8"],
+        [m.tolist(), n.tolist(), w.tolist(), model_id],
+    )
+
+
 def deploy_model(model_id: int, reason: str = "deploy") -> int:
     # Deploys take turns, and each reads the registry after its turn came (a new snapshot
     # per statement), so the later one publishes over the earlier one's committed rows.
@@ -321,6 +360,7 @@ def deploy_model(model_id: int, reason: str = "deploy") -> int:
         ["text", "float4", "int8"],
         [vector_literal(np.asarray(default_embedding)), default_bias, model_id],
     )
+    _publish_neighbours(model_id)
     backend.execute(
         "INSERT INTO model.deployments (model_id, reason) VALUES ($1, $2)",
         ["int8", "text"],

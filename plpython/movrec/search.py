@@ -31,6 +31,7 @@ SEARCH_SPACE: dict[str, list[dict[str, Any]]] = {
     "functional": [{}, {"epochs": 12}, {"lr": 0.002}, {"reg": 0.2}],
 }
 SEARCH_RESERVE = 0.08  # share of the budget kept for reading, registering and deploying
+ITEM_ITEM_SHARE = 0.3  # share kept for choosing a ranking head's item-item term
 
 
 def search(
@@ -49,8 +50,10 @@ def search(
     one still training at the deadline stops there.  Returns (best model, its metrics, its
     options, the trials as ``[{"options", "metrics", "seconds"}]``).
     """
-    deadline = started + opts.budget_s * (1 - SEARCH_RESERVE)
     ranked = opts.ranking_weight(kind) > 0
+    # a ranking head's item-item term (movrec.item_item) is chosen after the search, in its share
+    reserve = SEARCH_RESERVE + (ITEM_ITEM_SHARE if ranked else 0.0)
+    deadline = started + opts.budget_s * (1 - reserve)
     trials: list[dict[str, Any]] = []
     best: tuple[float, Model, dict[str, Any], TrainOptions] | None = None
     last_s, last_epochs = 0.0, 1  # the last trial's seconds and its epochs option

@@ -528,6 +528,24 @@ def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -
         params["search"] = trials
     _, val_rows = split(len(data), opts.seed, 1 - opts.val_fraction)  # fit's split
     held_out = pack_split(data.users[val_rows], data.movies[val_rows], data.ratings[val_rows])
+    from movrec import item_item
+    from movrec.search import SEARCH_RESERVE
+
+    # the ranking head's item-item term, chosen on the same held-out rows (none without a head)
+    neighbours, about = item_item.for_model(
+        model,
+        data.users,
+        data.movies,
+        data.ratings,
+        val_rows,
+        backend.notice,
+        deadline=started + opts.budget_s * (1 - SEARCH_RESERVE) if opts.searched else None,
+    )
+    if about:
+        params["item_item"] = about
+        if neighbours is not None:
+            metrics["val_ndcg@10_ranking_alone"] = metrics.get("val_ndcg@10")
+            metrics["val_ndcg@10"] = about["val_ndcg@10"]
     model_id = registry.register(
         model,
         kind,
@@ -536,6 +554,7 @@ def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -
         metrics,
         duration_s=time.perf_counter() - started,
         validation_split=held_out,
+        item_item=neighbours.pack() if neighbours is not None else None,
     )
     backend.notice(
         f"movrec train {kind}: model {model_id} val RMSE {metrics['val_rmse']:.4f} "

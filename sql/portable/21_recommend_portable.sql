@@ -193,6 +193,52 @@ COMMENT ON FUNCTION movrec._recommend_model(bigint, vector, double precision, bo
     'scan with this ef_search when hnsw_ef is not NULL), predicted base - (rating <#> q) >= min_pred, lower-case '
     'genres and years applied';
 
+-- The champion's item-item weights (movrec.item_item), times its blend: a hybrid's ranking adds
+-- the weights of the movies the user rated.  Published at every deploy from model.registry.item_item
+-- (the CLI's deploy: movrec.registry.deploy_model); no rows for a champion without weights.
+CREATE TABLE IF NOT EXISTS model.movie_neighbours (
+    movie_id     integer NOT NULL,
+    neighbour_id integer NOT NULL,
+    model_id     bigint NOT NULL,
+    weight       real NOT NULL,
+    PRIMARY KEY (movie_id, neighbour_id)
+);
+COMMENT ON TABLE model.movie_neighbours IS
+    'Portable install: the champion''s item-item weights (rated movie_id adds weight to neighbour_id''s ranking '
+    'score); rebuilt at every deploy from model.registry.item_item';
+
+-- The model source of recommend() for a champion with item-item weights: the ranking score
+-- -(ranking <#> q) plus the sum of the weights of the movies in `seen`, so every candidate is
+-- scored (exact: the HNSW index orders the inner product alone); as _recommend_model otherwise.
+CREATE OR REPLACE FUNCTION movrec._recommend_item_item(
+    champ bigint, q vector, base double precision, want integer, excluded integer[], seen integer[],
+    lg text[], min_year integer, max_year integer, min_pred double precision)
+RETURNS TABLE (movie_id integer, title text, score real, predicted_rating real)
+LANGUAGE sql STABLE SET search_path = movrec, model, public, pg_temp AS $$
+    WITH ii AS (
+        SELECT n.neighbour_id, sum(n.weight::float8) AS s
+        FROM model.movie_neighbours n
+        WHERE n.movie_id = ANY (seen) AND n.model_id = champ
+        GROUP BY n.neighbour_id
+    ), scored AS (
+        SELECT v.movie_id, -(v.ranking <#> q) + coalesce(ii.s, 0) AS d, base - (v.rating <#> q) AS p
+        FROM model.movie_serving_vectors v LEFT JOIN ii ON ii.neighbour_id = v.movie_id
+        WHERE v.model_id = champ AND v.movie_id <> ALL (excluded)
+        OFFSET 0
+    )
+    SELECT s.movie_id, m.title, s.d::real, least(greatest(s.p, 0.5), 5.0)::real
+    FROM scored s JOIN movrec.movies m ON m.movie_id = s.movie_id
+    WHERE s.p >= min_pred
+      AND (lg IS NULL OR EXISTS (SELECT FROM unnest(m.genres) g WHERE lower(g) = ANY (lg)))
+      AND (min_year IS NULL OR m.year >= min_year) AND (max_year IS NULL OR m.year <= max_year)
+    ORDER BY s.d DESC, s.movie_id
+    LIMIT want
+$$;
+COMMENT ON FUNCTION movrec._recommend_item_item(bigint, vector, double precision, integer, integer[], integer[],
+                                                text[], integer, integer, double precision) IS
+    'Portable recommend()''s model source for a champion with item-item weights: ranking plus the rated movies'' '
+    'weights (model.movie_neighbours), exact, predicted base - (rating <#> q) >= min_pred, filters applied';
+
 CREATE OR REPLACE FUNCTION movrec._recommend(user_id integer, k integer, genres text[], min_year integer,
                                              max_year integer)
 RETURNS TABLE (movie_id integer, title text, score real, predicted_rating real, source text)
@@ -225,7 +271,9 @@ BEGIN
     SELECT d.model_id AS champ, g.global_mean AS mu, g.serving_ranking IS NOT NULL AS has_ranking,
            g.default_embedding, g.default_bias, a.embedding AS u, a.bias AS b_u,
            CASE WHEN s.recommend_search = 'hnsw' THEN s.hnsw_ef_search END AS hnsw_ef,
-           (SELECT coalesce(array_agg(w.movie_id), '{}') FROM movrec.watch_events w WHERE w.user_id = uid) AS seen
+           (SELECT coalesce(array_agg(w.movie_id), '{}') FROM movrec.watch_events w WHERE w.user_id = uid) AS seen,
+           g.serving_ranking IS NOT NULL
+               AND EXISTS (SELECT FROM model.movie_neighbours n WHERE n.model_id = d.model_id) AS item_item
     INTO c
     FROM movrec.settings s
     LEFT JOIN (SELECT d.model_id FROM model.deployments d ORDER BY d.deployment_id DESC LIMIT 1) d ON true
@@ -238,6 +286,11 @@ BEGIN
         q := (c.u::real[] || 1::real)::vector;
         FOR r IN SELECT * FROM movrec._recommend_model(c.champ, q, c.mu + c.b_u, c.has_ranking, c.hnsw_ef, k,
                                                        chosen, lg, min_year, max_year, min_pred)
+                 WHERE NOT c.item_item
+                 UNION ALL
+                 SELECT * FROM movrec._recommend_item_item(c.champ, q, c.mu + c.b_u, k, chosen, c.seen, lg,
+                                                           min_year, max_year, min_pred)
+                 WHERE c.item_item
         LOOP
             chosen := chosen || r.movie_id;
             got := got + 1;
@@ -273,6 +326,12 @@ BEGIN
             SELECT * FROM movrec._recommend_model(c.champ, (c.default_embedding || 1::real)::vector,
                                                   c.mu + c.default_bias, c.has_ranking, c.hnsw_ef, k - got, chosen,
                                                   lg, min_year, max_year, min_pred)
+            WHERE NOT c.item_item
+            UNION ALL
+            SELECT * FROM movrec._recommend_item_item(c.champ, (c.default_embedding || 1::real)::vector,
+                                                      c.mu + c.default_bias, k - got, chosen, c.seen, lg,
+                                                      min_year, max_year, min_pred)
+            WHERE c.item_item
         LOOP
             chosen := chosen || r.movie_id;
             got := got + 1;

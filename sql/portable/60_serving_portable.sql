@@ -56,6 +56,9 @@ DECLARE
     u record;
     n integer := 0;
     written integer;
+    -- a hybrid champion with item-item weights: recommend()'s order, ranking + the rated movies' weights
+    with_weights boolean := EXISTS (SELECT FROM model.registry g WHERE g.model_id = champ AND g.serving_ranking IS NOT NULL)
+                         AND EXISTS (SELECT FROM model.movie_neighbours x WHERE x.model_id = champ);
 BEGIN
     IF user_ids IS NULL THEN
         RAISE EXCEPTION 'user_ids must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -91,8 +94,13 @@ BEGIN
     LOOP
         INSERT INTO model.model_recommendation (user_id, rank, movie_id, score, predicted_rating, model_id, computed_at)
         SELECT u.id, row_number() OVER (), x.movie_id, x.score, x.predicted_rating, champ, clock_timestamp()
-        FROM movrec._recommend_model(champ, u.q, u.base, u.has_ranking, u.hnsw_ef, 150, u.seen, NULL, NULL, NULL,
-                                     min_pred) x;
+        FROM (SELECT * FROM movrec._recommend_model(champ, u.q, u.base, u.has_ranking, u.hnsw_ef, 150, u.seen, NULL,
+                                                    NULL, NULL, min_pred)
+              WHERE NOT with_weights
+              UNION ALL
+              SELECT * FROM movrec._recommend_item_item(champ, u.q, u.base, 150, u.seen, u.seen, NULL, NULL, NULL,
+                                                        min_pred)
+              WHERE with_weights) x;
         GET DIAGNOSTICS written = ROW_COUNT;
         n := n + written;
     END LOOP;

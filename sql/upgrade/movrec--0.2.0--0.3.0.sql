@@ -13,6 +13,8 @@ ALTER TABLE IF EXISTS movrec.settings
 
 -- evaluate() scores the rows a model held out, stored with it (NULL for models trained before).
 ALTER TABLE model.registry ADD COLUMN IF NOT EXISTS validation_split bytea;
+-- The hybrid's item-item weights (NULL for models trained before).
+ALTER TABLE model.registry ADD COLUMN IF NOT EXISTS item_item bytea;
 
 -- Citus: whose transaction ids a statistics row's changed_xid holds (0: this server's).
 ALTER TABLE IF EXISTS model.user_rating_stats ADD COLUMN IF NOT EXISTS changed_group integer NOT NULL DEFAULT 0;

@@ -2,7 +2,8 @@
 
 The fallback chain, per row (every row says which source gave it):
 
-1. ``model``: the user's vector of the champion;
+1. ``model``: the user's vector of the champion (a hybrid's ranking plus the item-item
+   weights of the movies the user rated, movrec.item_item);
 2. ``cf``: the user's Pearson CF rows in model.user_recommendation;
 3. ``model`` with the champion's default vector, for a user who rated but has no
    vector of this champion (ratings bulk-loaded after the deploy);
@@ -24,6 +25,7 @@ import numpy as np
 from movrec import backend
 from movrec.errors import InvalidArgument
 from movrec.scoring import clip_rating, top_k
+from movrec.serving import neighbours
 from movrec.serving.caches import Catalogue, aligned_positions, catalogue, popularity
 from movrec.serving.user import UserState, check_user, user_state
 from movrec.titles import titles
@@ -79,7 +81,24 @@ class _Picker:
             bad[exclude] = True
             exclude = np.flatnonzero(bad)
         want = self.missing
-        if champ.ranking is None:
+        weights = neighbours.aligned(champ) if champ.ranking is not None else None
+        if weights is not None and champ.ranking is not None:
+            # The ranking plus the rated movies' item-item weights: no longer one inner
+            # product, so every movie is scored (the index orders the inner product only).
+            rank = champ.ranking
+            full = rank[:, :-1] @ np.asarray(u, dtype=rank.dtype) + rank[:, -1]
+            full = full + weights.term(self.state.seen)
+            window = 2 * want + 16
+            while True:
+                cand = top_k(full, window, exclude)
+                predicted = champ.predicted_at(u, b_u, cand)
+                good = np.flatnonzero(predicted >= self.state.min_predicted)
+                if len(good) >= want or len(cand) < window:
+                    break
+                window *= 4
+            best, kept = cand[good[:want]], predicted[good[:want]]
+            scores = full[best]
+        elif champ.ranking is None:
             # Ordered by the predicted rating itself: the k best, then the >= 3 stars filter
             # (a best movie below 3 stars means every later one is below it too).
             best = champ.best(u, want, exclude)

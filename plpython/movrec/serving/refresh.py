@@ -10,6 +10,7 @@ import numpy as np
 from movrec import backend, locks
 from movrec.errors import InvalidArgument, NullArgument
 from movrec.scoring import MovieSide, top_k
+from movrec.serving import neighbours
 from movrec.serving.caches import current_champion
 from movrec.serving.user import DEFAULT_MIN_PREDICTED
 
@@ -84,6 +85,8 @@ def top_for_users(
 ) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
     """Per user: (positions, ranking scores, predicted ratings) of the top k, as recommend() ranks."""
     out = []
+    # a hybrid with item-item weights: its ranking plus the user's rated movies' weights
+    weights = neighbours.aligned(champ) if champ.ranking is not None else None
     for start in range(0, len(vectors), REFRESH_CHUNK):
         backend.check_interrupts()
         u = vectors[start : start + REFRESH_CHUNK]
@@ -97,8 +100,9 @@ def top_for_users(
         for i in range(len(u)):
             pos = champ.positions(list(seen[start + i]))
             exclude = np.concatenate([pos[pos >= 0], np.flatnonzero(predicted[i] < min_predicted)])
-            best = top_k(scores[i], k, exclude=exclude)
-            out.append((best, scores[i][best], predicted[i][best]))
+            row = scores[i] if weights is None else scores[i] + weights.term(seen[start + i])
+            best = top_k(row, k, exclude=exclude)
+            out.append((best, row[best], predicted[i][best]))
     return out
 
 

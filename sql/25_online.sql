@@ -69,7 +69,7 @@ BEGIN
     -- TG_RELID) only the general path's plain router statements run.
     IF TG_RELID = 'movrec.watch_events'::regclass THEN
         WITH c AS (
-            SELECT d.model_id, r.global_mean AS mu, x.embedding AS m, x.bias AS b_m, s.online_lr AS lr,
+            SELECT d.model_id, r.global_mean::float8 AS mu, x.embedding AS m, x.bias AS b_m, s.online_lr AS lr,
                    s.online_reg AS reg, s.backup_retention AS keep
             FROM (SELECT model_id FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) d
             JOIN model.registry r USING (model_id)
@@ -77,7 +77,8 @@ BEGIN
             CROSS JOIN movrec.settings s
             WHERE s.online_update = 'sgd'
         ), o AS (
-            SELECT a.user_id, a.embedding AS u, a.bias AS b_u, a.n_updates + 1 AS n, c.*
+            -- (float8 as the general path's variables: the sums below in double precision, as there)
+            SELECT a.user_id, a.embedding AS u, a.bias::float8 AS b_u, a.n_updates + 1 AS n, c.*
             FROM model.user_latent_attributes a JOIN c ON a.model_id = c.model_id
             -- the ring laid out for this retention, or none yet: no update archived anything
             -- (n_updates counts every archive row), so there is nothing to renumber

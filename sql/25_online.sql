@@ -57,6 +57,61 @@ BEGIN
     IF TG_OP = 'UPDATE' AND NEW.rating = OLD.rating THEN
         RETURN NULL;  -- the same rating again: nothing to learn
     END IF;
+    -- The common case in one statement: sgd, a user whose row is of the champion and whose
+    -- ring is laid out for the retention now (or who has no archive yet).  It reads the champion, its mean, the movie's
+    -- vector and the settings, locks the user's row (FOR UPDATE: a row another rating changed
+    -- meanwhile is read again, at its newest version, and must still match), archives the old
+    -- vector and writes the stepped one: what the general path below does in three
+    -- statements, with the same arithmetic.  The stamp is taken after the lock (s reads the
+    -- locked rows), so updated_at increases in lock order.  No row (another mode, a new user,
+    -- a vector of another model, a ring of another size, no champion or no vector for the
+    -- movie): nothing was written, and the general path decides.  On a Citus shard (another
+    -- TG_RELID) only the general path's plain router statements run.
+    IF TG_RELID = 'movrec.watch_events'::regclass THEN
+        WITH c AS (
+            SELECT d.model_id, r.global_mean::float8 AS mu, x.embedding AS m, x.bias AS b_m, s.online_lr AS lr,
+                   s.online_reg AS reg, s.backup_retention AS keep
+            FROM (SELECT model_id FROM model.deployments ORDER BY deployment_id DESC LIMIT 1) d
+            JOIN model.registry r USING (model_id)
+            JOIN model.movie_latent_attributes x ON x.movie_id = NEW.movie_id AND x.model_id = d.model_id
+            CROSS JOIN movrec.settings s
+            WHERE s.online_update = 'sgd'
+        ), o AS (
+            -- (float8 as the general path's variables: the sums below in double precision, as there)
+            SELECT a.user_id, a.embedding AS u, a.bias::float8 AS b_u, a.n_updates + 1 AS n, c.*
+            FROM model.user_latent_attributes a JOIN c ON a.model_id = c.model_id
+            -- the ring laid out for this retention, or none yet: no update archived anything
+            -- (n_updates counts every archive row), so there is nothing to renumber
+            WHERE a.user_id = NEW.user_id AND (a.backup_ring = c.keep OR (a.backup_ring IS NULL AND a.n_updates = 0))
+            FOR UPDATE OF a
+        ), s AS (
+            -- scoring.sgd_step: err = r - (mu + b_u + b_m + u.m); step = min(lr, 0.5 / (|m|^2 + 1))
+            SELECT o.*, clock_timestamp() AS stamp, e.err,
+                   least(o.lr, 0.5 / (1.0 - (o.m OPERATOR(public.<#>) o.m))) AS step
+            FROM o, LATERAL (SELECT NEW.rating - (o.mu + o.b_u + o.b_m - (o.u OPERATOR(public.<#>) o.m)) AS err) e
+        ), archived AS (
+            INSERT INTO model.user_latent_attributes_backups AS b
+                (user_id, slot, update_seq, embedding, bias, model_id, archived_at)
+            SELECT s.user_id, CASE WHEN s.keep = 0 THEN s.n ELSE s.n % s.keep END, s.n, s.u, s.b_u, s.model_id,
+                   s.stamp
+            FROM s
+            ON CONFLICT (user_id, slot) DO UPDATE
+            SET update_seq = excluded.update_seq, embedding = excluded.embedding, bias = excluded.bias,
+                model_id = excluded.model_id, archived_at = excluded.archived_at
+        )
+        -- u + step (err m - reg u) = (1 - step reg) u + (step err) m, as below
+        UPDATE model.user_latent_attributes a
+        SET embedding = (s.u OPERATOR(public.*) array_fill((1.0 - s.step * s.reg)::real, ARRAY[vector_dims(s.u)])::vector)
+                        OPERATOR(public.+)
+                        (s.m OPERATOR(public.*) array_fill((s.step * s.err)::real, ARRAY[vector_dims(s.m)])::vector),
+            bias = s.b_u + s.step * (s.err - s.reg * s.b_u), model_id = s.model_id, n_updates = s.n,
+            backup_ring = s.keep, updated_at = s.stamp
+        FROM s
+        WHERE a.user_id = s.user_id;
+        IF FOUND THEN
+            RETURN NULL;
+        END IF;
+    END IF;
     -- The champion, its global mean, the movie's vector of that model and the settings, in one
     -- statement.  (Not the movie row's model_id alone: a cold-start job that raced a deploy
     -- can leave a row of the previous model behind.)

@@ -59,86 +59,106 @@ COMMENT ON TABLE model.cf_queue IS
 COMMENT ON COLUMN model.cf_queue.not_before IS 'A failed job waits until then: 2^(attempts-1) seconds, at most an hour';
 CREATE INDEX IF NOT EXISTS cf_queue_enqueued_at_idx ON model.cf_queue (enqueued_at, user_id);
 
--- The triggers: one statement-level trigger per event, because transition tables
--- (all of a statement's rows at once) allow one event per trigger.  An ETL publish
--- of millions of rows costs one aggregate, not a PL call per row.  Statistics are
--- updated before the queue row is written, in user order (see cf/queue.py).
+-- The triggers.  An insert or a delete fires one statement-level trigger, whose transition
+-- table holds all of the statement's rows at once: an ETL publish of millions of rows costs
+-- one aggregate, not a PL call per row.  An update fires a row trigger, and only for a row
+-- whose user, movie or rating changed (its WHEN clause, evaluated without a function call):
+-- a statement-level UPDATE trigger would fire for every INSERT .. ON CONFLICT DO UPDATE (the
+-- rating path), and again, empty, when it only inserted; ratings are not updated in bulk
+-- (an ETL publish deletes and inserts).  Each writes the statistics first, then the users,
+-- once each, into both queues (model.cf_queue here, model.refresh_queue of 60_serving.sql),
+-- in user order (see cf/queue.py): one statement per trigger.
 CREATE OR REPLACE FUNCTION movrec.cf_on_ratings_changed() RETURNS trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
 DECLARE
     n_changed bigint := 0;
-    users integer[];
-    dn integer[];
-    ds float8[];
-    dss float8[];
 BEGIN
     IF TG_RELID <> 'movrec.watch_events'::regclass OR current_setting('application_name') = 'pg_restore' THEN
         IF NOT movrec._trigger_applies('movrec.cf_on_ratings_changed()', TG_RELID, 'movrec.watch_events') THEN
             RETURN NULL;  -- a restore replays rows whose effects the dump holds
         END IF;
     END IF;
-    -- Each event gives per-user deltas (+ for ratings added, - for ratings removed), in user
-    -- order; one statement below applies them.  A statement can name only the transition
-    -- tables its trigger declares, so the deltas are gathered per event.
+    -- Per-user deltas (+ for ratings added, - for ratings removed), applied to the statistics,
+    -- whose rows the statement returns to the queue inserts.  A statement can name only the
+    -- transition tables its trigger declares, so each event has its own.
     IF TG_OP = 'INSERT' THEN
-        SELECT array_agg(user_id ORDER BY user_id), array_agg(n ORDER BY user_id), array_agg(s1 ORDER BY user_id),
-               array_agg(s2 ORDER BY user_id)
-        INTO users, dn, ds, dss
-        FROM (SELECT user_id, count(*)::integer AS n, sum(rating::float8) AS s1, sum(rating::float8 ^ 2) AS s2
-              FROM movrec_cf_new GROUP BY user_id) per_user;
+        WITH stats AS (
+            INSERT INTO model.user_rating_stats AS s
+                (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
+            SELECT n.user_id, count(*)::integer, sum(n.rating::float8), sum(n.rating::float8 ^ 2), 1,
+                   pg_current_xact_id(), now()
+            FROM movrec_cf_new n GROUP BY n.user_id ORDER BY n.user_id
+            ON CONFLICT (user_id) DO UPDATE
+            SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
+                sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
+                changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
+            RETURNING s.user_id
+        ), queued AS (
+            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
+            ON CONFLICT (user_id) DO NOTHING
+        ), refresh AS (  -- the raters' stored recommendations are stale (serving_drain)
+            INSERT INTO model.refresh_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
+            ON CONFLICT (user_id) DO NOTHING
+        )
+        SELECT count(*) INTO n_changed FROM stats;
     ELSIF TG_OP = 'DELETE' THEN
-        SELECT array_agg(user_id ORDER BY user_id), array_agg(n ORDER BY user_id), array_agg(s1 ORDER BY user_id),
-               array_agg(s2 ORDER BY user_id)
-        INTO users, dn, ds, dss
-        FROM (SELECT user_id, -count(*)::integer AS n, -sum(rating::float8) AS s1, -sum(rating::float8 ^ 2) AS s2
-              FROM movrec_cf_old GROUP BY user_id) per_user;
-    ELSIF TG_OP = 'UPDATE' THEN
-        -- INSERT .. ON CONFLICT DO UPDATE fires this trigger even when it only inserted: an
-        -- empty statement leaves before the set operations below are run
-        IF NOT EXISTS (SELECT FROM movrec_cf_new) THEN
-            RETURN NULL;
-        END IF;
-        -- only rows whose (user, movie, rating) changed: a re-rating with the same value
-        -- (or a new rated_at) changes nothing here
-        SELECT array_agg(user_id ORDER BY user_id), array_agg(n ORDER BY user_id), array_agg(s1 ORDER BY user_id),
-               array_agg(s2 ORDER BY user_id)
-        INTO users, dn, ds, dss
-        FROM (SELECT user_id, sum(sign)::integer AS n, sum(sign * rating) AS s1, sum(sign * rating ^ 2) AS s2
-              FROM (SELECT user_id, 1 AS sign, rating::float8 AS rating
-                    FROM (SELECT user_id, movie_id, rating FROM movrec_cf_new
-                          EXCEPT ALL SELECT user_id, movie_id, rating FROM movrec_cf_old) added
-                    UNION ALL
-                    SELECT user_id, -1, rating::float8
-                    FROM (SELECT user_id, movie_id, rating FROM movrec_cf_old
-                          EXCEPT ALL SELECT user_id, movie_id, rating FROM movrec_cf_new) removed) delta
-              GROUP BY user_id) per_user;
+        WITH stats AS (
+            INSERT INTO model.user_rating_stats AS s
+                (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
+            SELECT o.user_id, -count(*)::integer, -sum(o.rating::float8), -sum(o.rating::float8 ^ 2), 1,
+                   pg_current_xact_id(), now()
+            FROM movrec_cf_old o GROUP BY o.user_id ORDER BY o.user_id
+            ON CONFLICT (user_id) DO UPDATE
+            SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
+                sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
+                changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
+            RETURNING s.user_id
+        ), queued AS (
+            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
+            ON CONFLICT (user_id) DO NOTHING
+        )
+        SELECT count(*) INTO n_changed FROM stats;
+    ELSIF TG_OP = 'UPDATE' THEN  -- (per row: the trigger's WHEN let only a changed rating through)
+        WITH delta (user_id, dn, ds, dss) AS (
+            SELECT OLD.user_id, -1, -OLD.rating::float8, -(OLD.rating::float8 ^ 2)
+            UNION ALL
+            SELECT NEW.user_id, 1, NEW.rating::float8, NEW.rating::float8 ^ 2
+        ), stats AS (
+            INSERT INTO model.user_rating_stats AS s
+                (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
+            SELECT d.user_id, sum(d.dn)::integer, sum(d.ds), sum(d.dss), 1, pg_current_xact_id(), now()
+            FROM delta d GROUP BY d.user_id ORDER BY d.user_id
+            ON CONFLICT (user_id) DO UPDATE
+            SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
+                sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
+                changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
+            RETURNING s.user_id
+        ), queued AS (
+            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
+            ON CONFLICT (user_id) DO NOTHING
+        ), refresh AS (
+            INSERT INTO model.refresh_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
+            ON CONFLICT (user_id) DO NOTHING
+        )
+        SELECT count(*) INTO n_changed FROM stats;
     ELSIF TG_OP = 'TRUNCATE' THEN
         -- every user who had ratings goes back to zero
-        SELECT array_agg(user_id ORDER BY user_id), array_agg(-n_ratings ORDER BY user_id),
-               array_agg(-sum_ratings ORDER BY user_id), array_agg(-sum_squares ORDER BY user_id)
-        INTO users, dn, ds, dss
-        FROM model.user_rating_stats WHERE n_ratings <> 0;
+        WITH stats AS (
+            INSERT INTO model.user_rating_stats AS s
+                (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
+            SELECT z.user_id, -z.n_ratings, -z.sum_ratings, -z.sum_squares, 1, pg_current_xact_id(), now()
+            FROM model.user_rating_stats z WHERE z.n_ratings <> 0 ORDER BY z.user_id
+            ON CONFLICT (user_id) DO UPDATE
+            SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
+                sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
+                changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
+            RETURNING s.user_id
+        ), queued AS (
+            INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
+            ON CONFLICT (user_id) DO NOTHING
+        )
+        SELECT count(*) INTO n_changed FROM stats;
     END IF;
-    IF users IS NULL THEN
-        RETURN NULL;
-    END IF;
-    -- upsert of the statistics, then the users, once each, into the queue (the queue CTE runs
-    -- after the statistics are written and locked, in user order: see cf/queue.py)
-    WITH stats AS (
-        INSERT INTO model.user_rating_stats AS s
-            (user_id, n_ratings, sum_ratings, sum_squares, n_changes, changed_xid, updated_at)
-        SELECT d.user_id, d.dn, d.ds, d.dss, 1, pg_current_xact_id(), now()
-        FROM unnest(users, dn, ds, dss) AS d (user_id, dn, ds, dss) ORDER BY d.user_id
-        ON CONFLICT (user_id) DO UPDATE
-        SET n_ratings = s.n_ratings + excluded.n_ratings, sum_ratings = s.sum_ratings + excluded.sum_ratings,
-            sum_squares = s.sum_squares + excluded.sum_squares, n_changes = s.n_changes + 1,
-            changed_xid = excluded.changed_xid, updated_at = excluded.updated_at
-        RETURNING s.user_id
-    ), queued AS (
-        INSERT INTO model.cf_queue (user_id) SELECT user_id FROM stats ORDER BY user_id
-        ON CONFLICT (user_id) DO NOTHING
-    )
-    SELECT count(*) INTO n_changed FROM stats;
     -- also when the user's job was already queued: a worker may have kept that job
     -- because this transaction was in flight, and should look again once it commits
     IF n_changed > 0 THEN
@@ -147,10 +167,11 @@ BEGIN
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION movrec.cf_on_ratings_changed() IS
-    'Trigger (per statement): updates model.user_rating_stats from the statement''s rows, enqueues the users '
-    'in model.cf_queue (once each) and NOTIFYs movrec_cf';
+    'Trigger (per statement for inserts and deletes, per changed row for updates): updates model.user_rating_stats, '
+    'enqueues the users in model.cf_queue and, for ratings added or changed, model.refresh_queue (once each), and '
+    'NOTIFYs movrec_cf';
 
--- (On Citus, movrec.distribute() puts a row trigger in their place: 87_citus.sql.)
+-- (On Citus, movrec.distribute() puts row triggers in their place: 87_citus.sql.)
 DO $citus$
 BEGIN
     IF NOT movrec._distributed() THEN
@@ -158,12 +179,15 @@ BEGIN
             AFTER INSERT ON movrec.watch_events REFERENCING NEW TABLE AS movrec_cf_new
             FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
         COMMENT ON TRIGGER movrec_cf_enqueue ON movrec.watch_events IS
-            'CF: inserted ratings update model.user_rating_stats and enqueue their users (movrec.cf_on_ratings_changed)';
-        CREATE OR REPLACE TRIGGER movrec_cf_enqueue_update
-            AFTER UPDATE ON movrec.watch_events REFERENCING OLD TABLE AS movrec_cf_old NEW TABLE AS movrec_cf_new
-            FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();
-        COMMENT ON TRIGGER movrec_cf_enqueue_update ON movrec.watch_events IS
-            'CF: changed ratings update model.user_rating_stats and enqueue their users (movrec.cf_on_ratings_changed)';
+            'Inserted ratings update model.user_rating_stats and enqueue their users for CF and the '
+            'recommendation refresh (movrec.cf_on_ratings_changed)';
+        CREATE OR REPLACE TRIGGER movrec_cf_enqueue_changed
+            AFTER UPDATE ON movrec.watch_events
+            FOR EACH ROW WHEN ((OLD.user_id, OLD.movie_id, OLD.rating) IS DISTINCT FROM (NEW.user_id, NEW.movie_id, NEW.rating))
+            EXECUTE FUNCTION movrec.cf_on_ratings_changed();
+        COMMENT ON TRIGGER movrec_cf_enqueue_changed ON movrec.watch_events IS
+            'A changed rating (user, movie or value) updates model.user_rating_stats and enqueues its user(s) for CF '
+            'and the recommendation refresh (movrec.cf_on_ratings_changed)';
         CREATE OR REPLACE TRIGGER movrec_cf_enqueue_delete
             AFTER DELETE ON movrec.watch_events REFERENCING OLD TABLE AS movrec_cf_old
             FOR EACH STATEMENT EXECUTE FUNCTION movrec.cf_on_ratings_changed();

@@ -168,42 +168,9 @@ COMMENT ON TABLE model.refresh_queue IS
     'user''s vector changed meanwhile; a failed job stays with attempts, last_error and a backoff';
 CREATE INDEX IF NOT EXISTS refresh_queue_enqueued_at_idx ON model.refresh_queue (enqueued_at, user_id);
 
-CREATE OR REPLACE FUNCTION movrec.refresh_on_ratings_changed() RETURNS trigger
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = movrec, model, pg_temp AS $$
-BEGIN
-    IF TG_RELID <> 'movrec.watch_events'::regclass OR current_setting('application_name') = 'pg_restore' THEN
-        IF NOT movrec._trigger_applies('movrec.refresh_on_ratings_changed()', TG_RELID, 'movrec.watch_events') THEN
-            RETURN NULL;  -- a restore replays rows whose effects the dump holds
-        END IF;
-    END IF;
-    IF TG_OP = 'UPDATE' AND NOT EXISTS (SELECT FROM movrec_refresh_new) THEN
-        RETURN NULL;  -- the update half of an INSERT .. ON CONFLICT that only inserted
-    END IF;
-    INSERT INTO model.refresh_queue (user_id)
-    SELECT DISTINCT n.user_id FROM movrec_refresh_new n ORDER BY n.user_id
-    ON CONFLICT (user_id) DO NOTHING;
-    RETURN NULL;
-END $$;
-COMMENT ON FUNCTION movrec.refresh_on_ratings_changed() IS
-    'Statement trigger: the users who rated go into model.refresh_queue once each (no scoring in the rating''s '
-    'transaction; movrec.serving_drain() does that later)';
-
--- (On Citus, movrec.distribute() puts a row trigger in their place: 87_citus.sql.)
-DO $citus$
-BEGIN
-    IF NOT movrec._distributed() THEN
-        CREATE OR REPLACE TRIGGER movrec_refresh_enqueue
-            AFTER INSERT ON movrec.watch_events REFERENCING NEW TABLE AS movrec_refresh_new
-            FOR EACH STATEMENT EXECUTE FUNCTION movrec.refresh_on_ratings_changed();
-        COMMENT ON TRIGGER movrec_refresh_enqueue ON movrec.watch_events IS
-            'Queues raters for a refresh of model.model_recommendation (movrec.refresh_on_ratings_changed)';
-        CREATE OR REPLACE TRIGGER movrec_refresh_enqueue_update
-            AFTER UPDATE ON movrec.watch_events REFERENCING NEW TABLE AS movrec_refresh_new
-            FOR EACH STATEMENT EXECUTE FUNCTION movrec.refresh_on_ratings_changed();
-        COMMENT ON TRIGGER movrec_refresh_enqueue_update ON movrec.watch_events IS
-            'Queues re-raters for a refresh of model.model_recommendation (movrec.refresh_on_ratings_changed)';
-    END IF;
-END $citus$;
+-- The raters go into the queue from the rating-statistics triggers (movrec.cf_on_ratings_changed,
+-- 50_cf.sql), in the statement that counts their ratings: one trigger per rating statement,
+-- not one per concern.
 
 CREATE OR REPLACE FUNCTION movrec.serving_drain(max_jobs integer DEFAULT 100) RETURNS integer
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path = movrec, model, public, pg_temp AS $$

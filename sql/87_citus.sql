@@ -159,8 +159,8 @@ BEGIN
     RETURN NULL;
 END $$;
 COMMENT ON FUNCTION movrec._refresh_on_rating_row() IS
-    'Trigger (per row, Citus): what movrec.refresh_on_ratings_changed() does per statement, for one rating: '
-    'the rater goes into model.refresh_queue';
+    'Trigger (per row, Citus): what movrec.cf_on_ratings_changed() does for the refresh queue per statement, '
+    'for one rating: the rater goes into model.refresh_queue';
 
 CREATE OR REPLACE FUNCTION movrec.distribute() RETURNS jsonb
 LANGUAGE plpgsql VOLATILE SET search_path = movrec, model, public, pg_temp AS $$
@@ -218,6 +218,7 @@ BEGIN
     -- Statement triggers over transition tables write other users' rows: row triggers instead.
     DROP TRIGGER IF EXISTS movrec_cf_enqueue ON movrec.watch_events;
     DROP TRIGGER IF EXISTS movrec_cf_enqueue_update ON movrec.watch_events;
+    DROP TRIGGER IF EXISTS movrec_cf_enqueue_changed ON movrec.watch_events;
     DROP TRIGGER IF EXISTS movrec_cf_enqueue_delete ON movrec.watch_events;
     DROP TRIGGER IF EXISTS movrec_cf_enqueue_truncate ON movrec.watch_events;
     DROP TRIGGER IF EXISTS movrec_refresh_enqueue ON movrec.watch_events;

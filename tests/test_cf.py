@@ -234,11 +234,12 @@ def test_trigger_keeps_statistics_and_enqueues_once(db: str) -> None:
         assert list(listener.notifies(timeout=1, stop_after=1))
         stats = "SELECT n_ratings, sum_ratings, sum_squares, mean_rating, n_changes FROM model.user_rating_stats WHERE user_id = %s"
         assert conn.execute(stats, (user,)).fetchone() == (5, 15.5, 3 * 16 + 1 + 6.25, 3.1, 4)
-        # same-value re-rating (movrec.rate sets rated_at): no change, no job
-        conn.execute("DELETE FROM model.cf_queue")
+        # same-value re-rating (movrec.rate sets rated_at): no change, no job (CF or refresh)
+        conn.execute("DELETE FROM model.cf_queue; DELETE FROM model.refresh_queue")
         conn.execute("SELECT movrec.rate(%s, 1, 4)", (user,))
         assert conn.execute(stats, (user,)).fetchone()[4] == 4
         assert conn.execute("SELECT count(*) FROM model.cf_queue").fetchone()[0] == 0
+        assert conn.execute("SELECT count(*) FROM model.refresh_queue").fetchone()[0] == 0
         # updates (a rating, a user id), deletes, a multi-row update
         conn.execute(
             "UPDATE movrec.watch_events SET rating = 2 WHERE user_id = %s AND movie_id = 1", (user,)

@@ -93,6 +93,30 @@ def test_sgd_in_sql_matches_the_numpy_step(conn: psycopg.Connection) -> None:
     assert np.allclose(got_u, want_u, atol=1e-5) and got_b == pytest.approx(want_b, abs=1e-5)
 
 
+def test_one_statement_step_is_the_general_paths_to_the_bit(conn: psycopg.Connection) -> None:
+    """The common case (a ring laid out for the retention) and the general path (a ring of no
+    layout yet, renumbered first) store the same vector and bias from the same state."""
+    fast, general = 33, 34
+    movie = next(
+        m for m in unseen_movies(conn, fast, 50) if m in set(unseen_movies(conn, general, 50))
+    )
+    conn.execute(
+        """UPDATE model.user_latent_attributes a
+           SET embedding = f.embedding, bias = f.bias, model_id = f.model_id, n_updates = 3,
+               backup_ring = CASE WHEN a.user_id = %s THEN 20 END
+           FROM model.user_latent_attributes f WHERE f.user_id = %s AND a.user_id IN (%s, %s)""",
+        (fast, fast, fast, general),
+    )
+    for user in (fast, general):
+        rate(conn, user, movie, 4.5)
+    got = conn.execute(
+        "SELECT embedding::text, bias, n_updates, backup_ring FROM model.user_latent_attributes "
+        "WHERE user_id = ANY(%s) ORDER BY user_id",
+        ([fast, general],),
+    ).fetchall()
+    assert got[0] == got[1] and got[0][2:] == (4, 20)
+
+
 def test_refit_is_the_ridge_solution_and_moves_toward_the_rating(conn: psycopg.Connection) -> None:
     set_settings(conn, online_update="refit", refit_reg=0.7)
     user = 777201  # new: starts from the default vector

@@ -193,9 +193,6 @@ def test_other_os_users_cannot_connect(cluster: Cluster) -> None:
 TRIGGERS = {
     "movrec.on_rating()": "AFTER INSERT ON t FOR EACH ROW",
     "movrec.cf_on_ratings_changed()": "AFTER INSERT ON t REFERENCING NEW TABLE AS movrec_cf_new FOR EACH STATEMENT",
-    "movrec.refresh_on_ratings_changed()": (
-        "AFTER INSERT ON t REFERENCING NEW TABLE AS movrec_refresh_new FOR EACH STATEMENT"
-    ),
 }
 
 

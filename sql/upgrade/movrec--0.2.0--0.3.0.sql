@@ -18,3 +18,10 @@ ALTER TABLE model.registry ADD COLUMN IF NOT EXISTS item_item bytea;
 
 -- Citus: whose transaction ids a statistics row's changed_xid holds (0: this server's).
 ALTER TABLE IF EXISTS model.user_rating_stats ADD COLUMN IF NOT EXISTS changed_group integer NOT NULL DEFAULT 0;
+
+-- The refresh queue is written by the rating-statistics triggers (movrec.cf_on_ratings_changed),
+-- and an update fires a row trigger (movrec_cf_enqueue_changed) in place of a statement trigger.
+DROP TRIGGER IF EXISTS movrec_refresh_enqueue ON movrec.watch_events;
+DROP TRIGGER IF EXISTS movrec_refresh_enqueue_update ON movrec.watch_events;
+DROP TRIGGER IF EXISTS movrec_cf_enqueue_update ON movrec.watch_events;
+DROP FUNCTION IF EXISTS movrec.refresh_on_ratings_changed();

@@ -10,6 +10,8 @@
   ranking score (or predicted rating), movies predicted below the
   min_predicted filter after all others; candidates are ``movie_space`` minus the
   user's training movies, and movies the model does not know rank last.
+- a model with temporal features (movrec.temporal) is scored at each user's query time,
+  their latest training rating (``train_times``), as serving takes their latest stored one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from movrec import temporal
 from movrec.metrics import ranking_metrics, rating_metrics
 
 if TYPE_CHECKING:
@@ -36,8 +39,10 @@ def evaluate_model(
     movie_space: np.ndarray | None = None,
     min_predicted: float = 3.0,
     prefix: str = "test",
+    train_times: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """train = (user ids, movie ids); test = (user ids, movie ids, ratings).
+    """train = (user ids, movie ids); test = (user ids, movie ids, ratings); ``train_times``
+    (epoch seconds of the training rows) is required for a model with temporal features.
 
     Every figure is named for what it was measured on: ``{prefix}_rmse``, ``{prefix}_known_rmse``,
     ``{prefix}_ndcg@10``, ..., ``n_{prefix}`` and ``n_{prefix}_unknown`` (rows whose user or
@@ -49,16 +54,32 @@ def evaluate_model(
     ranking = ranking_side.numpy() if ranking_side is not None else None
     mean = float(model.global_mean)
     default_u, default_b = users.mean(axis=0), float(user_bias.mean())
+    tside = model.temporal_side() if hasattr(model, "temporal_side") else None
 
     tu, tm, tr = (np.asarray(x) for x in test)
+    all_users = np.unique(np.concatenate([train[0], tu]))
+    u_of = {u: i for i, u in enumerate(all_users)}
+    qyear = since = np.zeros(len(all_users))
+    if tside is not None:
+        if train_times is None:
+            raise ValueError("a model with temporal features needs train_times")
+        train_idx = np.searchsorted(all_users, np.asarray(train[0]))
+        first, latest = temporal.user_times(train_idx, train_times, len(all_users))
+        qyear, since = temporal.calendar_year(latest), latest - first
     up, mp = _positions(user_ids, tu), _positions(movie_ids, tm)
     known = (up >= 0) & (mp >= 0)
     pred = np.full(len(tr), mean)
+    offset = 0.0
+    if tside is not None:
+        ti = np.searchsorted(all_users, tu[known])
+        age = temporal.age_bin(qyear[ti], tside["movie_year"][mp[known]])
+        offset = tside["age_rating"][age] + tside["drift_rating"][temporal.drift_bin(since[ti])]
     pred[known] = np.clip(
         (users[up[known]] * movies[mp[known]]).sum(1)
         + user_bias[up[known]]
         + movie_bias[mp[known]]
-        + mean,
+        + mean
+        + offset,
         0.5,
         5.0,
     )
@@ -72,8 +93,6 @@ def evaluate_model(
     # ranking, in movie_space's index space
     space = np.unique(movie_ids if movie_space is None else movie_space)
     in_model = _positions(movie_ids, space)
-    all_users = np.unique(np.concatenate([train[0], tu]))
-    u_of = {u: i for i, u in enumerate(all_users)}
     upos_all = _positions(user_ids, all_users)
 
     def score(idx: np.ndarray) -> np.ndarray:
@@ -83,6 +102,9 @@ def evaluate_model(
         biases = np.where(upos_all[idx] >= 0, user_bias[np.maximum(upos_all[idx], 0)], default_b)
         predicted = vecs @ movies.T + movie_bias + biases[:, None] + mean
         rank = predicted if ranking is None else vecs @ ranking[:, :-1].T + ranking[:, -1]
+        if tside is not None:
+            predicted = predicted + temporal.rating_offsets(tside, qyear[idx], since[idx])
+            rank = rank + temporal.rank_offsets(tside, qyear[idx])
         rank = np.where(
             predicted >= min_predicted, rank, rank - 1e6
         )  # the filter: after all others

@@ -39,6 +39,7 @@ class TrainOptions:
     hidden: int = 256
     dropout: float = 0.1
     solver: str = "adam"  # adam: minibatch Adam; als: exact alternating solves (mf only)
+    temporal: bool = False  # hybrid/functional: movrec.temporal's features from rated_at
     budget_s: float = 0.0  # > 0: choose options on the validation split within this many seconds
 
     @property
@@ -100,6 +101,10 @@ class TrainOptions:
             raise InvalidArgument(
                 f"solver 'als' solves the rating objective of mf only, not {kind!r}",
                 hint="use solver 'adam' for models with a content or ranking network",
+            )
+        if opts.temporal and kind != "hybrid":
+            raise InvalidArgument(
+                f"bad training option: temporal features are a hybrid option, not {kind!r}"
             )
         if opts.negatives == 0 and not opts.in_batch:
             raise InvalidArgument(

@@ -285,7 +285,7 @@ class _Run:
                     (
                         model(self.U[va], self.M[va])
                         if self.T is None
-                        else model(self.U[va], self.M[va], self._rows(va))
+                        else model(self.U[va], self.M[va]) + model.time_offset(self._rows(va))
                     )
                     .clamp(0.5, 5.0)
                     .cpu()

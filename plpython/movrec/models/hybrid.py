@@ -251,9 +251,8 @@ class HybridModel(UserEmbeddings):
                 self.age_rank[times[0][:rows]],
                 self.age_rank[self._age_bins(times[2][:rows], negatives)],
             )
-        ce = self._sampled_softmax(
-            u[:rows], movies[:rows], rank[at[:rows]], negatives, rank[neg_at], log_q, extra
-        )
+        args = (u[:rows], movies[:rows], rank[at[:rows]], negatives, rank[neg_at], log_q)
+        ce = self._sampled_softmax(*args) if extra is None else self._sampled_softmax(*args, extra)
         return mse, (ce if weights is None else ce * weights[:rows]).mean()
 
     def _sampled_softmax(

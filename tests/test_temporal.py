@@ -39,6 +39,16 @@ def test_features_follow_the_documented_bins() -> None:
     first, latest = temporal.user_times(np.array([0, 0, 2, 0]), np.array([5.0, 1.0, 7.0, 3.0]), 3)
     assert first[0] == 1.0 and latest[0] == 5.0 and first[2] == latest[2] == 7.0
     assert np.isnan(first[1]) and np.isnan(latest[1])
+    # the latest 2 of each user's ratings by time, ties by row order
+    recent = temporal.recent_rows(
+        np.array([1, 1, 1, 2, 1, 2]), np.array([3.0, 1.0, 3.0, 9.0, 0.0, 8.0]), k=2
+    )
+    assert recent.tolist() == [True, False, True, True, False, True]
+    assert temporal.recent_rows(np.array([4, 4, 4]), np.array([1.0, 1.0, 1.0]), 1).tolist() == [
+        False,
+        False,
+        True,
+    ]
     # a rating of a 1990 movie in 2001, 400 days after the user's first: age 11, drift 5
     age, drift, year = temporal.row_features(
         np.array([0]),
@@ -142,6 +152,7 @@ def test_evaluation_scores_a_user_at_their_latest_training_rating(fitted) -> Non
         i, j = np.searchsorted(user_ids, u), np.searchsorted(movie_ids, m)
         age = temporal.age_bin(temporal.calendar_year(q), side["movie_year"][j])
         offset = side["age_rating"][age] + side["drift_rating"][temporal.drift_bin(q - first)]
+        offset += side["recent_bias"][i]  # the query time is always among the latest ratings
         pred.append(uvec[i] @ mvec[j] + ubias[i] + mbias[j] + float(model.global_mean) + offset)
     truth = data.ratings[last].astype(np.float64)
     rmse = float(np.sqrt(np.mean((np.clip(pred, 0.5, 5.0) - truth) ** 2)))

@@ -73,7 +73,11 @@ def evaluate_model(
     if tside is not None:
         ti = np.searchsorted(all_users, tu[known])
         age = temporal.age_bin(qyear[ti], tside["movie_year"][mp[known]])
-        offset = tside["age_rating"][age] + tside["drift_rating"][temporal.drift_bin(since[ti])]
+        offset = (
+            tside["age_rating"][age]
+            + tside["drift_rating"][temporal.drift_bin(since[ti])]
+            + tside["recent_bias"][up[known]]
+        )
     pred[known] = np.clip(
         (users[up[known]] * movies[mp[known]]).sum(1)
         + user_bias[up[known]]
@@ -100,6 +104,10 @@ def evaluate_model(
             (upos_all[idx] >= 0)[:, None], users[np.maximum(upos_all[idx], 0)], default_u
         )
         biases = np.where(upos_all[idx] >= 0, user_bias[np.maximum(upos_all[idx], 0)], default_b)
+        if tside is not None:  # the query time is the user's latest rating: always recent
+            biases = biases + np.where(
+                upos_all[idx] >= 0, tside["recent_bias"][np.maximum(upos_all[idx], 0)], 0.0
+            )
         predicted = vecs @ movies.T + movie_bias + biases[:, None] + mean
         rank = predicted if ranking is None else vecs @ ranking[:, :-1].T + ranking[:, -1]
         if tside is not None:

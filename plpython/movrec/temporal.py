@@ -9,6 +9,9 @@ Features of a rating made at time t by user u of movie m:
     the movie's age at rating time, ``a = floor(calendar year of t) - year_m``, binned:
     0 unknown year; 1 a < 0 (released after t: "from the future"); 2 a = 0; 3 a = 1;
     4 a in 2..3; 5 a in 4..7; 6 a in 8..15; 7 a in 16..31; 8 a >= 32.
+``recent``
+    whether the rating is among the user's latest ``RECENT`` (50) ratings by time (ties by row
+    order); the user's query time is always recent.
 ``drift_bin(t - first_u)``
     time since the user's first rating, in days d: 0 d < 1; 1 d < 7; 2 d < 30; 3 d < 90;
     4 d < 365; 5 d < 1095; 6 otherwise.
@@ -26,6 +29,7 @@ SECONDS_PER_YEAR = 365.2425 * 86_400.0  # the mean Gregorian year
 DAY = 86_400.0
 N_AGE = 9
 N_DRIFT = 7
+RECENT = 50
 # age a (clipped to [-1, 32]) -> bin: AGE_LOOKUP[a + 1]
 AGE_LOOKUP = np.array(
     [1, 2, 3, 4, 4, *[5] * 4, *[6] * 8, *[7] * 16, 8], dtype=np.int64
@@ -89,3 +93,15 @@ def rating_offsets(
     bins = age_bin(np.asarray(query_years, np.float64)[:, None], side["movie_year"][None, :])
     drift = side["drift_rating"][drift_bin(since_first_s)]
     return side["age_rating"][bins] + drift[:, None]
+
+
+def recent_rows(users: np.ndarray, times: np.ndarray, k: int = RECENT) -> np.ndarray:
+    """Per rating: whether it is among its user's latest ``k`` ratings by time (ties in time
+    broken by row order, later rows later)."""
+    users, times = np.asarray(users), np.asarray(times)
+    order = np.lexsort((np.arange(len(users)), times, users))
+    _, starts, counts = np.unique(users[order], return_index=True, return_counts=True)
+    from_end = np.repeat(starts + counts, counts) - 1 - np.arange(len(users))
+    out = np.zeros(len(users), bool)
+    out[order] = from_end < k
+    return out

@@ -165,8 +165,10 @@ class _Run:
         self.first_time = first
         years = self.model.movie_year.cpu().numpy()[self.m_idx]
         age, drift, year = temporal.row_features(self.u_idx, years, times, first)
+        recent = temporal.recent_rows(self.u_idx, times).astype(np.float32)
         self.T = tuple(
-            torch.from_numpy(np.ascontiguousarray(a)).to(self.device) for a in (age, drift, year)
+            torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+            for a in (self.u_idx.astype(np.int64), age, drift, year, recent)
         )
 
     def _rows(self, batch: Any) -> Any:

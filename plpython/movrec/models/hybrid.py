@@ -28,8 +28,9 @@ from movrec.content import NUMERIC, MovieContent
 from movrec.models.base import UserEmbeddings
 from movrec.tokenizer import FIELDS
 
-# Per rating: (age bin, drift bin, calendar year of the rating), movrec.temporal's features.
-TimeRows = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
+# Per rating: (user index, age bin, drift bin, calendar year of the rating, recent flag),
+# movrec.temporal's features.
+TimeRows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 # The ranking loss's logits are (rows x candidates) and autograd keeps several copies of
 # them: unbounded, a batch of 65,536 with in-batch negatives asked for 17 GB a copy and
@@ -80,6 +81,7 @@ class HybridModel(UserEmbeddings):
     age_rating: nn.Parameter
     drift_rating: nn.Parameter
     age_rank: nn.Parameter
+    recent_bias: nn.Embedding
 
     def __init__(
         self,
@@ -146,6 +148,10 @@ class HybridModel(UserEmbeddings):
             self.age_rating = nn.Parameter(torch.zeros(tf.N_AGE))
             self.drift_rating = nn.Parameter(torch.zeros(tf.N_DRIFT))
             self.age_rank = nn.Parameter(torch.zeros(tf.N_AGE))
+            # a user's bias over their latest ratings (temporal.recent_rows), on top of
+            # user_bias: where a user's ratings drift, the recent ones say more about the next
+            self.recent_bias = nn.Embedding(len(user_ids), 1)
+            nn.init.zeros_(self.recent_bias.weight)
 
     # -- the movie sub-network ------------------------------------------------
     def _hidden(self, movies: torch.Tensor) -> torch.Tensor:
@@ -189,7 +195,12 @@ class HybridModel(UserEmbeddings):
         """The temporal rating terms of rows (0 without temporal features)."""
         if not self.temporal or times is None:
             return 0.0
-        return self.age_rating[times[0]] + self.drift_rating[times[1]]
+        users, age, drift, _, recent = times
+        return (
+            self.age_rating[age]
+            + self.drift_rating[drift]
+            + recent * self.recent_bias(users).squeeze(-1)
+        )
 
     def _age_bins(self, year: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
         """(rows, movies) age bins of ``movies`` at each row's calendar year (temporal.age_bin)."""
@@ -202,6 +213,8 @@ class HybridModel(UserEmbeddings):
         reg = (self.user_embedding(users) ** 2).sum(-1) + 0.1 * self.user_bias(users).squeeze(
             -1
         ) ** 2
+        if self.temporal:
+            reg = reg + 0.1 * self.recent_bias(users).squeeze(-1) ** 2
         if self.uses_id_embedding:
             reg = (
                 reg
@@ -247,9 +260,12 @@ class HybridModel(UserEmbeddings):
         if self.temporal and times is not None:
             # each row's candidates are aged at that row's time, as serving ages them at the
             # user's query time
+            # the candidates' priors per distinct rating year (a few), then per row: a gather
+            # of rows, not a (rows x candidates) scatter into the 9 age terms on the way back
+            years, row_year = torch.unique(times[3][:rows], return_inverse=True)
             extra = (
-                self.age_rank[times[0][:rows]],
-                self.age_rank[self._age_bins(times[2][:rows], negatives)],
+                self.age_rank[times[1][:rows]],
+                self.age_rank[self._age_bins(years, negatives)][row_year],
             )
         args = (u[:rows], movies[:rows], rank[at[:rows]], negatives, rank[neg_at], log_q)
         ce = self._sampled_softmax(*args) if extra is None else self._sampled_softmax(*args, extra)
@@ -342,8 +358,10 @@ class HybridModel(UserEmbeddings):
         temporal features: ``movie_year`` per movie (NaN unknown); ``age_rating`` and
         ``drift_rating``, the rating offsets per bin; ``age_rank``, the ranking offsets per age
         bin with the published blend baked in (rank_blend x age_rating), as ranking_side()
-        bakes it into the matrix.  The drift offset is the same for every movie of a user, so
-        it changes predicted ratings (and the 3-star filter), not the order."""
+        bakes it into the matrix; ``recent_bias``, per user of user_side(), added to the user's
+        bias (the query time is the user's latest rating: always recent).  The drift and recent
+        offsets are the same for every movie of a user, so they change predicted ratings (and
+        the 3-star filter), not the order."""
         if not self.temporal:
             return None
         blend = float(self.config.get("rank_blend", 0.0))
@@ -352,6 +370,7 @@ class HybridModel(UserEmbeddings):
             "age_rating": self.age_rating.detach().cpu().numpy().astype(np.float64),
             "drift_rating": self.drift_rating.detach().cpu().numpy().astype(np.float64),
             "age_rank": (self.age_rank + blend * self.age_rating).detach().cpu().numpy(),
+            "recent_bias": self.recent_bias.weight[:, 0].detach().cpu().numpy().astype(np.float64),
         }
 
     @torch.no_grad()

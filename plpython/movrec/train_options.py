@@ -39,7 +39,8 @@ class TrainOptions:
     hidden: int = 256
     dropout: float = 0.1
     solver: str = "adam"  # adam: minibatch Adam; als: exact alternating solves (mf only)
-    temporal: bool = False  # hybrid/functional: movrec.temporal's features from rated_at
+    # hybrid: movrec.temporal's features from rated_at; off by default (the note at KIND_DEFAULTS)
+    temporal: bool = False
     budget_s: float = 0.0  # > 0: choose options on the validation split within this many seconds
 
     @property

@@ -182,3 +182,6 @@ def test_a_temporal_model_is_not_deployed(conn: psycopg.Connection) -> None:
         conn.execute("SELECT movrec.deploy(%s)", (model_id,))
     assert conn.execute("SELECT model_id FROM model.champion").fetchone()[0] == champion
     assert table_digest(conn, "model.movie_latent_attributes") == published
+    # offline evaluation works: evaluate() scores it on its stored split at the users' times
+    figures = dict(conn.execute("SELECT * FROM movrec.evaluate(%s)", (model_id,)).fetchall())
+    assert 0 < figures["val_rmse"] < 2 and 0 <= figures["val_ndcg@10"] <= 1

@@ -207,6 +207,17 @@ def stored_split(
 # --- SQL glue ---------------------------------------------------------------------
 
 
+def _times_of(data: Any, rows: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+    """The rated_at (epoch seconds) of these (user, movie) rows of ``data`` (training.Ratings,
+    which holds each pair once), for a model with temporal features."""
+    if data.times is None:
+        return None
+    keys = row_keys(data.users, data.movies)
+    order = np.argsort(keys)
+    pos = np.searchsorted(keys[order], row_keys(*rows))
+    return np.asarray(data.times)[order[np.minimum(pos, max(len(keys) - 1, 0))]]
+
+
 def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, float]]:
     """Evaluate on a table of (user_id, movie_id, rating) (figures ``eval_*``), or on the
     validation split stored with the model (figures ``val_*``: the rows it never trained on).
@@ -278,7 +289,7 @@ def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, 
             "n_val_stored": n_stored,
             "n_val_gone": gone,
         }
-    result = evaluate_model(model, train, test, prefix=prefix)
+    result = evaluate_model(model, train, test, prefix=prefix, train_times=_times_of(data, train))
     result.update(extra)
     result["evaluated_on"] = source
     backend.execute(

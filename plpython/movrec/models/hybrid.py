@@ -247,7 +247,7 @@ class HybridModel(UserEmbeddings):
             + self.user_bias(users).squeeze(-1)
             + bias[at]
             + self.global_mean
-            + self.time_offset(times)
+            + (0.0 if times is None else self.time_offset(times))
         )
         mse = ((pred - ratings) ** 2).mean()
         if in_batch:
@@ -257,7 +257,7 @@ class HybridModel(UserEmbeddings):
             neg_at = torch.cat([at[:IN_BATCH_MAX], neg_at])
         rows = min(len(movies), max(1, RANKING_LOGITS // max(1, len(negatives))))
         extra: tuple[torch.Tensor, torch.Tensor] | None = None
-        if self.temporal and times is not None:
+        if times is not None and self.temporal:
             # each row's candidates are aged at that row's time, as serving ages them at the
             # user's query time
             # the candidates' priors per distinct rating year (a few), then per row: a gather

@@ -106,3 +106,17 @@ def test_time_split_breaks_ties_by_row_order() -> None:
     # user 1: round(2.5) = 3, the last 3 rows of equal time; user 2: round(0.5) = 1, time 1
     assert test.tolist() == [7, 8, 9, 10]
     assert train.tolist() == [0, 1, 2, 3, 4, 5, 6, 11]
+
+
+def test_seed_summary_gives_the_means_and_the_spread() -> None:
+    from movrec_cli.baselines import COLUMNS
+    from movrec_cli.bench_quality import seed_summary
+
+    rows = [
+        {**dict.fromkeys(COLUMNS, 0.0), "rmse": rmse, "ndcg@10": ndcg, "fit_seconds": 10.0}
+        for rmse, ndcg in ((0.88, 0.09), (0.87, 0.10), (0.89, 0.08))
+    ]
+    row = seed_summary("hybrid", rows)
+    assert row["model"] == "movrec hybrid, mean of 3 seeds"
+    assert row["rmse"] == pytest.approx(0.88) and row["ndcg@10"] == pytest.approx(0.09)
+    assert row["note"] == "spread (max - min) RMSE 0.0200, NDCG@10 0.0200"

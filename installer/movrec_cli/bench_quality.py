@@ -156,13 +156,16 @@ def movrec_rows(
     progress: Any = print,
     protocol: str = "random",
     tmdb: bool = True,
+    seeds: tuple[int, ...] = (),
 ) -> list[dict[str, Any]]:
     """Load the training 90 % through the real loaders and ETL, train `kinds` in the database,
     and evaluate each on the raw test rows mapped through the ETL's id maps.
 
     The ETL runs with permissive thresholds (no pruning, TMDB optional) so it removes
-    as few rows as possible; ``tmdb=False`` skips loading TMDB (titles and genres only); test rows it could not map are predicted with the
-    training mean and reported as n_test_unknown.
+    as few rows as possible; ``tmdb=False`` skips loading TMDB (titles and genres only); test
+    rows it could not map are predicted with the training mean and reported as n_test_unknown.
+    With ``seeds``, every kind trains once per seed (its ``seed`` option) on the one data load,
+    and with more than one a row of the means follows (``seed_summary``).
     """
     import json
     import shutil
@@ -206,19 +209,24 @@ def movrec_rows(
     te_u = np.array([u_of[u] for u in test.userId])
     te_m = np.array([m_of[m] for m in test.movieId])
     tr = conn.execute(
-        "SELECT array_agg(user_id), array_agg(movie_id) FROM movrec.watch_events"
+        "SELECT array_agg(user_id), array_agg(movie_id), "
+        "array_agg(extract(epoch FROM rated_at)::float8) FROM movrec.watch_events"
     ).fetchone()
     train_ids = (np.asarray(tr[0]), np.asarray(tr[1]))
+    train_times = np.asarray(tr[2], dtype=np.float64)
     counts = train.movieId.value_counts()
     rare = test.movieId.map(counts).fillna(0).between(1, 4).to_numpy()
 
     rows = []
-    for kind in kinds:
+    for kind, seed in [(k, s) for k in kinds for s in (seeds or (None,))]:
         t = time.perf_counter()
+        kind_options = dict(options.get(kind, {}))
+        if seed is not None:
+            kind_options["seed"] = seed
         model_id = one(
             conn.execute(
                 "SELECT movrec.train(%s, %s::jsonb, deploy => false)",
-                (kind, json.dumps(options.get(kind, {}))),
+                (kind, json.dumps(kind_options)),
             )
         )[0]
         seconds = time.perf_counter() - t
@@ -235,6 +243,7 @@ def movrec_rows(
             (te_u, te_m, test.rating.to_numpy()),
             movie_space=np.array(sorted(m_of.values())),
             item_item=weights,
+            train_times=train_times,
         )
         rare_result = evaluate_model(
             model,
@@ -242,6 +251,7 @@ def movrec_rows(
             (te_u[rare], te_m[rare], test.rating.to_numpy()[rare]),
             movie_space=np.array(sorted(m_of.values())),
             item_item=weights,
+            train_times=train_times,
         )
         if weights is not None:  # the ranking head alone, for the note
             alone = evaluate_model(
@@ -253,7 +263,9 @@ def movrec_rows(
             searched += f"; without item-item NDCG@10 {alone['test_ndcg@10']:.4f}"
         rows.append(
             {
-                "model": f"movrec {kind} (#{model_id})",
+                "model": f"movrec {kind} (#{model_id}"
+                + ("" if seed is None else f", seed {seed}")
+                + ")",
                 "rmse": result["test_rmse"],
                 "mae": result["test_mae"],
                 "precision@10": result["test_precision@10"],
@@ -266,4 +278,20 @@ def movrec_rows(
             }
         )
         progress(f"bench: {rows[-1]}")
+        if seeds and len(seeds) > 1 and seed == seeds[-1]:
+            rows.append(seed_summary(kind, rows[-len(seeds) :]))
     return rows
+
+
+def seed_summary(kind: str, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row: the mean over seeds of every metric, and in its note the spread (max - min)
+    of RMSE and NDCG@10, the figure a difference between two options must exceed."""
+    import numpy as np
+
+    mean = {c: float(np.mean([r[c] for r in rows])) for c in (*COLUMNS, "fit_seconds")}
+    spread = {c: max(r[c] for r in rows) - min(r[c] for r in rows) for c in ("rmse", "ndcg@10")}
+    return {
+        "model": f"movrec {kind}, mean of {len(rows)} seeds",
+        **mean,
+        "note": f"spread (max - min) RMSE {spread['rmse']:.4f}, NDCG@10 {spread['ndcg@10']:.4f}",
+    }

@@ -46,3 +46,9 @@ class NotEnoughData(MovrecError):
     """Too few ratings to train."""
 
     sqlstate = "55000"
+
+
+class NotServable(MovrecError):
+    """A model uses a feature that serving does not compute (yet): it cannot be deployed."""
+
+    sqlstate = "0A000"  # feature_not_supported

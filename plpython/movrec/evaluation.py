@@ -10,6 +10,8 @@
   ranking score (or predicted rating), movies predicted below the
   min_predicted filter after all others; candidates are ``movie_space`` minus the
   user's training movies, and movies the model does not know rank last.
+- a model with temporal features (movrec.temporal) is scored at each user's query time,
+  their latest training rating (``train_times``), as serving takes their latest stored one.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from movrec import temporal
 from movrec.metrics import ranking_metrics, rating_metrics
 
 if TYPE_CHECKING:
@@ -38,8 +41,10 @@ def evaluate_model(
     min_predicted: float = 3.0,
     prefix: str = "test",
     item_item: Neighbours | None = None,
+    train_times: np.ndarray | None = None,
 ) -> dict[str, Any]:
-    """train = (user ids, movie ids); test = (user ids, movie ids, ratings).
+    """train = (user ids, movie ids); test = (user ids, movie ids, ratings); ``train_times``
+    (epoch seconds of the training rows) is required for a model with temporal features.
 
     ``item_item`` (the model's weights, movrec.item_item) adds to each user's ranking score
     the sum of their training movies' weights, as recommend() adds their rated movies'.
@@ -54,16 +59,36 @@ def evaluate_model(
     ranking = ranking_side.numpy() if ranking_side is not None else None
     mean = float(model.global_mean)
     default_u, default_b = users.mean(axis=0), float(user_bias.mean())
+    tside = model.temporal_side() if hasattr(model, "temporal_side") else None
 
     tu, tm, tr = (np.asarray(x) for x in test)
+    all_users = np.unique(np.concatenate([train[0], tu]))
+    u_of = {u: i for i, u in enumerate(all_users)}
+    qyear = since = np.zeros(len(all_users))
+    if tside is not None:
+        if train_times is None:
+            raise ValueError("a model with temporal features needs train_times")
+        train_idx = np.searchsorted(all_users, np.asarray(train[0]))
+        first, latest = temporal.user_times(train_idx, train_times, len(all_users))
+        qyear, since = temporal.calendar_year(latest), latest - first
     up, mp = _positions(user_ids, tu), _positions(movie_ids, tm)
     known = (up >= 0) & (mp >= 0)
     pred = np.full(len(tr), mean)
+    offset = 0.0
+    if tside is not None:
+        ti = np.searchsorted(all_users, tu[known])
+        age = temporal.age_bin(qyear[ti], tside["movie_year"][mp[known]])
+        offset = (
+            tside["age_rating"][age]
+            + tside["drift_rating"][temporal.drift_bin(since[ti])]
+            + tside["recent_bias"][up[known]]
+        )
     pred[known] = np.clip(
         (users[up[known]] * movies[mp[known]]).sum(1)
         + user_bias[up[known]]
         + movie_bias[mp[known]]
-        + mean,
+        + mean
+        + offset,
         0.5,
         5.0,
     )
@@ -77,8 +102,6 @@ def evaluate_model(
     # ranking, in movie_space's index space
     space = np.unique(movie_ids if movie_space is None else movie_space)
     in_model = _positions(movie_ids, space)
-    all_users = np.unique(np.concatenate([train[0], tu]))
-    u_of = {u: i for i, u in enumerate(all_users)}
     upos_all = _positions(user_ids, all_users)
     seen_of = _seen_lists(item_item, all_users, train)
     nbr_pos = _positions(movie_ids, item_item.neighbour_ids) if item_item is not None else None
@@ -88,12 +111,19 @@ def evaluate_model(
             (upos_all[idx] >= 0)[:, None], users[np.maximum(upos_all[idx], 0)], default_u
         )
         biases = np.where(upos_all[idx] >= 0, user_bias[np.maximum(upos_all[idx], 0)], default_b)
+        if tside is not None:  # the query time is the user's latest rating: always recent
+            biases = biases + np.where(
+                upos_all[idx] >= 0, tside["recent_bias"][np.maximum(upos_all[idx], 0)], 0.0
+            )
         predicted = vecs @ movies.T + movie_bias + biases[:, None] + mean
         rank = predicted if ranking is None else vecs @ ranking[:, :-1].T + ranking[:, -1]
         if item_item is not None and nbr_pos is not None:
             rank = rank + np.stack(
                 [item_item.term(seen_of[i], nbr_pos, len(movie_ids)) for i in idx]
             )
+        if tside is not None:
+            predicted = predicted + temporal.rating_offsets(tside, qyear[idx], since[idx])
+            rank = rank + temporal.rank_offsets(tside, qyear[idx])
         rank = np.where(
             predicted >= min_predicted, rank, rank - 1e6
         )  # the filter: after all others
@@ -204,6 +234,17 @@ def stored_split(
 # --- SQL glue ---------------------------------------------------------------------
 
 
+def _times_of(data: Any, rows: tuple[np.ndarray, np.ndarray]) -> np.ndarray | None:
+    """The rated_at (epoch seconds) of these (user, movie) rows of ``data`` (training.Ratings,
+    which holds each pair once), for a model with temporal features."""
+    if data.times is None:
+        return None
+    keys = row_keys(data.users, data.movies)
+    order = np.argsort(keys)
+    pos = np.searchsorted(keys[order], row_keys(*rows))
+    return np.asarray(data.times)[order[np.minimum(pos, max(len(keys) - 1, 0))]]
+
+
 def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, float]]:
     """Evaluate on a table of (user_id, movie_id, rating) (figures ``eval_*``), or on the
     validation split stored with the model (figures ``val_*``: the rows it never trained on).
@@ -299,7 +340,9 @@ def evaluate_from_sql(model_id: int, test_table: str | None) -> list[tuple[str, 
                 int(chosen["neighbours"]),
             ).scaled(float(chosen["w"]))
             extra["item_item_refitted_without_split"] = 1
-    result = evaluate_model(model, train, test, prefix=prefix, item_item=weights)
+    result = evaluate_model(
+        model, train, test, prefix=prefix, item_item=weights, train_times=_times_of(data, train)
+    )
     result.update(extra)
     result["evaluated_on"] = source
     backend.execute(

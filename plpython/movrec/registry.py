@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from movrec import backend, locks
-from movrec.errors import CorruptCheckpoint, InvalidArgument, NotFound, NullArgument
+from movrec.errors import CorruptCheckpoint, InvalidArgument, NotFound, NotServable, NullArgument
 from movrec.online import vector_literal
 
 if TYPE_CHECKING:
@@ -349,6 +349,15 @@ def deploy_model(model_id: int, reason: str = "deploy") -> int:
         raise InvalidArgument(
             f"model {model_id} is a {kind} model, an experimental baseline that cannot serve",
             hint="serving multiplies a user vector with movie vectors; deploy mf or hybrid",
+        )
+    if getattr(model, "temporal", False):
+        # recommend() and predict() do not compute the temporal terms at the user's query
+        # time, so serving this model would not be the model that was evaluated
+        raise NotServable(
+            f"model {model_id} has temporal features (the temporal option), which recommend() "
+            "and predict() do not serve",
+            hint="it is for offline evaluation (movrec bench quality); deploy a model trained "
+            "without temporal",
         )
     default_embedding, default_bias = verify_serving(model_id, model)
     backend.notice(f"movrec deploy: publishing model {model_id} ({kind})")

@@ -39,6 +39,7 @@ class Ratings:
     users: np.ndarray  # int64 ids
     movies: np.ndarray  # int64 ids
     ratings: np.ndarray  # float32
+    times: np.ndarray | None = None  # float64 epoch seconds of rated_at; None: not read
 
     def __len__(self) -> int:
         return len(self.ratings)
@@ -79,6 +80,7 @@ def build_model(
         field_dim=opts.field_dim,
         hidden=opts.hidden,
         dropout=opts.dropout,
+        temporal=opts.temporal,
     )
 
 
@@ -123,6 +125,7 @@ class _Run:
         self.tr = torch.from_numpy(self.train_rows).to(device)
         self.va = torch.from_numpy(self.val_rows).to(device)
         self.gen = torch.Generator(device="cpu").manual_seed(opts.seed)
+        self._time_features()
         self._negative_sampling()
         self._rating_weights()
 
@@ -141,6 +144,35 @@ class _Run:
             if opts.schedule == "cosine"
             else None
         )
+
+    def _time_features(self) -> None:
+        """movrec.temporal's per-row features (self.T), and each user's query time for the
+        validation ranking: their latest training rating, as serving takes their latest."""
+        import torch
+
+        self.T: tuple[Any, ...] | None = None
+        if not getattr(self.model, "temporal", False):
+            return
+        from movrec import temporal
+
+        times = self.data.times
+        if times is None:
+            raise InvalidArgument("temporal features need the ratings' times (rated_at)")
+        n_users = len(self.user_ids)
+        first, _ = temporal.user_times(self.u_idx, times, n_users)
+        tr = self.train_rows
+        _, self.query_time = temporal.user_times(self.u_idx[tr], times[tr], n_users)
+        self.first_time = first
+        years = self.model.movie_year.cpu().numpy()[self.m_idx]
+        age, drift, year = temporal.row_features(self.u_idx, years, times, first)
+        recent = temporal.recent_rows(self.u_idx, times).astype(np.float32)
+        self.T = tuple(
+            torch.from_numpy(np.ascontiguousarray(a)).to(self.device)
+            for a in (self.u_idx.astype(np.int64), age, drift, year, recent)
+        )
+
+    def _rows(self, batch: Any) -> Any:
+        return None if self.T is None else tuple(t[batch] for t in self.T)
 
     def _negative_sampling(self) -> None:
         """Negatives drawn ~ (count + 1)^sampling, and the logQ correction of the softmax."""
@@ -209,13 +241,22 @@ class _Run:
                     else torch.empty(0, dtype=torch.long)
                 ).to(self.device)
                 loss, rank_loss = model.joint_loss(
-                    u, m, r, negatives, self.log_q, self.W[batch], in_batch=opts.in_batch
+                    u,
+                    m,
+                    r,
+                    negatives,
+                    self.log_q,
+                    self.W[batch],
+                    in_batch=opts.in_batch,
+                    times=self._rows(batch),
                 )
                 objective = (
                     loss
                     + opts.reg * model.regularizer(u, m).mean()
                     + ranking * (rank_loss + opts.reg * model.ranking_regularizer(m))
                 )
+            elif self.T is not None:
+                loss = ((model(u, m) + model.time_offset(self._rows(batch)) - r) ** 2).mean()
             else:
                 loss = ((model(u, m) - r) ** 2).mean()
                 objective = loss + opts.reg * model.regularizer(u, m).mean()
@@ -242,7 +283,16 @@ class _Run:
             if rating is not None:
                 out = dict(rating)
             elif len(va):
-                pred = model(self.U[va], self.M[va]).clamp(0.5, 5.0).cpu().numpy()
+                pred = (
+                    (
+                        model(self.U[va], self.M[va])
+                        if self.T is None
+                        else model(self.U[va], self.M[va]) + model.time_offset(self._rows(va))
+                    )
+                    .clamp(0.5, 5.0)
+                    .cpu()
+                    .numpy()
+                )
                 out = rating_metrics(pred, data.ratings[self.val_rows])
             else:
                 out = {"rmse": math.nan, "mae": math.nan}
@@ -254,9 +304,16 @@ class _Run:
                 )
                 rank = side.cpu().numpy()
                 users = model.user_side()[1].cpu().numpy()
+                tside = model.temporal_side() if self.T is not None else None
 
                 def score(idx: np.ndarray) -> np.ndarray:
-                    return users[idx] @ rank[:, :-1].T + rank[:, -1]
+                    out = users[idx] @ rank[:, :-1].T + rank[:, -1]
+                    if tside is not None:
+                        from movrec import temporal
+
+                        years = temporal.calendar_year(self.query_time[idx])
+                        out = out + temporal.rank_offsets(tside, years)
+                    return out
 
                 out.update(
                     ranking_metrics(
@@ -433,7 +490,8 @@ def fit(
 # --- SQL glue ---------------------------------------------------------------
 
 READ_SQL = """
-SELECT array_agg(user_id) AS u, array_agg(movie_id) AS m, array_agg(rating) AS r
+SELECT array_agg(user_id) AS u, array_agg(movie_id) AS m, array_agg(rating) AS r,
+       array_agg(extract(epoch FROM rated_at)::float8) AS t
 FROM movrec.watch_events GROUP BY user_id / 512
 """
 
@@ -446,19 +504,24 @@ def read_ratings() -> tuple[Ratings, dict[str, Any]]:
     """Ratings into numpy in batches (one row per block of users)."""
     import plpy  # type: ignore[import-not-found]
 
-    users, movies, ratings = [], [], []
+    users, movies, ratings, times = [], [], [], []
     cursor = plpy.cursor(READ_SQL)
     while batch := cursor.fetch(64):
         for row in batch:
             users.append(np.asarray(row["u"], dtype=np.int64))
             movies.append(np.asarray(row["m"], dtype=np.int64))
             ratings.append(np.asarray(row["r"], dtype=np.float32))
+            times.append(np.asarray(row["t"], dtype=np.float64))
     data = Ratings(
-        _concat(users, np.int64), _concat(movies, np.int64), _concat(ratings, np.float32)
+        _concat(users, np.int64),
+        _concat(movies, np.int64),
+        _concat(ratings, np.float32),
+        _concat(times, np.float64),
     )
     # A fixed order, so the seeded split picks the same rows whatever order the scan returned.
     order = np.lexsort((data.movies, data.users))
-    data = Ratings(data.users[order], data.movies[order], data.ratings[order])
+    assert data.times is not None
+    data = Ratings(data.users[order], data.movies[order], data.ratings[order], data.times[order])
     snap = plpy.execute(
         "SELECT count(*) AS n, max(rated_at)::text AS max_rated_at FROM movrec.watch_events"
     )[0]
@@ -503,6 +566,14 @@ def train_from_sql(kind: str | None, options: str | None, deploy: bool | None) -
         }
         raw = {**{k: v for k, v in defaults.items() if k not in raw}, **raw}
     opts = TrainOptions.parse(raw, kind)
+    if opts.temporal and deploy:
+        from movrec.errors import NotServable
+
+        raise NotServable(
+            "train(): a model with temporal features cannot be deployed: recommend() and "
+            "predict() do not serve them",
+            hint="train it with deploy => false (offline evaluation), or without temporal",
+        )
     torch.set_num_threads(backend.train_threads())
     data, snapshot = read_ratings()
     backend.notice(

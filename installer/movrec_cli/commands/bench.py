@@ -55,6 +55,12 @@ def bench() -> None:
     help="movrec.settings.train_threads of the scratch database [default: all cores]; 1 on a "
     "shared machine, where two torch threads waiting on each other ran 3x slower than one",
 )
+@click.option(
+    "--seeds",
+    default="",
+    help="comma-separated training seeds: each movrec model trains once per seed on the same "
+    "split, then a row of the means and the spread [default: the models' own seed]",
+)
 @json_option("the rows", " (for `movrec report --bench FILE`)")
 def bench_quality(
     dsn: str | None,
@@ -65,6 +71,7 @@ def bench_quality(
     protocols: str,
     tmdb: bool,
     train_threads: int | None,
+    seeds: str,
     json_out: Path | None,
 ) -> None:
     """movrec's models and the peers on one split per protocol, one table each.
@@ -88,6 +95,12 @@ def bench_quality(
     else:
         bench_dsn = dsn
     kinds = tuple(k for k in models.split(",") if k)
+    try:
+        seed_list = tuple(int(s) for s in seeds.split(",") if s.strip())
+    except ValueError:
+        raise click.BadParameter(
+            f"{seeds!r} is not a comma-separated list of integers", param_hint="--seeds"
+        ) from None
     which = tuple(p for p in peers.split(",") if p)
     ml = movielens_small(data_dir)
     tables: dict[str, list[dict[str, Any]]] = {}
@@ -103,7 +116,14 @@ def bench_quality(
                 if train_threads is not None:
                     conn.execute("UPDATE movrec.settings SET train_threads = %s", (train_threads,))
                 rows += bq.movrec_rows(
-                    conn, data_dir, kinds, json.loads(options), echo, protocol=protocol, tmdb=tmdb
+                    conn,
+                    data_dir,
+                    kinds,
+                    json.loads(options),
+                    echo,
+                    protocol=protocol,
+                    tmdb=tmdb,
+                    seeds=seed_list,
                 )
         if which:
             rows += bq.peer_table(ml / "ratings.csv", protocol, which=which, progress=echo)

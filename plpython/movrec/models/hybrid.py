@@ -23,9 +23,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from movrec import temporal as tf
 from movrec.content import NUMERIC, MovieContent
 from movrec.models.base import UserEmbeddings
 from movrec.tokenizer import FIELDS
+
+# Per rating: (user index, age bin, drift bin, calendar year of the rating, recent flag),
+# movrec.temporal's features.
+TimeRows = tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]
 
 # The ranking loss's logits are (rows x candidates) and autograd keeps several copies of
 # them: unbounded, a batch of 65,536 with in-batch negatives asked for 17 GB a copy and
@@ -70,6 +75,13 @@ class HybridModel(UserEmbeddings):
     numeric_mean: torch.Tensor
     numeric_std: torch.Tensor
     train_counts: torch.Tensor
+    # with temporal features only (config["temporal"])
+    movie_year: torch.Tensor
+    age_lookup: torch.Tensor
+    age_rating: nn.Parameter
+    drift_rating: nn.Parameter
+    age_rank: nn.Parameter
+    recent_bias: nn.Embedding
 
     def __init__(
         self,
@@ -83,6 +95,7 @@ class HybridModel(UserEmbeddings):
         hidden: int = 256,
         dropout: float = 0.1,
         numeric_stats: tuple[np.ndarray, np.ndarray] | None = None,
+        temporal: bool = False,
     ) -> None:
         super().__init__()
         content = content.select(movie_ids.numpy())
@@ -96,6 +109,7 @@ class HybridModel(UserEmbeddings):
             "vocab_sizes": dict(content.vocab_sizes),
             "rank_blend": 0.0,
             "rank_popularity": 0.0,
+            "temporal": temporal,
         }
         self.register_buffer("global_mean", torch.tensor(float(global_mean)))
         self.register_buffer("user_ids", user_ids.to(torch.int64))
@@ -125,6 +139,19 @@ class HybridModel(UserEmbeddings):
             # what a movie's content cannot say about who watches it: free per-movie terms
             self.ranking_embedding = nn.Embedding(len(movie_ids), dim + 1)
             nn.init.normal_(self.ranking_embedding.weight, std=0.05)
+        if temporal:
+            # movrec.temporal's features: a rating offset per movie-age bin and per bin of the
+            # time since the user's first rating, and a ranking-prior offset per age bin
+            year = np.asarray(content.raw_numeric[:, NUMERIC.index("year")], np.float64)
+            self.register_buffer("movie_year", torch.from_numpy(year.copy()))
+            self.register_buffer("age_lookup", torch.from_numpy(tf.AGE_LOOKUP), persistent=False)
+            self.age_rating = nn.Parameter(torch.zeros(tf.N_AGE))
+            self.drift_rating = nn.Parameter(torch.zeros(tf.N_DRIFT))
+            self.age_rank = nn.Parameter(torch.zeros(tf.N_AGE))
+            # a user's bias over their latest ratings (temporal.recent_rows), on top of
+            # user_bias: where a user's ratings drift, the recent ones say more about the next
+            self.recent_bias = nn.Embedding(len(user_ids), 1)
+            nn.init.zeros_(self.recent_bias.weight)
 
     # -- the movie sub-network ------------------------------------------------
     def _hidden(self, movies: torch.Tensor) -> torch.Tensor:
@@ -160,10 +187,34 @@ class HybridModel(UserEmbeddings):
             + self.global_mean
         )
 
+    @property
+    def temporal(self) -> bool:
+        return bool(self.config.get("temporal", False))
+
+    def time_offset(self, times: TimeRows | None) -> torch.Tensor | float:
+        """The temporal rating terms of rows (0 without temporal features)."""
+        if not self.temporal or times is None:
+            return 0.0
+        users, age, drift, _, recent = times
+        return (
+            self.age_rating[age]
+            + self.drift_rating[drift]
+            + recent * self.recent_bias(users).squeeze(-1)
+        )
+
+    def _age_bins(self, year: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
+        """(rows, movies) age bins of ``movies`` at each row's calendar year (temporal.age_bin)."""
+        age = year[:, None] - self.movie_year[movies][None, :]
+        known = torch.isfinite(age)
+        idx = torch.nan_to_num(age, nan=0.0).clamp(-1, 32).long() + 1
+        return torch.where(known, self.age_lookup[idx], torch.zeros_like(idx))
+
     def regularizer(self, users: torch.Tensor, movies: torch.Tensor) -> torch.Tensor:
         reg = (self.user_embedding(users) ** 2).sum(-1) + 0.1 * self.user_bias(users).squeeze(
             -1
         ) ** 2
+        if self.temporal:
+            reg = reg + 0.1 * self.recent_bias(users).squeeze(-1) ** 2
         if self.uses_id_embedding:
             reg = (
                 reg
@@ -181,6 +232,7 @@ class HybridModel(UserEmbeddings):
         log_q: torch.Tensor | None,
         weights: torch.Tensor | None = None,
         in_batch: bool = False,
+        times: TimeRows | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """(rating MSE, sampled-softmax ranking loss) with one pass of the sub-network over
         the distinct movies of the batch and its negatives (popular movies recur: about
@@ -191,7 +243,11 @@ class HybridModel(UserEmbeddings):
         at, neg_at = where[: len(movies)], where[len(movies) :]
         u = self.user_embedding(users)
         pred = (
-            (u * vec[at]).sum(-1) + self.user_bias(users).squeeze(-1) + bias[at] + self.global_mean
+            (u * vec[at]).sum(-1)
+            + self.user_bias(users).squeeze(-1)
+            + bias[at]
+            + self.global_mean
+            + (0.0 if times is None else self.time_offset(times))
         )
         mse = ((pred - ratings) ** 2).mean()
         if in_batch:
@@ -200,9 +256,19 @@ class HybridModel(UserEmbeddings):
             negatives = torch.cat([movies[:IN_BATCH_MAX], negatives])
             neg_at = torch.cat([at[:IN_BATCH_MAX], neg_at])
         rows = min(len(movies), max(1, RANKING_LOGITS // max(1, len(negatives))))
-        ce = self._sampled_softmax(
-            u[:rows], movies[:rows], rank[at[:rows]], negatives, rank[neg_at], log_q
-        )
+        extra: tuple[torch.Tensor, torch.Tensor] | None = None
+        if times is not None and self.temporal:
+            # each row's candidates are aged at that row's time, as serving ages them at the
+            # user's query time
+            # the candidates' priors per distinct rating year (a few), then per row: a gather
+            # of rows, not a (rows x candidates) scatter into the 9 age terms on the way back
+            years, row_year = torch.unique(times[3][:rows], return_inverse=True)
+            extra = (
+                self.age_rank[times[1][:rows]],
+                self.age_rank[self._age_bins(years, negatives)][row_year],
+            )
+        args = (u[:rows], movies[:rows], rank[at[:rows]], negatives, rank[neg_at], log_q)
+        ce = self._sampled_softmax(*args) if extra is None else self._sampled_softmax(*args, extra)
         return mse, (ce if weights is None else ce * weights[:rows]).mean()
 
     def _sampled_softmax(
@@ -213,6 +279,7 @@ class HybridModel(UserEmbeddings):
         negatives: torch.Tensor,
         neg: torch.Tensor,
         log_q: torch.Tensor | None,
+        extra: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> torch.Tensor:
         """Each watched movie against sampled movies (``neg``: their [ranking vector | prior]).
 
@@ -223,6 +290,9 @@ class HybridModel(UserEmbeddings):
         """
         logit_pos = (u * pos[:, :-1]).sum(-1) + pos[:, -1]
         logit_neg = u @ neg[:, :-1].T + neg[:, -1]
+        if extra is not None:  # temporal prior terms: (rows,) and (rows, candidates)
+            logit_pos = logit_pos + extra[0]
+            logit_neg = logit_neg + extra[1]
         if log_q is not None:
             logit_pos = logit_pos - log_q[movies]
             logit_neg = logit_neg - log_q[negatives]
@@ -283,6 +353,27 @@ class HybridModel(UserEmbeddings):
         return torch.cat([rank[:, :-1] + blend * vec, (rank[:, -1] + blend * bias)[:, None]], dim=1)
 
     @torch.no_grad()
+    def temporal_side(self) -> dict[str, np.ndarray] | None:
+        """What serving adds for a user at query time t (movrec.temporal), or None without
+        temporal features: ``movie_year`` per movie (NaN unknown); ``age_rating`` and
+        ``drift_rating``, the rating offsets per bin; ``age_rank``, the ranking offsets per age
+        bin with the published blend baked in (rank_blend x age_rating), as ranking_side()
+        bakes it into the matrix; ``recent_bias``, per user of user_side(), added to the user's
+        bias (the query time is the user's latest rating: always recent).  The drift and recent
+        offsets are the same for every movie of a user, so they change predicted ratings (and
+        the 3-star filter), not the order."""
+        if not self.temporal:
+            return None
+        blend = float(self.config.get("rank_blend", 0.0))
+        return {
+            "movie_year": self.movie_year.cpu().numpy().copy(),
+            "age_rating": self.age_rating.detach().cpu().numpy().astype(np.float64),
+            "drift_rating": self.drift_rating.detach().cpu().numpy().astype(np.float64),
+            "age_rank": (self.age_rank + blend * self.age_rating).detach().cpu().numpy(),
+            "recent_bias": self.recent_bias.weight[:, 0].detach().cpu().numpy().astype(np.float64),
+        }
+
+    @torch.no_grad()
     def content_side(
         self, tokens: dict[str, torch.Tensor], numeric: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
@@ -317,6 +408,7 @@ class HybridModel(UserEmbeddings):
             hidden=config["hidden"],
             dropout=config["dropout"],
             numeric_stats=(state["numeric_mean"].numpy(), state["numeric_std"].numpy()),
+            temporal=bool(config.get("temporal", False)),
         )
         state = dict(state)
         state.setdefault("train_counts", torch.zeros(len(ids)))  # checkpoints before 0.1.0's end

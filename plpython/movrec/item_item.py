@@ -228,13 +228,17 @@ def for_model(
     deadline: float | None = None,
     max_val_users: int = 5000,
 ) -> tuple[Neighbours | None, dict[str, Any]]:
-    """The item-item term of a model with a ranking head (None and {} without one), chosen
+    """The item-item term of a model with a ranking head (None and {} without one, and for a
+    model with temporal features, which is not served), chosen
     on its validation rows ``val_rows`` (the rows it never trained on; a seeded sample of
     ``max_val_users`` of their users on large data) and refitted on every rating, within
     ``deadline`` (time.perf_counter(); see choose)."""
     from movrec.evaluation import evaluate_model
 
     if model.ranking_side() is None or not len(val_rows):
+        return None, {}
+    if getattr(model, "temporal", False):
+        # never served (deploy refuses it), and its scores need the ratings' times
         return None, {}
     in_val = np.zeros(len(ratings), bool)
     in_val[val_rows] = True

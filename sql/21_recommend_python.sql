@@ -1,10 +1,10 @@
 -- The numpy implementations of recommend() and predict() (front doors: 21_recommend.sql).
 
--- _recommend() is SQL that the front door's query inlines (LANGUAGE sql, not SECURITY DEFINER,
--- no SET: what inlining needs; it runs inside the front door, as the owner): the numpy rows
--- joined with their titles by the executor, an index probe per row, where a lookup from Python
--- cost a statement and a dict per call.  The inner join leaves out movies deleted from the
--- catalogue since training, as the Python lookup did.
+-- _recommend() joins the numpy rows with their titles in the executor, an index probe per row,
+-- where a lookup from Python cost a statement and a dict per call.  plpgsql, not an inlined SQL
+-- function: Citus refuses a parameterised SQL function that reads a distributed or reference
+-- table (recommend() runs on the user's worker there).  The inner join leaves out movies
+-- deleted from the catalogue since training, as the Python lookup did.
 CREATE OR REPLACE FUNCTION movrec._recommend_numpy(user_id integer, k integer, genres text[], min_year integer,
                                                    max_year integer)
 RETURNS TABLE (movie_id integer, score real, predicted_rating real, source text)
@@ -18,12 +18,15 @@ COMMENT ON FUNCTION movrec._recommend_numpy(integer, integer, text[], integer, i
 CREATE OR REPLACE FUNCTION movrec._recommend(user_id integer, k integer, genres text[], min_year integer,
                                              max_year integer)
 RETURNS TABLE (movie_id integer, title text, score real, predicted_rating real, source text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY
     SELECT r.movie_id, m.title, r.score, r.predicted_rating, r.source
     FROM movrec._recommend_numpy(_recommend.user_id, _recommend.k, _recommend.genres, _recommend.min_year,
                                  _recommend.max_year) WITH ORDINALITY AS r
     JOIN movrec.movies m ON m.movie_id = r.movie_id
-    ORDER BY r.ordinality
+    ORDER BY r.ordinality;
+END
 $$;
 COMMENT ON FUNCTION movrec._recommend(integer, integer, text[], integer, integer) IS
     'Implementation of movrec.recommend(); call that instead';

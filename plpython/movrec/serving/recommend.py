@@ -18,6 +18,7 @@ from cf and popular are movies the model cannot score (added after training).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -88,15 +89,7 @@ class _Picker:
             rank = champ.ranking
             full = rank[:, :-1] @ np.asarray(u, dtype=rank.dtype) + rank[:, -1]
             full = full + weights.term(self.state.seen)
-            window = 2 * want + 16
-            while True:
-                cand = top_k(full, window, exclude)
-                predicted = champ.predicted_at(u, b_u, cand)
-                good = np.flatnonzero(predicted >= self.state.min_predicted)
-                if len(good) >= want or len(cand) < window:
-                    break
-                window *= 4
-            best, kept = cand[good[:want]], predicted[good[:want]]
+            best, kept = self._passing(lambda window: top_k(full, window, exclude), u, b_u, want)
             scores = full[best]
         elif champ.ranking is None:
             # Ordered by the predicted rating itself: the k best, then the >= 3 stars filter
@@ -107,24 +100,33 @@ class _Picker:
             best, kept = best[keep], predicted[keep]
             scores = kept
         else:
-            # Ordered by the ranking head; the >= 3 stars filter needs predicted ratings only
-            # for the best-ranked candidates, so take a few more than wanted and widen the
-            # window while too many of them fail it.
-            window = 2 * want + 16
-            while True:
-                cand = champ.best(u, window, exclude)
-                predicted = champ.predicted_at(u, b_u, cand)
-                good = np.flatnonzero(predicted >= self.state.min_predicted)
-                if len(good) >= want or len(cand) < window:
-                    break
-                window *= 4
-            best, kept = cand[good[:want]], predicted[good[:want]]
+            # Ordered by the ranking head
+            best, kept = self._passing(lambda window: champ.best(u, window, exclude), u, b_u, want)
             rank = champ.ranking[best]
             scores = rank[:, :-1] @ u + rank[:, -1]
         # one clip for the k rows, and Python numbers by tolist() (one call, not one per value)
         clipped = np.asarray(clip_rating(kept)).tolist()
         for m, s, p in zip(champ.movie_ids[best].tolist(), scores.tolist(), clipped, strict=True):
             self.chosen[m] = (s, p, "model")
+
+    def _passing(
+        self, pick: Callable[[int], np.ndarray], u: np.ndarray, b_u: float, want: int
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The first ``want`` of the ranked candidates ``pick(window)`` that pass the >= 3 stars
+        filter, and their predicted ratings.  The filter needs predicted ratings only for the
+        best-ranked candidates, so take a few more than wanted and widen the window while too
+        many of them fail it."""
+        champ = self.state.champ
+        assert champ is not None
+        window = 2 * want + 16
+        while True:
+            cand = pick(window)
+            predicted = champ.predicted_at(u, b_u, cand)
+            good = np.flatnonzero(predicted >= self.state.min_predicted)
+            if len(good) >= want or len(cand) < window:
+                break
+            window *= 4
+        return cand[good[:want]], predicted[good[:want]]
 
     def add_ranked(self, ids: np.ndarray, scores: np.ndarray, source: str) -> None:
         """Candidates in the order given (best first)."""
